@@ -1,0 +1,37 @@
+"""optax-blockada: Adagrad for embedding models, as composable optax transforms.
+
+Diagonal (per-coordinate) Adagrad depends on the arbitrary basis of the feature space
+and stores as much state as the tables; row-wise Adagrad keeps one accumulator per
+feature vector and is equivariant under rotations of that space.
+"""
+
+from optax_blockada import presets
+from optax_blockada._geometry import FeatureAxesSpec
+from optax_blockada._rows import add_decayed_weights_to_touched_rows, renormalize_rows
+from optax_blockada._scalar import (
+    DiagonalAdagradState,
+    RowwiseAdagradState,
+    diagonal_adagrad,
+    rowwise_adagrad,
+    scale_by_diagonal_adagrad,
+    scale_by_rowwise_adagrad,
+)
+from optax_blockada.diagnostics import effective_learning_rates, find_adagrad_states, state_bytes
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "DiagonalAdagradState",
+    "FeatureAxesSpec",
+    "RowwiseAdagradState",
+    "add_decayed_weights_to_touched_rows",
+    "diagonal_adagrad",
+    "effective_learning_rates",
+    "find_adagrad_states",
+    "presets",
+    "renormalize_rows",
+    "rowwise_adagrad",
+    "scale_by_diagonal_adagrad",
+    "scale_by_rowwise_adagrad",
+    "state_bytes",
+)

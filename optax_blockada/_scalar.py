@@ -1,0 +1,429 @@
+"""Scalar-per-row Adagrad: diagonal (a row is one coordinate) and row-wise.
+
+Both are one transform: an accumulator per row, where a row is a fibre of a leaf along
+its feature axes (see ``_geometry``). Diagonal Adagrad is the special case with no
+feature axes, so every coordinate is its own row.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_blockada import _geometry, _validation
+from optax_blockada._geometry import FeatureAxesSpec
+
+__all__ = [
+    "DiagonalAdagradState",
+    "RowwiseAdagradState",
+    "diagonal_adagrad",
+    "rowwise_adagrad",
+    "scale_by_diagonal_adagrad",
+    "scale_by_rowwise_adagrad",
+]
+
+REDUCTIONS = ("mean", "sum")
+
+
+class DiagonalAdagradState(NamedTuple):
+  """State of :func:`scale_by_diagonal_adagrad`."""
+
+  # Same tree and shapes as the params; dtype ``accumulator_dtype``.
+  sum_of_squares: optax.Updates
+
+
+class RowwiseAdagradState(NamedTuple):
+  """State of :func:`scale_by_rowwise_adagrad`."""
+
+  # Same tree as the params; each leaf has the param's rank with its feature axes
+  # reduced to size 1 (a ``(V, d)`` table gets a ``(V, 1)`` accumulator).
+  sum_of_squares: optax.Updates
+
+
+def accumulator_dtype_for(param_dtype: Any, accumulator_dtype: Any | None) -> jnp.dtype:
+  """The accumulator dtype: given, or the param's dtype promoted to at least float32."""
+  if accumulator_dtype is None:
+    return jnp.promote_types(param_dtype, jnp.float32)
+  return jnp.dtype(accumulator_dtype)
+
+
+def inverse_root(
+    accumulator: jax.Array, eps: Any, eps_in_sqrt: bool
+) -> jax.Array:
+  """Per-row step multiplier ``phi(G)``, zero where ``G == 0``.
+
+  ``eps_in_sqrt=True``: ``rsqrt(G + eps)`` (optax, Keras 3);
+  ``False``: ``1 / (sqrt(G) + eps)`` (PyTorch, FBGEMM).
+  """
+  eps = jnp.asarray(eps).astype(accumulator.dtype)
+  if eps_in_sqrt:
+    root = jax.lax.rsqrt(accumulator + eps)
+  else:
+    root = 1 / (jnp.sqrt(accumulator) + eps)
+  return jnp.where(accumulator > 0, root, 0)
+
+
+def _check_accumulator_dtype(accumulator_dtype: Any) -> None:
+  if accumulator_dtype is None:
+    return
+  if _validation.is_traced(accumulator_dtype):
+    raise TypeError(
+        "accumulator_dtype cannot be traced; with optax.inject_hyperparams pass "
+        "static_args=('accumulator_dtype', ...)."
+    )
+  try:
+    dtype = jnp.dtype(accumulator_dtype)
+  except TypeError as e:
+    raise TypeError(f"accumulator_dtype must be a dtype, got {accumulator_dtype!r}.") from e
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(
+        f"accumulator_dtype must be a floating dtype (e.g. jnp.float32), got {dtype}."
+    )
+
+
+def _scale_by_scalar_adagrad(
+    *,
+    name: str,
+    state_cls: type,
+    feature_axes: FeatureAxesSpec,
+    initial_accumulator_value: Any,
+    eps: Any,
+    reduction: str,
+    eps_in_sqrt: Any,
+    use_old_accumulator: Any,
+    accumulator_dtype: Any,
+) -> optax.GradientTransformation:
+  """The one implementation behind diagonal and row-wise Adagrad."""
+  _validation.check_nonnegative("initial_accumulator_value", initial_accumulator_value)
+  _validation.check_nonnegative(
+      "eps", eps, hint=" Use eps=0 to disable it (keep initial_accumulator_value > 0)."
+  )
+  _validation.check_choice("reduction", reduction, REDUCTIONS)
+  eps_in_sqrt = _validation.static_bool("eps_in_sqrt", eps_in_sqrt)
+  use_old_accumulator = _validation.static_bool("use_old_accumulator", use_old_accumulator)
+  _check_accumulator_dtype(accumulator_dtype)
+  if _validation.is_traced(feature_axes):
+    raise TypeError(
+        "feature_axes cannot be traced; with optax.inject_hyperparams pass "
+        "static_args=('feature_axes', ...)."
+    )
+
+  def init_fn(params):
+    _validation.check_float_leaves(params, f"{name}: params")
+    leaves, treedef = jax.tree.flatten(params)
+    axes = _geometry.resolve_feature_axes(feature_axes, params)
+    sums = [
+        jnp.full(
+            _geometry.row_shape(p.shape, ax),
+            initial_accumulator_value,
+            accumulator_dtype_for(p.dtype, accumulator_dtype),
+        )
+        for p, ax in zip(leaves, axes, strict=True)
+    ]
+    return state_cls(sum_of_squares=treedef.unflatten(sums))
+
+  def update_fn(updates, state, params=None):
+    del params
+    _validation.check_same_structure(updates, state.sum_of_squares, name)
+    _validation.check_float_leaves(updates, f"{name}: updates")
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(updates)
+    sums = treedef.flatten_up_to(state.sum_of_squares)
+    axes = _geometry.resolve_feature_axes(feature_axes, updates)
+    new_updates, new_sums = [], []
+    for (path, g), s, ax in zip(with_path, sums, axes, strict=True):
+      expected = _geometry.row_shape(g.shape, ax)
+      if tuple(s.shape) != expected:
+        raise ValueError(
+            f"{name}: the accumulator of the leaf at {_geometry.path_str(path)} has "
+            f"shape {tuple(s.shape)}, but updates of shape {tuple(g.shape)} with "
+            f"feature axes {ax} need {expected}. Was the state made for other params "
+            "or with other feature_axes?"
+        )
+      g_acc = g.astype(s.dtype)
+      new_s = s + _geometry.reduce_rows(g_acc * g_acc, ax, reduction)
+      scale = inverse_root(s if use_old_accumulator else new_s, eps, eps_in_sqrt)
+      new_updates.append((g_acc * scale).astype(g.dtype))
+      new_sums.append(new_s)
+    return treedef.unflatten(new_updates), state_cls(sum_of_squares=treedef.unflatten(new_sums))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+_MATHS_COMMON = r"""
+  With ``eps_in_sqrt=True`` (optax, Keras 3) :math:`\phi(G) = [G > 0] / \sqrt{G + \epsilon}`;
+  with ``eps_in_sqrt=False`` (PyTorch, FBGEMM, tf.keras legacy)
+  :math:`\phi(G) = [G > 0] / (\sqrt{G} + \epsilon)`. The guard :math:`[G > 0]`
+  (optax's ``where(G > 0, ...)``) makes the step zero where nothing has been
+  accumulated. With ``use_old_accumulator=True`` the step divides by the accumulator
+  *before* this step's squared gradient is added, :math:`u_t = g_t \phi(G_{t-1})`, as
+  GloVe's ``glove.c`` and LightFM do."""
+
+
+def scale_by_diagonal_adagrad(
+    initial_accumulator_value: Any = 0.1,
+    eps: Any = 1e-7,
+    *,
+    eps_in_sqrt: bool = True,
+    use_old_accumulator: bool = False,
+    accumulator_dtype: Any | None = None,
+) -> optax.GradientTransformation:
+  r"""Per-coordinate Adagrad scaling (no learning rate).
+
+  For every coordinate :math:`i`,
+
+  .. math::
+
+    G_t = G_{t-1} + g_t^2, \quad G_0 = a, \qquad u_t = g_t \, \phi(G_t).
+  {maths}
+
+  With the defaults the updates equal :func:`optax.scale_by_rss`. Zero-gradient
+  coordinates get a zero update and keep their state (lazy exactness).
+
+  Args:
+    initial_accumulator_value: :math:`a \ge 0`, the starting accumulator.
+    eps: :math:`\epsilon \ge 0`, the damping term.
+    eps_in_sqrt: where ``eps`` goes (see above). Static.
+    use_old_accumulator: divide by the accumulator before adding this step's squared
+      gradient (GloVe, LightFM). Static.
+    accumulator_dtype: dtype of the accumulators. ``None`` (default) promotes the
+      param dtype to at least float32, so bfloat16/float16 params get float32
+      accumulators (in bfloat16, ``256 + 1 == 256`` and Adagrad would stall). Static.
+
+  Returns:
+    An :class:`optax.GradientTransformation` whose state is a
+    :class:`DiagonalAdagradState`. Updates come back in the gradients' dtype.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import optax_blockada as ob
+    >>> tx = ob.scale_by_diagonal_adagrad()
+    >>> params = jnp.array([1.0, -2.0, 0.5])
+    >>> grads = jnp.array([1.0, 0.0, 3.0])
+    >>> updates, state = tx.update(grads, tx.init(params))
+    >>> ref, _ = optax.scale_by_rss().update(grads, optax.scale_by_rss().init(params))
+    >>> print(updates, bool(jnp.allclose(updates, ref)))
+    [0.95346 0.      0.99449] True
+
+  With ``optax.inject_hyperparams`` pass ``static_args=('accumulator_dtype',)`` if you
+  set ``accumulator_dtype``; booleans are static already.
+  """
+  return _scale_by_scalar_adagrad(
+      name="scale_by_diagonal_adagrad",
+      state_cls=DiagonalAdagradState,
+      feature_axes=(),
+      initial_accumulator_value=initial_accumulator_value,
+      eps=eps,
+      reduction="sum",
+      eps_in_sqrt=eps_in_sqrt,
+      use_old_accumulator=use_old_accumulator,
+      accumulator_dtype=accumulator_dtype,
+  )
+
+
+def scale_by_rowwise_adagrad(
+    initial_accumulator_value: Any = 0.1,
+    eps: Any = 1e-7,
+    *,
+    reduction: str = "mean",
+    eps_in_sqrt: bool = True,
+    use_old_accumulator: bool = False,
+    feature_axes: FeatureAxesSpec = None,
+    accumulator_dtype: Any | None = None,
+) -> optax.GradientTransformation:
+  r"""Row-wise (per-row-norm) Adagrad scaling (no learning rate).
+
+  A leaf is cut into rows along its feature axes :math:`F` (default: the last axis
+  when ``ndim >= 2``; none when ``ndim <= 1``, so each scalar of a bias vector is its
+  own row). Each row :math:`r` of size :math:`d` keeps one accumulator:
+
+  .. math::
+
+    s_{r,t} = s_{r,t-1} + \operatorname{reduce}_F(g_{r,t} \odot g_{r,t}),
+    \quad s_{r,0} = a, \qquad u_{r,t} = g_{r,t} \, \phi(s_{r,t}),
+
+  where reduce is the mean (``reduction='mean'``, the default, as in FBGEMM/TorchRec,
+  keeping learning rates comparable with diagonal Adagrad) or the sum (the squared
+  norm). Sum and mean differ only by rescaling: ``lr -> lr*sqrt(d)``,
+  ``a -> a*d``, ``eps -> eps*d``.
+  {maths}
+
+  The step of a row is a multiple of its gradient, so the method is equivariant under
+  a rotation :math:`R` applied to every row that shares the feature space: training
+  from :math:`W R` ends at :math:`W_T R`. It stores one scalar per row, :math:`d`
+  times less than diagonal Adagrad. With :math:`d = 1` it equals diagonal Adagrad.
+
+  Args:
+    initial_accumulator_value: :math:`a \ge 0`, the starting accumulator.
+    eps: :math:`\epsilon \ge 0`, the damping term.
+    reduction: ``'mean'`` or ``'sum'`` of the squared gradient over a row. Static.
+    eps_in_sqrt: where ``eps`` goes (see above). Static.
+    use_old_accumulator: divide by the accumulator before adding this step's squared
+      gradient (GloVe, LightFM). Static.
+    feature_axes: which axes make a row: ``None`` (the default rule), an int or tuple
+      of ints for every leaf, a pytree prefix of such specs, or a callable
+      ``(path, leaf) -> axes``. Resolved from the updates, so ``params`` may be
+      ``None`` in ``update``. Static.
+    accumulator_dtype: ``None`` promotes the param dtype to at least float32. Static.
+
+  Returns:
+    An :class:`optax.GradientTransformation` whose state is a
+    :class:`RowwiseAdagradState`. Updates come back in the gradients' dtype.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax_blockada as ob
+    >>> params = {'table': jnp.ones((4, 3)), 'bias': jnp.zeros(4)}
+    >>> tx = ob.scale_by_rowwise_adagrad()
+    >>> state = tx.init(params)
+    >>> jax.tree.map(jnp.shape, state.sum_of_squares)
+    {'bias': (4,), 'table': (4, 1)}
+    >>> grads = {'table': jnp.array([[3.0, 4.0, 0.0]] + [[0.0] * 3] * 3),
+    ...          'bias': jnp.zeros(4)}
+    >>> updates, state = tx.update(grads, state)
+    >>> print(updates['table'][0])  # g / sqrt(0.1 + (9 + 16) / 3)
+    [1.03305 1.3774 0.    ]
+
+  With ``optax.inject_hyperparams`` pass ``static_args=('feature_axes',)`` whenever
+  ``feature_axes`` is an int or a callable (and likewise ``'accumulator_dtype'``).
+  """
+  return _scale_by_scalar_adagrad(
+      name="scale_by_rowwise_adagrad",
+      state_cls=RowwiseAdagradState,
+      feature_axes=feature_axes,
+      initial_accumulator_value=initial_accumulator_value,
+      eps=eps,
+      reduction=reduction,
+      eps_in_sqrt=eps_in_sqrt,
+      use_old_accumulator=use_old_accumulator,
+      accumulator_dtype=accumulator_dtype,
+  )
+
+
+scale_by_diagonal_adagrad.__doc__ = scale_by_diagonal_adagrad.__doc__.replace(
+    "{maths}", _MATHS_COMMON
+)
+scale_by_rowwise_adagrad.__doc__ = scale_by_rowwise_adagrad.__doc__.replace(
+    "{maths}", _MATHS_COMMON
+)
+
+
+def with_learning_rate(
+    scaling: optax.GradientTransformation, learning_rate: optax.ScalarOrSchedule
+) -> optax.GradientTransformation:
+  """``chain(scaling, scale_by_learning_rate(learning_rate))`` with a checked rate."""
+  _validation.check_learning_rate(learning_rate)
+  return optax.chain(scaling, optax.scale_by_learning_rate(learning_rate))
+
+
+def diagonal_adagrad(
+    learning_rate: optax.ScalarOrSchedule,
+    initial_accumulator_value: Any = 0.1,
+    eps: Any = 1e-7,
+    *,
+    eps_in_sqrt: bool = True,
+    use_old_accumulator: bool = False,
+    accumulator_dtype: Any | None = None,
+) -> optax.GradientTransformation:
+  r"""Per-coordinate Adagrad: :func:`scale_by_diagonal_adagrad` then ``-learning_rate``.
+
+  With default arguments this is :func:`optax.adagrad`. See
+  :func:`scale_by_diagonal_adagrad` for the maths and the arguments.
+
+  Args:
+    learning_rate: a finite float, or an optax schedule.
+    initial_accumulator_value: starting accumulator, ``>= 0``.
+    eps: damping term, ``>= 0``.
+    eps_in_sqrt: ``sqrt(G + eps)`` if True, ``sqrt(G) + eps`` otherwise.
+    use_old_accumulator: divide by the accumulator before adding this step's gradient.
+    accumulator_dtype: ``None`` promotes the param dtype to at least float32.
+
+  Returns:
+    An :class:`optax.GradientTransformation`.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax_blockada as ob
+    >>> f = lambda x: jnp.sum(x ** 2)
+    >>> tx = ob.diagonal_adagrad(learning_rate=1.0)
+    >>> params = jnp.array([1.0, 2.0, 3.0])
+    >>> state = tx.init(params)
+    >>> for _ in range(10):
+    ...   updates, state = tx.update(jax.grad(f)(params), state, params)
+    ...   params = params + updates
+    >>> print(f"{f(params):.3f}")  # from 14.0
+    0.025
+  """
+  return with_learning_rate(
+      scale_by_diagonal_adagrad(
+          initial_accumulator_value,
+          eps,
+          eps_in_sqrt=eps_in_sqrt,
+          use_old_accumulator=use_old_accumulator,
+          accumulator_dtype=accumulator_dtype,
+      ),
+      learning_rate,
+  )
+
+
+def rowwise_adagrad(
+    learning_rate: optax.ScalarOrSchedule,
+    initial_accumulator_value: Any = 0.1,
+    eps: Any = 1e-7,
+    *,
+    reduction: str = "mean",
+    eps_in_sqrt: bool = True,
+    use_old_accumulator: bool = False,
+    feature_axes: FeatureAxesSpec = None,
+    accumulator_dtype: Any | None = None,
+) -> optax.GradientTransformation:
+  r"""Row-wise Adagrad: :func:`scale_by_rowwise_adagrad` then ``-learning_rate``.
+
+  One accumulator per feature vector (row), fed by the mean (or sum) of its squared
+  gradient. See :func:`scale_by_rowwise_adagrad` for the maths and the arguments.
+
+  Args:
+    learning_rate: a finite float, or an optax schedule.
+    initial_accumulator_value: starting accumulator, ``>= 0``.
+    eps: damping term, ``>= 0``.
+    reduction: ``'mean'`` (default) or ``'sum'``.
+    eps_in_sqrt: ``sqrt(s + eps)`` if True, ``sqrt(s) + eps`` otherwise.
+    use_old_accumulator: divide by the accumulator before adding this step's gradient.
+    feature_axes: which axes make a row (see :func:`scale_by_rowwise_adagrad`).
+    accumulator_dtype: ``None`` promotes the param dtype to at least float32.
+
+  Returns:
+    An :class:`optax.GradientTransformation`.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import optax_blockada as ob
+    >>> table = jax.random.normal(jax.random.key(0), (10, 4))
+    >>> loss = lambda t: jnp.sum((t[jnp.array([1, 3, 3])] - 1.0) ** 2)
+    >>> tx = optax.chain(optax.clip_by_global_norm(10.0), ob.rowwise_adagrad(0.5))
+    >>> state = tx.init(table)
+    >>> for _ in range(20):
+    ...   updates, state = tx.update(jax.grad(loss)(table), state, table)
+    ...   table = optax.apply_updates(table, updates)
+    >>> print(f"{loss(table):.3f}")
+    0.000
+  """
+  return with_learning_rate(
+      scale_by_rowwise_adagrad(
+          initial_accumulator_value,
+          eps,
+          reduction=reduction,
+          eps_in_sqrt=eps_in_sqrt,
+          use_old_accumulator=use_old_accumulator,
+          feature_axes=feature_axes,
+          accumulator_dtype=accumulator_dtype,
+      ),
+      learning_rate,
+  )

@@ -1,0 +1,104 @@
+"""Argument checks shared by every transform: clear errors instead of XLA traces.
+
+Values that arrive traced (``optax.inject_hyperparams`` under ``jit``) cannot be
+inspected and are passed through; concrete values are checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from optax_blockada._geometry import path_str
+
+
+def is_traced(x: Any) -> bool:
+  return isinstance(x, jax.core.Tracer)
+
+
+def _concrete(x: Any) -> np.ndarray | None:
+  if is_traced(x):
+    return None
+  try:
+    return np.asarray(x)
+  except Exception:
+    return None
+
+
+def check_nonnegative(name: str, value: Any, *, hint: str = "") -> None:
+  """Raises ``ValueError`` unless a concrete ``value`` is finite and ``>= 0``."""
+  v = _concrete(value)
+  if v is None:
+    return
+  if v.dtype.kind not in "biuf":
+    raise TypeError(f"{name} must be a real number, got {value!r}.")
+  if not np.all(np.isfinite(v)) or np.any(v < 0):
+    raise ValueError(f"{name} must be finite and >= 0, got {value!r}.{hint}")
+
+
+def check_learning_rate(learning_rate: Any, name: str = "learning_rate") -> None:
+  """Raises ``ValueError`` for a concrete learning rate that is not finite.
+
+  Schedules (callables) are accepted as they are; their values are checked by
+  ``optax`` when called.
+  """
+  if callable(learning_rate):
+    return
+  v = _concrete(learning_rate)
+  if v is None:
+    return
+  if v.dtype.kind not in "biuf":
+    raise TypeError(f"{name} must be a real number or a schedule, got {learning_rate!r}.")
+  if not np.all(np.isfinite(v)):
+    raise ValueError(
+        f"{name} must be finite, got {learning_rate!r}. Pass a finite float or an "
+        "optax schedule."
+    )
+
+
+def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
+  choices = tuple(choices)
+  if not isinstance(value, str) or value not in choices:
+    raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
+  return value
+
+
+def static_bool(name: str, value: Any) -> bool:
+  """A Python bool from ``value``; a clear error if it is traced."""
+  if is_traced(value):
+    raise TypeError(
+        f"{name} is used in Python control flow and cannot be traced. With "
+        f"optax.inject_hyperparams pass static_args=('{name}', ...)."
+    )
+  return bool(value)
+
+
+def check_float_leaves(tree: Any, name: str) -> None:
+  """Raises ``TypeError`` naming the first leaf that is not a real floating array."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None:
+      dtype = np.asarray(leaf).dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(
+          f"{name}: the leaf at {path_str(path)} has dtype {dtype}; Adagrad needs "
+          "real floating-point leaves. Cast it to a float dtype, or leave it out of "
+          "this transform with optax.masked / optax.partition (e.g. "
+          "optax.set_to_zero for that label)."
+      )
+
+
+def check_same_structure(updates: Any, state_tree: Any, name: str) -> None:
+  """Raises ``ValueError`` when ``updates`` and a state tree differ in structure."""
+  u = jax.tree.structure(updates)
+  s = jax.tree.structure(state_tree)
+  if u != s:
+    raise ValueError(
+        f"{name}: the updates tree does not match the optimizer state. "
+        f"updates: {u}; state: {s}. Initialise the state with tx.init(params) for the "
+        "same params tree you pass gradients for."
+    )

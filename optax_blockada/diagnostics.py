@@ -1,0 +1,148 @@
+"""Looking inside optimizer states: effective learning rates and state size."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from optax_blockada._scalar import DiagonalAdagradState, RowwiseAdagradState, inverse_root
+
+__all__ = ["effective_learning_rates", "find_adagrad_states", "state_bytes"]
+
+_ADAGRAD_STATES = (DiagonalAdagradState, RowwiseAdagradState, optax.ScaleByRssState)
+
+
+def find_adagrad_states(opt_state: Any) -> list[Any]:
+  """All Adagrad states inside ``opt_state`` (chains, partitions, masks, injections).
+
+  Recognises this library's :class:`DiagonalAdagradState` and
+  :class:`RowwiseAdagradState`, and ``optax.adagrad``'s ``ScaleByRssState``.
+
+  Args:
+    opt_state: any optimizer state pytree.
+
+  Returns:
+    The states, in tree order.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import optax_blockada as ob
+    >>> tx = optax.chain(optax.clip(1.0), ob.rowwise_adagrad(0.1))
+    >>> [type(s).__name__ for s in ob.find_adagrad_states(tx.init(jnp.ones((3, 2))))]
+    ['RowwiseAdagradState']
+  """
+  is_state = lambda x: isinstance(x, _ADAGRAD_STATES)
+  return [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
+
+
+def _merge(trees: list[Any]) -> Any:
+  """Merges trees that hold ``MaskedNode`` where another tree holds the leaf."""
+  is_masked = lambda x: isinstance(x, optax.MaskedNode)
+  flat = [jax.tree.flatten(t, is_leaf=is_masked) for t in trees]
+  treedef = flat[0][1]
+  if any(td != treedef for _, td in flat):
+    raise ValueError(
+        "effective_learning_rates: several Adagrad states with different trees were "
+        "found; pass the one you want (see find_adagrad_states)."
+    )
+  merged = []
+  for position in zip(*(leaves for leaves, _ in flat), strict=True):
+    present = [x for x in position if not is_masked(x)]
+    if len(present) != 1:
+      raise ValueError(
+          "effective_learning_rates: a leaf is covered by "
+          f"{len(present)} Adagrad states; pass the one you want (see "
+          "find_adagrad_states)."
+      )
+    merged.append(present[0])
+  return treedef.unflatten(merged)
+
+
+def effective_learning_rates(
+    opt_state: Any,
+    learning_rate: Any = 1.0,
+    *,
+    eps: Any = 1e-7,
+    eps_in_sqrt: bool = True,
+) -> Any:
+  r"""Per-row (or per-element) effective learning rate :math:`\eta\,\phi(G)`.
+
+  The step a row takes per unit of gradient at the next update, if that gradient is
+  small against the accumulator: :math:`\eta / \sqrt{G + \epsilon}` (or
+  :math:`\eta / (\sqrt{G} + \epsilon)`), zero where :math:`G = 0`. Rows of a row-wise
+  state give one value per row (keepdims shapes, e.g. ``(V, 1)``).
+
+  The state may sit anywhere in a chain. Partitioned groups (``optax.partition``,
+  ``optax.masked``, e.g. the GloVe preset) are merged into one tree. Pass the
+  ``eps`` and ``eps_in_sqrt`` the transform was built with (the defaults match
+  :func:`rowwise_adagrad` and :func:`diagonal_adagrad`; presets say theirs).
+
+  Args:
+    opt_state: an optimizer state containing Adagrad state(s), or such a state.
+    learning_rate: the learning rate :math:`\eta` to multiply by.
+    eps: the transform's ``eps``.
+    eps_in_sqrt: the transform's ``eps_in_sqrt``.
+
+  Returns:
+    A pytree like the params' (per-row leaves for row-wise states).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax_blockada as ob
+    >>> tx = ob.rowwise_adagrad(0.1, initial_accumulator_value=0.0, eps=0.0)
+    >>> params = jnp.zeros((2, 2))
+    >>> _, state = tx.update(jnp.array([[3.0, 4.0], [0.0, 0.0]]), tx.init(params))
+    >>> print(ob.effective_learning_rates(state, 0.1, eps=0.0))  # 0.1 / sqrt(12.5)
+    [[0.02828]
+     [0.     ]]
+  """
+  states = find_adagrad_states(opt_state)
+  if not states:
+    raise ValueError(
+        "effective_learning_rates: no Adagrad state (DiagonalAdagradState, "
+        "RowwiseAdagradState or optax ScaleByRssState) found in opt_state."
+    )
+  sums = _merge([s.sum_of_squares for s in states])
+  return jax.tree.map(
+      lambda g: inverse_root(g, eps, bool(eps_in_sqrt)) * learning_rate, sums
+  )
+
+
+def state_bytes(tree: Any) -> int:
+  """Total bytes of the array leaves of ``tree`` (an optimizer state, or any pytree).
+
+  Works on concrete arrays and on ``jax.ShapeDtypeStruct`` leaves, so the size of a
+  state can be known before allocating it: ``state_bytes(jax.eval_shape(tx.init,
+  params))``.
+
+  Args:
+    tree: a pytree of arrays or ``jax.ShapeDtypeStruct``.
+
+  Returns:
+    The number of bytes as a Python int.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import optax_blockada as ob
+    >>> params = jax.ShapeDtypeStruct((1000, 64), jnp.float32)
+    >>> ob.state_bytes(jax.eval_shape(optax.adagrad(0.1).init, params))
+    256000
+    >>> ob.state_bytes(jax.eval_shape(ob.rowwise_adagrad(0.1).init, params))
+    4000
+  """
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    shape = getattr(leaf, "shape", None)
+    dtype = getattr(leaf, "dtype", None)
+    if shape is None or dtype is None:
+      arr = np.asarray(leaf)
+      shape, dtype = arr.shape, arr.dtype
+    total += math.prod(shape) * np.dtype(dtype).itemsize
+  return total

@@ -1,0 +1,387 @@
+"""Other ecosystems' Adagrad numerics, each as a short optax chain.
+
+Every preset reproduces one system's update formula, defaults included, so that a
+model moved to JAX trains as it did there. Formulas are quoted from each project's
+source (see ``CONVENTIONS.md`` in the design docs).
+
+All presets return :class:`optax.GradientTransformation`; the ones with weight decay
+or ``max_norm`` need ``params`` in ``update``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+from optax_blockada import _validation
+from optax_blockada._rows import add_decayed_weights_to_touched_rows, renormalize_rows
+from optax_blockada._scalar import scale_by_diagonal_adagrad, scale_by_rowwise_adagrad
+
+__all__ = [
+    "fbgemm_exact_adagrad",
+    "fbgemm_rowwise_adagrad",
+    "glove_adagrad",
+    "keras_adagrad",
+    "lightfm_adagrad",
+    "torch_adagrad",
+    "torchrec_rowwise_adagrad",
+]
+
+WEIGHT_DECAY_MODES = ("none", "l2", "decoupled")
+
+
+def _is_zero(x: Any) -> bool:
+  """True for a concrete zero (a term that can be left out of the chain)."""
+  return not _validation.is_traced(x) and not callable(x) and float(x) == 0.0
+
+
+def _inverse_time(learning_rate: Any, lr_decay: Any) -> optax.ScalarOrSchedule:
+  """PyTorch's ``clr = lr / (1 + (t - 1) * lr_decay)`` as an optax schedule."""
+  _validation.check_learning_rate(learning_rate)
+  _validation.check_nonnegative("lr_decay", lr_decay)
+  if _is_zero(lr_decay):
+    return learning_rate
+
+  def schedule(count):
+    lr = learning_rate(count) if callable(learning_rate) else learning_rate
+    return lr / (1 + count * lr_decay)
+
+  return schedule
+
+
+def torch_adagrad(
+    learning_rate: Any = 1e-2,
+    lr_decay: Any = 0.0,
+    weight_decay: Any = 0.0,
+    initial_accumulator_value: Any = 0.0,
+    eps: Any = 1e-10,
+) -> optax.GradientTransformation:
+  r"""PyTorch's ``torch.optim.Adagrad`` (dense gradients).
+
+  Source (``torch/optim/adagrad.py``, ``_single_tensor_adagrad``)::
+
+    g = g + weight_decay * p
+    clr = lr / (1 + (t - 1) * lr_decay)
+    G += g * g
+    p -= clr * g / (sqrt(G) + eps)
+
+  As a chain: ``add_decayed_weights(weight_decay)``,
+  ``scale_by_diagonal_adagrad(initial_accumulator_value, eps, eps_in_sqrt=False)``,
+  ``scale_by_learning_rate`` with the inverse-time schedule. ``t`` counts every
+  ``update`` call, as PyTorch's per-parameter ``step`` does for dense gradients.
+
+  Args:
+    learning_rate: ``lr`` (a float or an optax schedule, decayed further by
+      ``lr_decay``).
+    lr_decay: inverse-time decay, ``>= 0``.
+    weight_decay: coupled L2, added to the gradient, ``>= 0``.
+    initial_accumulator_value: ``G_0 >= 0``.
+    eps: added outside the square root.
+
+  Returns:
+    An :class:`optax.GradientTransformation` (needs ``params`` if
+    ``weight_decay != 0``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_blockada import presets
+    >>> tx = presets.torch_adagrad(learning_rate=0.1)
+    >>> params = jnp.zeros(1)
+    >>> state = tx.init(params)
+    >>> for g in [10.0, 9.0, 11.0]:
+    ...   updates, state = tx.update(jnp.array([g]), state, params)
+    ...   print(f"{-updates[0]:.4f}")
+    0.1000
+    0.0669
+    0.0633
+  """
+  _validation.check_nonnegative("weight_decay", weight_decay)
+  parts = []
+  if not _is_zero(weight_decay):
+    parts.append(optax.add_decayed_weights(weight_decay))
+  parts.append(scale_by_diagonal_adagrad(initial_accumulator_value, eps, eps_in_sqrt=False))
+  parts.append(optax.scale_by_learning_rate(_inverse_time(learning_rate, lr_decay)))
+  return optax.chain(*parts)
+
+
+def torchrec_rowwise_adagrad(
+    learning_rate: Any = 1e-2,
+    lr_decay: Any = 0.0,
+    weight_decay: Any = 0.0,
+    initial_accumulator_value: Any = 0.0,
+    eps: Any = 1e-10,
+) -> optax.GradientTransformation:
+  r"""TorchRec's ``torchrec.optim.RowWiseAdagrad`` (also PyTorch-BigGraph, DGL-KE).
+
+  PyTorch's Adagrad with a ``(V, 1)`` accumulator fed by the row mean
+  (``torchrec/optim/rowwise_adagrad.py``)::
+
+    g = g + weight_decay * p                 # dense, every row
+    clr = lr / (1 + (t - 1) * lr_decay)
+    G += mean(g * g, axis=1)
+    p -= clr * g / (sqrt(G) + eps)
+
+  Args:
+    learning_rate: ``lr`` (a float or an optax schedule).
+    lr_decay: inverse-time decay, ``>= 0``.
+    weight_decay: coupled L2 on every row, ``>= 0``.
+    initial_accumulator_value: ``G_0 >= 0``.
+    eps: added outside the square root.
+
+  Returns:
+    An :class:`optax.GradientTransformation`.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from optax_blockada import presets
+    >>> tx = presets.torchrec_rowwise_adagrad()
+    >>> state = tx.init(jnp.zeros((5, 8)))
+    >>> jax.tree.map(jnp.shape, state[0].sum_of_squares)
+    (5, 1)
+  """
+  _validation.check_nonnegative("weight_decay", weight_decay)
+  parts = []
+  if not _is_zero(weight_decay):
+    parts.append(optax.add_decayed_weights(weight_decay))
+  parts.append(
+      scale_by_rowwise_adagrad(
+          initial_accumulator_value, eps, reduction="mean", eps_in_sqrt=False
+      )
+  )
+  parts.append(optax.scale_by_learning_rate(_inverse_time(learning_rate, lr_decay)))
+  return optax.chain(*parts)
+
+
+def keras_adagrad(
+    learning_rate: Any = 1e-3,
+    initial_accumulator_value: Any = 0.1,
+    epsilon: Any = 1e-7,
+    weight_decay: Any = 0.0,
+) -> optax.GradientTransformation:
+  r"""Keras 3's ``keras.optimizers.Adagrad``.
+
+  Source (``keras/src/optimizers/adagrad.py`` and the base optimizer's decoupled
+  weight decay, applied to the variable before the step)::
+
+    w -= lr * weight_decay * w
+    G += g * g
+    w -= lr * g / sqrt(G + epsilon)
+
+  With ``weight_decay=0`` this is :func:`optax.adagrad` with Keras' defaults.
+
+  Args:
+    learning_rate: ``lr`` (a float or an optax schedule).
+    initial_accumulator_value: ``G_0 >= 0``.
+    epsilon: added inside the square root.
+    weight_decay: decoupled decay, ``>= 0``.
+
+  Returns:
+    An :class:`optax.GradientTransformation`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_blockada import presets
+    >>> tx = presets.keras_adagrad(learning_rate=0.1)
+    >>> params = jnp.zeros(1)
+    >>> updates, _ = tx.update(jnp.array([1.0]), tx.init(params), params)
+    >>> print(f"{float(updates[0]):.5f}")  # -0.1 / sqrt(1.1)
+    -0.09535
+  """
+  _validation.check_nonnegative("weight_decay", weight_decay)
+  parts = [scale_by_diagonal_adagrad(initial_accumulator_value, epsilon)]
+  if not _is_zero(weight_decay):
+    parts.append(optax.add_decayed_weights(weight_decay))
+  _validation.check_learning_rate(learning_rate)
+  parts.append(optax.scale_by_learning_rate(learning_rate))
+  return optax.chain(*parts)
+
+
+def fbgemm_exact_adagrad(
+    learning_rate: Any = 0.01, eps: Any = 1e-8
+) -> optax.GradientTransformation:
+  r"""FBGEMM/TorchRec ``EXACT_ADAGRAD`` (per-element, exact duplicate handling).
+
+  Source (``fbgemm_gpu/codegen/genscript/optimizers.py``, ``adagrad``)::
+
+    G += g * g
+    w -= lr * g / (sqrt(G) + eps)
+
+  FBGEMM sums the gradients of duplicate ids before one update; JAX autodiff through
+  ``table[ids]`` does the same. Rows outside the batch are untouched in FBGEMM and
+  get a zero update here (Adagrad is lazily exact).
+
+  Args:
+    learning_rate: ``lr`` (a float or an optax schedule).
+    eps: added outside the square root.
+
+  Returns:
+    An :class:`optax.GradientTransformation`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_blockada import presets
+    >>> tx = presets.fbgemm_exact_adagrad()
+    >>> params = jnp.zeros(2)
+    >>> updates, _ = tx.update(jnp.array([1e-3, 0.0]), tx.init(params), params)
+    >>> print(updates)  # a sign step on the first step
+    [-0.01  0.  ]
+  """
+  _validation.check_learning_rate(learning_rate)
+  return optax.chain(
+      scale_by_diagonal_adagrad(0.0, eps, eps_in_sqrt=False),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+
+
+def fbgemm_rowwise_adagrad(
+    learning_rate: Any = 0.01,
+    eps: Any = 1e-8,
+    weight_decay: Any = 0.0,
+    weight_decay_mode: str = "none",
+    max_norm: Any = 0.0,
+) -> optax.GradientTransformation:
+  r"""FBGEMM/TorchRec ``EXACT_ROWWISE_ADAGRAD`` with its weight-decay modes.
+
+  Source (``fbgemm_gpu/codegen/genscript/optimizers.py``, ``rowwise_adagrad``), for a
+  row ``w`` of the batch with summed gradient ``g``::
+
+    g' = g + wd * w                      # 'l2' mode only
+    G += mean(g' * g')
+    m = lr / (sqrt(G) + eps)
+    c = 1 - m * wd   ('l2')  |  1 - lr * wd   ('decoupled')  |  1   ('none')
+    w = c * w - m * g
+    if max_norm > 0 and ||w|| > max_norm: w *= max_norm / ||w||
+
+  ``'l2'`` is ``w - m * g'``. Decay and ``max_norm`` touch only rows of the batch;
+  here that means rows with a non-zero gradient (see
+  :func:`add_decayed_weights_to_touched_rows`).
+
+  Args:
+    learning_rate: ``lr`` (a float or an optax schedule).
+    eps: added outside the square root.
+    weight_decay: ``wd >= 0``.
+    weight_decay_mode: ``'none'``, ``'l2'`` or ``'decoupled'``. Static.
+    max_norm: row max-norm after the update; ``0`` disables it.
+
+  Returns:
+    An :class:`optax.GradientTransformation` (needs ``params`` with weight decay or
+    ``max_norm``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> from optax_blockada import presets
+    >>> tx = presets.fbgemm_rowwise_adagrad(learning_rate=1.0, max_norm=0.5)
+    >>> params = jnp.zeros((2, 2))
+    >>> grads = jnp.array([[-3.0, -4.0], [0.0, 0.0]])
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> print(optax.apply_updates(params, updates))
+    [[0.3 0.4]
+     [0.  0. ]]
+  """
+  _validation.check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
+  _validation.check_nonnegative("weight_decay", weight_decay)
+  _validation.check_learning_rate(learning_rate)
+  decay = weight_decay_mode != "none" and not _is_zero(weight_decay)
+  parts = []
+  if decay and weight_decay_mode == "l2":
+    parts.append(add_decayed_weights_to_touched_rows(weight_decay))
+  parts.append(scale_by_rowwise_adagrad(0.0, eps, reduction="mean", eps_in_sqrt=False))
+  if decay and weight_decay_mode == "decoupled":
+    parts.append(add_decayed_weights_to_touched_rows(weight_decay))
+  parts.append(optax.scale_by_learning_rate(learning_rate))
+  if not _is_zero(max_norm):
+    parts.append(renormalize_rows(max_norm))
+  return optax.chain(*parts)
+
+
+def _glove_labels(tree: Any) -> Any:
+  return jax.tree.map(lambda x: "vectors" if x.ndim >= 2 else "biases", tree)
+
+
+def glove_adagrad(eta: Any = 0.05, grad_clip_value: Any = 100.0) -> optax.GradientTransformation:
+  r"""The reference GloVe implementation's Adagrad (``stanfordnlp/GloVe``, ``glove.c``).
+
+  Source, for one co-occurrence pair with weighted residual ``f`` (``fdiff``)::
+
+    d = eta * clip(f * c, -100, 100)      # word vector w; likewise for c
+    w -= d / sqrt(G);  G += d * d         # divides by the old accumulator
+    b -= f / sqrt(Gb); Gb += f * f        # biases: no eta, no clip
+    G, Gb start at 1
+
+  Dividing ``d`` by ``eta`` shows the vectors' update is Adagrad with learning rate
+  1 on the clipped gradient, accumulators starting at ``1 / eta**2`` and dividing by
+  the old accumulator, no eps. Biases are the same with accumulators starting at 1.
+  Vectors are the leaves with ``ndim >= 2``, biases those with ``ndim <= 1``.
+  ``glove.c`` also skips updates that are not finite; this preset does not.
+
+  Args:
+    eta: GloVe's ``-eta`` (initial learning rate), ``> 0``.
+    grad_clip_value: GloVe's per-element gradient clip for vectors.
+
+  Returns:
+    An :class:`optax.GradientTransformation`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_blockada import presets
+    >>> tx = presets.glove_adagrad(eta=0.05)
+    >>> params = {'w': jnp.zeros((2, 3)), 'b': jnp.zeros(2)}
+    >>> grads = {'w': jnp.ones((2, 3)), 'b': jnp.ones(2)}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> print(updates['w'][0], updates['b'])  # -eta * g / sqrt(1), -g / sqrt(1)
+    [-0.05 -0.05 -0.05] [-1. -1.]
+  """
+  _validation.check_nonnegative("eta", eta)
+  if not _validation.is_traced(eta) and float(eta) == 0.0:
+    raise ValueError("eta must be > 0 (it sets the accumulators' start 1 / eta**2).")
+  _validation.check_nonnegative("grad_clip_value", grad_clip_value)
+  vectors = optax.chain(
+      optax.clip(grad_clip_value),
+      scale_by_diagonal_adagrad(1.0 / eta**2, 0.0, use_old_accumulator=True),
+  )
+  biases = scale_by_diagonal_adagrad(1.0, 0.0, use_old_accumulator=True)
+  return optax.chain(
+      optax.partition({"vectors": vectors, "biases": biases}, _glove_labels),
+      optax.scale(-1.0),
+  )
+
+
+def lightfm_adagrad(learning_rate: Any = 0.05) -> optax.GradientTransformation:
+  r"""LightFM's ``learning_schedule='adagrad'`` (``lightfm/_lightfm_fast.pyx.template``).
+
+  Source, per feature embedding component::
+
+    local_lr = lr / sqrt(G)               # the old accumulator
+    w -= local_lr * x * g
+    G += (x * g) ** 2                     # G starts at 1
+
+  LightFM's lazy L2 regularisation (``item_alpha``, ``user_alpha``) rescales whole
+  tables and is not part of this preset.
+
+  Args:
+    learning_rate: ``lr`` (a float or an optax schedule).
+
+  Returns:
+    An :class:`optax.GradientTransformation`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_blockada import presets
+    >>> tx = presets.lightfm_adagrad()
+    >>> params = jnp.zeros(2)
+    >>> state = tx.init(params)
+    >>> for _ in range(2):
+    ...   updates, state = tx.update(jnp.array([2.0, 0.0]), state, params)
+    ...   print(updates)  # -0.05 * 2 / sqrt(1), then / sqrt(1 + 4)
+    [-0.1  0. ]
+    [-0.04472  0.     ]
+  """
+  _validation.check_learning_rate(learning_rate)
+  return optax.chain(
+      scale_by_diagonal_adagrad(1.0, 0.0, use_old_accumulator=True),
+      optax.scale_by_learning_rate(learning_rate),
+  )
