@@ -15,6 +15,7 @@ import optax
 
 from optax_blockada import _geometry, _validation
 from optax_blockada._geometry import FeatureAxesSpec
+from optax_blockada._scalar import accumulator_dtype_for
 
 __all__ = ["add_decayed_weights_to_touched_rows", "renormalize_rows"]
 
@@ -119,7 +120,7 @@ def renormalize_rows(
     _needs_params(params, "renormalize_rows")
 
     def leaf(u, p, ax):
-      dtype = jnp.promote_types(p.dtype, jnp.float32)
+      dtype = accumulator_dtype_for(p.dtype, None)
       new = p.astype(dtype) + u.astype(dtype)
       norm = jnp.sqrt(_geometry.reduce_rows(new * new, ax, "sum"))
       m = jnp.asarray(max_norm).astype(dtype)

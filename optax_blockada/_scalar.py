@@ -29,14 +29,28 @@ REDUCTIONS = ("mean", "sum")
 
 
 class DiagonalAdagradState(NamedTuple):
-  """State of :func:`scale_by_diagonal_adagrad`."""
+  """State of :func:`scale_by_diagonal_adagrad`: one accumulator per coordinate.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax_blockada as ob
+    >>> ob.scale_by_diagonal_adagrad().init(jnp.zeros((2, 3))).sum_of_squares.shape
+    (2, 3)
+  """
 
   # Same tree and shapes as the params; dtype ``accumulator_dtype``.
   sum_of_squares: optax.Updates
 
 
 class RowwiseAdagradState(NamedTuple):
-  """State of :func:`scale_by_rowwise_adagrad`."""
+  """State of :func:`scale_by_rowwise_adagrad`: one accumulator per row.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax_blockada as ob
+    >>> ob.scale_by_rowwise_adagrad().init(jnp.zeros((2, 3))).sum_of_squares.shape
+    (2, 1)
+  """
 
   # Same tree as the params; each leaf has the param's rank with its feature axes
   # reduced to size 1 (a ``(V, d)`` table gets a ``(V, 1)`` accumulator).
@@ -46,7 +60,8 @@ class RowwiseAdagradState(NamedTuple):
 def accumulator_dtype_for(param_dtype: Any, accumulator_dtype: Any | None) -> jnp.dtype:
   """The accumulator dtype: given, or the param's dtype promoted to at least float32."""
   if accumulator_dtype is None:
-    return jnp.promote_types(param_dtype, jnp.float32)
+    dtype = jnp.dtype(param_dtype)
+    return dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
   return jnp.dtype(accumulator_dtype)
 
 
@@ -105,10 +120,10 @@ def _scale_by_scalar_adagrad(
   eps_in_sqrt = _validation.static_bool("eps_in_sqrt", eps_in_sqrt)
   use_old_accumulator = _validation.static_bool("use_old_accumulator", use_old_accumulator)
   _check_accumulator_dtype(accumulator_dtype)
-  if _validation.is_traced(feature_axes):
+  if isinstance(feature_axes, jax.Array):
     raise TypeError(
-        "feature_axes cannot be traced; with optax.inject_hyperparams pass "
-        "static_args=('feature_axes', ...)."
+        "feature_axes must be Python ints, got a JAX array. With "
+        "optax.inject_hyperparams pass static_args=('feature_axes', ...)."
     )
 
   def init_fn(params):

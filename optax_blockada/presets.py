@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from optax_blockada import _validation
@@ -46,7 +47,8 @@ def _inverse_time(learning_rate: Any, lr_decay: Any) -> optax.ScalarOrSchedule:
 
   def schedule(count):
     lr = learning_rate(count) if callable(learning_rate) else learning_rate
-    return lr / (1 + count * lr_decay)
+    decay = jnp.asarray(lr_decay)
+    return lr / (1 + count.astype(decay.dtype) * decay)
 
   return schedule
 

@@ -1,0 +1,1 @@
+"""Runnable examples: python -m optax_blockada.examples.<name>."""

@@ -1,0 +1,135 @@
+"""Bad input gets a clear error naming the argument, the value and the fix."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_blockada as ob
+from optax_blockada import presets
+
+TABLE = {"table": jnp.zeros((5, 3)), "bias": jnp.zeros(5)}
+
+
+def test_feature_axis_out_of_range():
+  tx = ob.rowwise_adagrad(0.1, feature_axes=2)
+  with pytest.raises(ValueError, match=r"feature_axes: axis 2 is out of range .*\['bias'\].*"
+                                       r"shape \(5,\)"):
+    tx.init(TABLE)
+
+
+def test_feature_axes_duplicated():
+  tx = ob.rowwise_adagrad(0.1, feature_axes=(1, -1))
+  with pytest.raises(ValueError, match=r"duplicated axes \(1, -1\).*\['table'\]"):
+    tx.init({"table": jnp.zeros((5, 3))})
+
+
+def test_feature_axes_of_the_wrong_type():
+  with pytest.raises(TypeError, match="feature_axes: expected None, an int or a tuple"):
+    ob.rowwise_adagrad(0.1, feature_axes={"table": "last", "bias": None}).init(TABLE)
+
+
+def test_feature_axes_tree_not_a_prefix():
+  tx = ob.rowwise_adagrad(0.1, feature_axes={"embedding": -1})
+  with pytest.raises(ValueError, match="must be a prefix of the updates/params tree"):
+    tx.init(TABLE)
+
+
+def test_updates_and_state_trees_do_not_match():
+  tx = ob.rowwise_adagrad(0.1)
+  state = tx.init(TABLE)
+  with pytest.raises(ValueError, match="the updates tree does not match the optimizer state"):
+    tx.update({"table": jnp.zeros((5, 3))}, state)
+
+
+def test_state_made_with_other_feature_axes():
+  params = {"table": jnp.zeros((5, 3))}
+  state = ob.scale_by_rowwise_adagrad(feature_axes=0).init(params)
+  with pytest.raises(ValueError, match=r"accumulator of the leaf at \['table'\] has shape "
+                                       r"\(1, 3\).*need \(5, 1\)"):
+    ob.scale_by_rowwise_adagrad().update(params, state)
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_])
+@pytest.mark.parametrize("make_tx", [ob.diagonal_adagrad, ob.rowwise_adagrad])
+def test_integer_or_boolean_params(dtype, make_tx):
+  params = {"ids": jnp.zeros(4, dtype), "w": jnp.zeros((4, 2))}
+  with pytest.raises(TypeError, match=r"the leaf at \['ids'\] has dtype (int32|bool).*"
+                                      r"optax.masked"):
+    make_tx(0.1).init(params)
+
+
+def test_integer_updates():
+  tx = ob.scale_by_rowwise_adagrad()
+  state = tx.init({"w": jnp.zeros(3)})
+  with pytest.raises(TypeError, match=r"updates: the leaf at \['w'\] has dtype int32"):
+    tx.update({"w": jnp.zeros(3, jnp.int32)}, state)
+
+
+def test_unknown_reduction():
+  with pytest.raises(ValueError, match=r"reduction must be one of \('mean', 'sum'\), got 'max'"):
+    ob.rowwise_adagrad(0.1, reduction="max")
+
+
+@pytest.mark.parametrize("name", ["eps", "initial_accumulator_value"])
+@pytest.mark.parametrize("value", [-1e-3, float("nan"), float("inf")])
+def test_negative_or_nonfinite_eps_and_initial_accumulator(name, value):
+  for factory in (ob.scale_by_diagonal_adagrad, ob.scale_by_rowwise_adagrad):
+    with pytest.raises(ValueError, match=f"{name} must be finite and >= 0"):
+      factory(**{name: value})
+
+
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), -float("inf"), np.float32("nan")])
+@pytest.mark.parametrize(
+    "factory",
+    [ob.diagonal_adagrad, ob.rowwise_adagrad, presets.torch_adagrad, presets.keras_adagrad,
+     presets.fbgemm_exact_adagrad, presets.fbgemm_rowwise_adagrad,
+     presets.torchrec_rowwise_adagrad, presets.lightfm_adagrad],
+)
+def test_learning_rate_not_finite(lr, factory):
+  with pytest.raises(ValueError, match="learning_rate must be finite"):
+    factory(learning_rate=lr)
+
+
+def test_schedules_are_accepted_as_learning_rates():
+  tx = ob.rowwise_adagrad(optax.linear_schedule(0.1, 0.0, 10))
+  u, _ = tx.update(TABLE, tx.init(TABLE), TABLE)
+  assert jax.tree.structure(u) == jax.tree.structure(TABLE)
+
+
+def test_accumulator_dtype_not_floating():
+  with pytest.raises(TypeError, match="accumulator_dtype must be a floating dtype"):
+    ob.rowwise_adagrad(0.1, accumulator_dtype=jnp.int32)
+
+
+def test_traced_static_flag_is_a_clear_error():
+  def build(flag):
+    return ob.scale_by_rowwise_adagrad(eps_in_sqrt=flag)
+
+  with pytest.raises(TypeError, match=r"eps_in_sqrt .*static_args=\('eps_in_sqrt'"):
+    jax.jit(build)(True)
+
+
+def test_row_transforms_need_params():
+  for tx in (ob.renormalize_rows(1.0), ob.add_decayed_weights_to_touched_rows(0.1)):
+    with pytest.raises(ValueError, match=r"needs the current parameters: call "
+                                         r"tx.update\(updates, state, params\)"):
+      tx.update(TABLE, tx.init(TABLE))
+
+
+def test_glove_eta_must_be_positive():
+  with pytest.raises(ValueError, match="eta must be > 0"):
+    presets.glove_adagrad(eta=0.0)
+  with pytest.raises(ValueError, match="eta must be finite and >= 0"):
+    presets.glove_adagrad(eta=-0.05)
+
+
+def test_unknown_weight_decay_mode():
+  with pytest.raises(ValueError, match="weight_decay_mode must be one of"):
+    presets.fbgemm_rowwise_adagrad(weight_decay_mode="counter")
+
+
+def test_negative_weight_decay():
+  with pytest.raises(ValueError, match="weight_decay must be finite and >= 0"):
+    presets.torch_adagrad(weight_decay=-1.0)
