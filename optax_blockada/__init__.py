@@ -9,29 +9,29 @@ from optax_blockada import presets
 from optax_blockada._geometry import FeatureAxesSpec
 from optax_blockada._rows import add_decayed_weights_to_touched_rows, renormalize_rows
 from optax_blockada._scalar import (
-    DiagonalAdagradState,
-    RowwiseAdagradState,
-    diagonal_adagrad,
-    rowwise_adagrad,
-    scale_by_diagonal_adagrad,
-    scale_by_rowwise_adagrad,
+  DiagonalAdagradState,
+  RowwiseAdagradState,
+  diagonal_adagrad,
+  rowwise_adagrad,
+  scale_by_diagonal_adagrad,
+  scale_by_rowwise_adagrad,
 )
 from optax_blockada.diagnostics import effective_learning_rates, find_adagrad_states, state_bytes
 
 __version__ = "0.1.0"
 
 __all__ = (
-    "DiagonalAdagradState",
-    "FeatureAxesSpec",
-    "RowwiseAdagradState",
-    "add_decayed_weights_to_touched_rows",
-    "diagonal_adagrad",
-    "effective_learning_rates",
-    "find_adagrad_states",
-    "presets",
-    "renormalize_rows",
-    "rowwise_adagrad",
-    "scale_by_diagonal_adagrad",
-    "scale_by_rowwise_adagrad",
-    "state_bytes",
+  "DiagonalAdagradState",
+  "FeatureAxesSpec",
+  "RowwiseAdagradState",
+  "add_decayed_weights_to_touched_rows",
+  "diagonal_adagrad",
+  "effective_learning_rates",
+  "find_adagrad_states",
+  "presets",
+  "renormalize_rows",
+  "rowwise_adagrad",
+  "scale_by_diagonal_adagrad",
+  "scale_by_rowwise_adagrad",
+  "state_bytes",
 )

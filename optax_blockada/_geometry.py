@@ -38,7 +38,7 @@ def _is_axes(x: Any) -> bool:
   if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
     return True
   return isinstance(x, (tuple, list)) and all(
-      isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in x
+    isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in x
   )
 
 
@@ -68,8 +68,8 @@ def _normalize(axes: Any, path: Any, leaf: Any, name: str) -> tuple[int, ...]:
     return default_feature_axes(ndim)
   if not _is_axes(axes):
     raise TypeError(
-        f"{name}: expected None, an int or a tuple of ints for the leaf at "
-        f"{path_str(path)}, got {axes!r}."
+      f"{name}: expected None, an int or a tuple of ints for the leaf at "
+      f"{path_str(path)}, got {axes!r}."
     )
   seq = (axes,) if isinstance(axes, (int, np.integer)) else tuple(axes)
   out = []
@@ -77,22 +77,22 @@ def _normalize(axes: Any, path: Any, leaf: Any, name: str) -> tuple[int, ...]:
     a = int(a)
     if not -ndim <= a < ndim:
       raise ValueError(
-          f"{name}: axis {a} is out of range for the leaf at {path_str(path)} "
-          f"with shape {shape} (ndim {ndim}). Use axes in [-{ndim}, {ndim}), or give "
-          "per-leaf axes with a pytree prefix of specs or a callable "
-          "(path, leaf) -> axes."
+        f"{name}: axis {a} is out of range for the leaf at {path_str(path)} "
+        f"with shape {shape} (ndim {ndim}). Use axes in [-{ndim}, {ndim}), or give "
+        "per-leaf axes with a pytree prefix of specs or a callable "
+        "(path, leaf) -> axes."
       )
     out.append(a % ndim)
   if len(set(out)) != len(out):
     raise ValueError(
-        f"{name}: duplicated axes {tuple(seq)} for the leaf at {path_str(path)} "
-        f"with shape {shape}; each feature axis may appear once."
+      f"{name}: duplicated axes {tuple(seq)} for the leaf at {path_str(path)} "
+      f"with shape {shape}; each feature axis may appear once."
     )
   return tuple(sorted(out))
 
 
 def resolve_feature_axes(
-    spec: FeatureAxesSpec, tree: Any, *, name: str = "feature_axes"
+  spec: FeatureAxesSpec, tree: Any, *, name: str = "feature_axes"
 ) -> list[tuple[int, ...]]:
   """Resolves ``spec`` against ``tree``: one tuple of non-negative axes per leaf.
 
@@ -107,21 +107,21 @@ def resolve_feature_axes(
   else:
     try:
       boxed = jax.tree.map(
-          lambda s, sub: _Box((s, len(jax.tree.leaves(sub)))), spec, tree, is_leaf=_is_axes
+        lambda s, sub: _Box((s, len(jax.tree.leaves(sub)))), spec, tree, is_leaf=_is_axes
       )
     except (ValueError, TypeError) as e:
       raise ValueError(
-          f"{name}: a pytree of specs must be a prefix of the updates/params tree "
-          f"(tree structure {jax.tree.structure(tree)}), got {spec!r}. Give one spec "
-          "per subtree, or a callable (path, leaf) -> axes."
+        f"{name}: a pytree of specs must be a prefix of the updates/params tree "
+        f"(tree structure {jax.tree.structure(tree)}), got {spec!r}. Give one spec "
+        "per subtree, or a callable (path, leaf) -> axes."
       ) from e
     raw = []
     for box in jax.tree.leaves(boxed):
       value, count = box.value
       raw.extend([value] * count)
   return [
-      _normalize(axes, path, leaf, name)
-      for axes, (path, leaf) in zip(raw, leaves_with_path, strict=True)
+    _normalize(axes, path, leaf, name)
+    for axes, (path, leaf) in zip(raw, leaves_with_path, strict=True)
   ]
 
 

@@ -23,7 +23,7 @@ __all__ = ["add_decayed_weights_to_touched_rows", "renormalize_rows"]
 def _needs_params(params: Any, name: str) -> None:
   if params is None:
     raise ValueError(
-        f"{name} needs the current parameters: call tx.update(updates, state, params)."
+      f"{name} needs the current parameters: call tx.update(updates, state, params)."
     )
 
 
@@ -33,12 +33,12 @@ def _map_rows(fn, updates, params, feature_axes):
   param_leaves = treedef.flatten_up_to(params)
   axes = _geometry.resolve_feature_axes(feature_axes, updates)
   return treedef.unflatten(
-      [fn(u, p, ax) for u, p, ax in zip(leaves, param_leaves, axes, strict=True)]
+    [fn(u, p, ax) for u, p, ax in zip(leaves, param_leaves, axes, strict=True)]
   )
 
 
 def add_decayed_weights_to_touched_rows(
-    weight_decay: Any = 0.0, *, feature_axes: FeatureAxesSpec = None
+  weight_decay: Any = 0.0, *, feature_axes: FeatureAxesSpec = None
 ) -> optax.GradientTransformation:
   r"""Adds ``weight_decay * params`` to the rows whose update is non-zero.
 
@@ -84,7 +84,7 @@ def add_decayed_weights_to_touched_rows(
 
 
 def renormalize_rows(
-    max_norm: Any, *, feature_axes: FeatureAxesSpec = None
+  max_norm: Any, *, feature_axes: FeatureAxesSpec = None
 ) -> optax.GradientTransformation:
   r"""Rescales updated rows whose new norm exceeds ``max_norm`` (FBGEMM ``max_norm``).
 

@@ -17,12 +17,12 @@ from optax_blockada import _geometry, _validation
 from optax_blockada._geometry import FeatureAxesSpec
 
 __all__ = [
-    "DiagonalAdagradState",
-    "RowwiseAdagradState",
-    "diagonal_adagrad",
-    "rowwise_adagrad",
-    "scale_by_diagonal_adagrad",
-    "scale_by_rowwise_adagrad",
+  "DiagonalAdagradState",
+  "RowwiseAdagradState",
+  "diagonal_adagrad",
+  "rowwise_adagrad",
+  "scale_by_diagonal_adagrad",
+  "scale_by_rowwise_adagrad",
 ]
 
 REDUCTIONS = ("mean", "sum")
@@ -65,9 +65,7 @@ def accumulator_dtype_for(param_dtype: Any, accumulator_dtype: Any | None) -> jn
   return jnp.dtype(accumulator_dtype)
 
 
-def inverse_root(
-    accumulator: jax.Array, eps: Any, eps_in_sqrt: bool
-) -> jax.Array:
+def inverse_root(accumulator: jax.Array, eps: Any, eps_in_sqrt: bool) -> jax.Array:
   """Per-row step multiplier ``phi(G)``, zero where ``G == 0``.
 
   ``eps_in_sqrt=True``: ``rsqrt(G + eps)`` (optax, Keras 3);
@@ -86,35 +84,33 @@ def _check_accumulator_dtype(accumulator_dtype: Any) -> None:
     return
   if _validation.is_traced(accumulator_dtype):
     raise TypeError(
-        "accumulator_dtype cannot be traced; with optax.inject_hyperparams pass "
-        "static_args=('accumulator_dtype', ...)."
+      "accumulator_dtype cannot be traced; with optax.inject_hyperparams pass "
+      "static_args=('accumulator_dtype', ...)."
     )
   try:
     dtype = jnp.dtype(accumulator_dtype)
   except TypeError as e:
     raise TypeError(f"accumulator_dtype must be a dtype, got {accumulator_dtype!r}.") from e
   if not jnp.issubdtype(dtype, jnp.floating):
-    raise TypeError(
-        f"accumulator_dtype must be a floating dtype (e.g. jnp.float32), got {dtype}."
-    )
+    raise TypeError(f"accumulator_dtype must be a floating dtype (e.g. jnp.float32), got {dtype}.")
 
 
 def _scale_by_scalar_adagrad(
-    *,
-    name: str,
-    state_cls: type,
-    feature_axes: FeatureAxesSpec,
-    initial_accumulator_value: Any,
-    eps: Any,
-    reduction: str,
-    eps_in_sqrt: Any,
-    use_old_accumulator: Any,
-    accumulator_dtype: Any,
+  *,
+  name: str,
+  state_cls: type,
+  feature_axes: FeatureAxesSpec,
+  initial_accumulator_value: Any,
+  eps: Any,
+  reduction: str,
+  eps_in_sqrt: Any,
+  use_old_accumulator: Any,
+  accumulator_dtype: Any,
 ) -> optax.GradientTransformation:
   """The one implementation behind diagonal and row-wise Adagrad."""
   _validation.check_nonnegative("initial_accumulator_value", initial_accumulator_value)
   _validation.check_nonnegative(
-      "eps", eps, hint=" Use eps=0 to disable it (keep initial_accumulator_value > 0)."
+    "eps", eps, hint=" Use eps=0 to disable it (keep initial_accumulator_value > 0)."
   )
   _validation.check_choice("reduction", reduction, REDUCTIONS)
   eps_in_sqrt = _validation.static_bool("eps_in_sqrt", eps_in_sqrt)
@@ -122,8 +118,8 @@ def _scale_by_scalar_adagrad(
   _check_accumulator_dtype(accumulator_dtype)
   if isinstance(feature_axes, jax.Array):
     raise TypeError(
-        "feature_axes must be Python ints, got a JAX array. With "
-        "optax.inject_hyperparams pass static_args=('feature_axes', ...)."
+      "feature_axes must be Python ints, got a JAX array. With "
+      "optax.inject_hyperparams pass static_args=('feature_axes', ...)."
     )
 
   def init_fn(params):
@@ -131,12 +127,12 @@ def _scale_by_scalar_adagrad(
     leaves, treedef = jax.tree.flatten(params)
     axes = _geometry.resolve_feature_axes(feature_axes, params)
     sums = [
-        jnp.full(
-            _geometry.row_shape(p.shape, ax),
-            initial_accumulator_value,
-            accumulator_dtype_for(p.dtype, accumulator_dtype),
-        )
-        for p, ax in zip(leaves, axes, strict=True)
+      jnp.full(
+        _geometry.row_shape(p.shape, ax),
+        initial_accumulator_value,
+        accumulator_dtype_for(p.dtype, accumulator_dtype),
+      )
+      for p, ax in zip(leaves, axes, strict=True)
     ]
     return state_cls(sum_of_squares=treedef.unflatten(sums))
 
@@ -152,10 +148,10 @@ def _scale_by_scalar_adagrad(
       expected = _geometry.row_shape(g.shape, ax)
       if tuple(s.shape) != expected:
         raise ValueError(
-            f"{name}: the accumulator of the leaf at {_geometry.path_str(path)} has "
-            f"shape {tuple(s.shape)}, but updates of shape {tuple(g.shape)} with "
-            f"feature axes {ax} need {expected}. Was the state made for other params "
-            "or with other feature_axes?"
+          f"{name}: the accumulator of the leaf at {_geometry.path_str(path)} has "
+          f"shape {tuple(s.shape)}, but updates of shape {tuple(g.shape)} with "
+          f"feature axes {ax} need {expected}. Was the state made for other params "
+          "or with other feature_axes?"
         )
       g_acc = g.astype(s.dtype)
       new_s = s + _geometry.reduce_rows(g_acc * g_acc, ax, reduction)
@@ -178,12 +174,12 @@ _MATHS_COMMON = r"""
 
 
 def scale_by_diagonal_adagrad(
-    initial_accumulator_value: Any = 0.1,
-    eps: Any = 1e-7,
-    *,
-    eps_in_sqrt: bool = True,
-    use_old_accumulator: bool = False,
-    accumulator_dtype: Any | None = None,
+  initial_accumulator_value: Any = 0.1,
+  eps: Any = 1e-7,
+  *,
+  eps_in_sqrt: bool = True,
+  use_old_accumulator: bool = False,
+  accumulator_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
   r"""Per-coordinate Adagrad scaling (no learning rate).
 
@@ -227,27 +223,27 @@ def scale_by_diagonal_adagrad(
   set ``accumulator_dtype``; booleans are static already.
   """
   return _scale_by_scalar_adagrad(
-      name="scale_by_diagonal_adagrad",
-      state_cls=DiagonalAdagradState,
-      feature_axes=(),
-      initial_accumulator_value=initial_accumulator_value,
-      eps=eps,
-      reduction="sum",
-      eps_in_sqrt=eps_in_sqrt,
-      use_old_accumulator=use_old_accumulator,
-      accumulator_dtype=accumulator_dtype,
+    name="scale_by_diagonal_adagrad",
+    state_cls=DiagonalAdagradState,
+    feature_axes=(),
+    initial_accumulator_value=initial_accumulator_value,
+    eps=eps,
+    reduction="sum",
+    eps_in_sqrt=eps_in_sqrt,
+    use_old_accumulator=use_old_accumulator,
+    accumulator_dtype=accumulator_dtype,
   )
 
 
 def scale_by_rowwise_adagrad(
-    initial_accumulator_value: Any = 0.1,
-    eps: Any = 1e-7,
-    *,
-    reduction: str = "mean",
-    eps_in_sqrt: bool = True,
-    use_old_accumulator: bool = False,
-    feature_axes: FeatureAxesSpec = None,
-    accumulator_dtype: Any | None = None,
+  initial_accumulator_value: Any = 0.1,
+  eps: Any = 1e-7,
+  *,
+  reduction: str = "mean",
+  eps_in_sqrt: bool = True,
+  use_old_accumulator: bool = False,
+  feature_axes: FeatureAxesSpec = None,
+  accumulator_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
   r"""Row-wise (per-row-norm) Adagrad scaling (no learning rate).
 
@@ -307,28 +303,28 @@ def scale_by_rowwise_adagrad(
   ``feature_axes`` is an int or a callable (and likewise ``'accumulator_dtype'``).
   """
   return _scale_by_scalar_adagrad(
-      name="scale_by_rowwise_adagrad",
-      state_cls=RowwiseAdagradState,
-      feature_axes=feature_axes,
-      initial_accumulator_value=initial_accumulator_value,
-      eps=eps,
-      reduction=reduction,
-      eps_in_sqrt=eps_in_sqrt,
-      use_old_accumulator=use_old_accumulator,
-      accumulator_dtype=accumulator_dtype,
+    name="scale_by_rowwise_adagrad",
+    state_cls=RowwiseAdagradState,
+    feature_axes=feature_axes,
+    initial_accumulator_value=initial_accumulator_value,
+    eps=eps,
+    reduction=reduction,
+    eps_in_sqrt=eps_in_sqrt,
+    use_old_accumulator=use_old_accumulator,
+    accumulator_dtype=accumulator_dtype,
   )
 
 
 scale_by_diagonal_adagrad.__doc__ = scale_by_diagonal_adagrad.__doc__.replace(
-    "{maths}", _MATHS_COMMON
+  "{maths}", _MATHS_COMMON
 )
 scale_by_rowwise_adagrad.__doc__ = scale_by_rowwise_adagrad.__doc__.replace(
-    "{maths}", _MATHS_COMMON
+  "{maths}", _MATHS_COMMON
 )
 
 
 def with_learning_rate(
-    scaling: optax.GradientTransformation, learning_rate: optax.ScalarOrSchedule
+  scaling: optax.GradientTransformation, learning_rate: optax.ScalarOrSchedule
 ) -> optax.GradientTransformation:
   """``chain(scaling, scale_by_learning_rate(learning_rate))`` with a checked rate."""
   _validation.check_learning_rate(learning_rate)
@@ -336,13 +332,13 @@ def with_learning_rate(
 
 
 def diagonal_adagrad(
-    learning_rate: optax.ScalarOrSchedule,
-    initial_accumulator_value: Any = 0.1,
-    eps: Any = 1e-7,
-    *,
-    eps_in_sqrt: bool = True,
-    use_old_accumulator: bool = False,
-    accumulator_dtype: Any | None = None,
+  learning_rate: optax.ScalarOrSchedule,
+  initial_accumulator_value: Any = 0.1,
+  eps: Any = 1e-7,
+  *,
+  eps_in_sqrt: bool = True,
+  use_old_accumulator: bool = False,
+  accumulator_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
   r"""Per-coordinate Adagrad: :func:`scale_by_diagonal_adagrad` then ``-learning_rate``.
 
@@ -375,27 +371,27 @@ def diagonal_adagrad(
     0.025
   """
   return with_learning_rate(
-      scale_by_diagonal_adagrad(
-          initial_accumulator_value,
-          eps,
-          eps_in_sqrt=eps_in_sqrt,
-          use_old_accumulator=use_old_accumulator,
-          accumulator_dtype=accumulator_dtype,
-      ),
-      learning_rate,
+    scale_by_diagonal_adagrad(
+      initial_accumulator_value,
+      eps,
+      eps_in_sqrt=eps_in_sqrt,
+      use_old_accumulator=use_old_accumulator,
+      accumulator_dtype=accumulator_dtype,
+    ),
+    learning_rate,
   )
 
 
 def rowwise_adagrad(
-    learning_rate: optax.ScalarOrSchedule,
-    initial_accumulator_value: Any = 0.1,
-    eps: Any = 1e-7,
-    *,
-    reduction: str = "mean",
-    eps_in_sqrt: bool = True,
-    use_old_accumulator: bool = False,
-    feature_axes: FeatureAxesSpec = None,
-    accumulator_dtype: Any | None = None,
+  learning_rate: optax.ScalarOrSchedule,
+  initial_accumulator_value: Any = 0.1,
+  eps: Any = 1e-7,
+  *,
+  reduction: str = "mean",
+  eps_in_sqrt: bool = True,
+  use_old_accumulator: bool = False,
+  feature_axes: FeatureAxesSpec = None,
+  accumulator_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
   r"""Row-wise Adagrad: :func:`scale_by_rowwise_adagrad` then ``-learning_rate``.
 
@@ -431,14 +427,14 @@ def rowwise_adagrad(
     0.000
   """
   return with_learning_rate(
-      scale_by_rowwise_adagrad(
-          initial_accumulator_value,
-          eps,
-          reduction=reduction,
-          eps_in_sqrt=eps_in_sqrt,
-          use_old_accumulator=use_old_accumulator,
-          feature_axes=feature_axes,
-          accumulator_dtype=accumulator_dtype,
-      ),
-      learning_rate,
+    scale_by_rowwise_adagrad(
+      initial_accumulator_value,
+      eps,
+      reduction=reduction,
+      eps_in_sqrt=eps_in_sqrt,
+      use_old_accumulator=use_old_accumulator,
+      feature_axes=feature_axes,
+      accumulator_dtype=accumulator_dtype,
+    ),
+    learning_rate,
   )

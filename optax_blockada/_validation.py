@@ -55,8 +55,7 @@ def check_learning_rate(learning_rate: Any, name: str = "learning_rate") -> None
     raise TypeError(f"{name} must be a real number or a schedule, got {learning_rate!r}.")
   if not np.all(np.isfinite(v)):
     raise ValueError(
-        f"{name} must be finite, got {learning_rate!r}. Pass a finite float or an "
-        "optax schedule."
+      f"{name} must be finite, got {learning_rate!r}. Pass a finite float or an optax schedule."
     )
 
 
@@ -71,8 +70,8 @@ def static_bool(name: str, value: Any) -> bool:
   """A Python bool from ``value``; a clear error if it is traced."""
   if is_traced(value):
     raise TypeError(
-        f"{name} is used in Python control flow and cannot be traced. With "
-        f"optax.inject_hyperparams pass static_args=('{name}', ...)."
+      f"{name} is used in Python control flow and cannot be traced. With "
+      f"optax.inject_hyperparams pass static_args=('{name}', ...)."
     )
   return bool(value)
 
@@ -85,10 +84,10 @@ def check_float_leaves(tree: Any, name: str) -> None:
       dtype = np.asarray(leaf).dtype
     if not jnp.issubdtype(dtype, jnp.floating):
       raise TypeError(
-          f"{name}: the leaf at {path_str(path)} has dtype {dtype}; Adagrad needs "
-          "real floating-point leaves. Cast it to a float dtype, or leave it out of "
-          "this transform with optax.masked / optax.partition (e.g. "
-          "optax.set_to_zero for that label)."
+        f"{name}: the leaf at {path_str(path)} has dtype {dtype}; Adagrad needs "
+        "real floating-point leaves. Cast it to a float dtype, or leave it out of "
+        "this transform with optax.masked / optax.partition (e.g. "
+        "optax.set_to_zero for that label)."
       )
 
 
@@ -98,7 +97,7 @@ def check_same_structure(updates: Any, state_tree: Any, name: str) -> None:
   s = jax.tree.structure(state_tree)
   if u != s:
     raise ValueError(
-        f"{name}: the updates tree does not match the optimizer state. "
-        f"updates: {u}; state: {s}. Initialise the state with tx.init(params) for the "
-        "same params tree you pass gradients for."
+      f"{name}: the updates tree does not match the optimizer state. "
+      f"updates: {u}; state: {s}. Initialise the state with tx.init(params) for the "
+      "same params tree you pass gradients for."
     )

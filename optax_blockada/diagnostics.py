@@ -47,28 +47,28 @@ def _merge(trees: list[Any]) -> Any:
   treedef = flat[0][1]
   if any(td != treedef for _, td in flat):
     raise ValueError(
-        "effective_learning_rates: several Adagrad states with different trees were "
-        "found; pass the one you want (see find_adagrad_states)."
+      "effective_learning_rates: several Adagrad states with different trees were "
+      "found; pass the one you want (see find_adagrad_states)."
     )
   merged = []
   for position in zip(*(leaves for leaves, _ in flat), strict=True):
     present = [x for x in position if not is_masked(x)]
     if len(present) != 1:
       raise ValueError(
-          "effective_learning_rates: a leaf is covered by "
-          f"{len(present)} Adagrad states; pass the one you want (see "
-          "find_adagrad_states)."
+        "effective_learning_rates: a leaf is covered by "
+        f"{len(present)} Adagrad states; pass the one you want (see "
+        "find_adagrad_states)."
       )
     merged.append(present[0])
   return treedef.unflatten(merged)
 
 
 def effective_learning_rates(
-    opt_state: Any,
-    learning_rate: Any = 1.0,
-    *,
-    eps: Any = 1e-7,
-    eps_in_sqrt: bool = True,
+  opt_state: Any,
+  learning_rate: Any = 1.0,
+  *,
+  eps: Any = 1e-7,
+  eps_in_sqrt: bool = True,
 ) -> Any:
   r"""Per-row (or per-element) effective learning rate :math:`\eta\,\phi(G)`.
 
@@ -104,13 +104,11 @@ def effective_learning_rates(
   states = find_adagrad_states(opt_state)
   if not states:
     raise ValueError(
-        "effective_learning_rates: no Adagrad state (DiagonalAdagradState, "
-        "RowwiseAdagradState or optax ScaleByRssState) found in opt_state."
+      "effective_learning_rates: no Adagrad state (DiagonalAdagradState, "
+      "RowwiseAdagradState or optax ScaleByRssState) found in opt_state."
     )
   sums = _merge([s.sum_of_squares for s in states])
-  return jax.tree.map(
-      lambda g: inverse_root(g, eps, bool(eps_in_sqrt)) * learning_rate, sums
-  )
+  return jax.tree.map(lambda g: inverse_root(g, eps, bool(eps_in_sqrt)) * learning_rate, sums)
 
 
 def state_bytes(tree: Any) -> int:

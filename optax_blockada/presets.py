@@ -21,13 +21,13 @@ from optax_blockada._rows import add_decayed_weights_to_touched_rows, renormaliz
 from optax_blockada._scalar import scale_by_diagonal_adagrad, scale_by_rowwise_adagrad
 
 __all__ = [
-    "fbgemm_exact_adagrad",
-    "fbgemm_rowwise_adagrad",
-    "glove_adagrad",
-    "keras_adagrad",
-    "lightfm_adagrad",
-    "torch_adagrad",
-    "torchrec_rowwise_adagrad",
+  "fbgemm_exact_adagrad",
+  "fbgemm_rowwise_adagrad",
+  "glove_adagrad",
+  "keras_adagrad",
+  "lightfm_adagrad",
+  "torch_adagrad",
+  "torchrec_rowwise_adagrad",
 ]
 
 WEIGHT_DECAY_MODES = ("none", "l2", "decoupled")
@@ -54,11 +54,11 @@ def _inverse_time(learning_rate: Any, lr_decay: Any) -> optax.ScalarOrSchedule:
 
 
 def torch_adagrad(
-    learning_rate: Any = 1e-2,
-    lr_decay: Any = 0.0,
-    weight_decay: Any = 0.0,
-    initial_accumulator_value: Any = 0.0,
-    eps: Any = 1e-10,
+  learning_rate: Any = 1e-2,
+  lr_decay: Any = 0.0,
+  weight_decay: Any = 0.0,
+  initial_accumulator_value: Any = 0.0,
+  eps: Any = 1e-10,
 ) -> optax.GradientTransformation:
   r"""PyTorch's ``torch.optim.Adagrad`` (dense gradients).
 
@@ -109,11 +109,11 @@ def torch_adagrad(
 
 
 def torchrec_rowwise_adagrad(
-    learning_rate: Any = 1e-2,
-    lr_decay: Any = 0.0,
-    weight_decay: Any = 0.0,
-    initial_accumulator_value: Any = 0.0,
-    eps: Any = 1e-10,
+  learning_rate: Any = 1e-2,
+  lr_decay: Any = 0.0,
+  weight_decay: Any = 0.0,
+  initial_accumulator_value: Any = 0.0,
+  eps: Any = 1e-10,
 ) -> optax.GradientTransformation:
   r"""TorchRec's ``torchrec.optim.RowWiseAdagrad`` (also PyTorch-BigGraph, DGL-KE).
 
@@ -149,19 +149,17 @@ def torchrec_rowwise_adagrad(
   if not _is_zero(weight_decay):
     parts.append(optax.add_decayed_weights(weight_decay))
   parts.append(
-      scale_by_rowwise_adagrad(
-          initial_accumulator_value, eps, reduction="mean", eps_in_sqrt=False
-      )
+    scale_by_rowwise_adagrad(initial_accumulator_value, eps, reduction="mean", eps_in_sqrt=False)
   )
   parts.append(optax.scale_by_learning_rate(_inverse_time(learning_rate, lr_decay)))
   return optax.chain(*parts)
 
 
 def keras_adagrad(
-    learning_rate: Any = 1e-3,
-    initial_accumulator_value: Any = 0.1,
-    epsilon: Any = 1e-7,
-    weight_decay: Any = 0.0,
+  learning_rate: Any = 1e-3,
+  initial_accumulator_value: Any = 0.1,
+  epsilon: Any = 1e-7,
+  weight_decay: Any = 0.0,
 ) -> optax.GradientTransformation:
   r"""Keras 3's ``keras.optimizers.Adagrad``.
 
@@ -202,7 +200,7 @@ def keras_adagrad(
 
 
 def fbgemm_exact_adagrad(
-    learning_rate: Any = 0.01, eps: Any = 1e-8
+  learning_rate: Any = 0.01, eps: Any = 1e-8
 ) -> optax.GradientTransformation:
   r"""FBGEMM/TorchRec ``EXACT_ADAGRAD`` (per-element, exact duplicate handling).
 
@@ -233,17 +231,17 @@ def fbgemm_exact_adagrad(
   """
   _validation.check_learning_rate(learning_rate)
   return optax.chain(
-      scale_by_diagonal_adagrad(0.0, eps, eps_in_sqrt=False),
-      optax.scale_by_learning_rate(learning_rate),
+    scale_by_diagonal_adagrad(0.0, eps, eps_in_sqrt=False),
+    optax.scale_by_learning_rate(learning_rate),
   )
 
 
 def fbgemm_rowwise_adagrad(
-    learning_rate: Any = 0.01,
-    eps: Any = 1e-8,
-    weight_decay: Any = 0.0,
-    weight_decay_mode: str = "none",
-    max_norm: Any = 0.0,
+  learning_rate: Any = 0.01,
+  eps: Any = 1e-8,
+  weight_decay: Any = 0.0,
+  weight_decay_mode: str = "none",
+  max_norm: Any = 0.0,
 ) -> optax.GradientTransformation:
   r"""FBGEMM/TorchRec ``EXACT_ROWWISE_ADAGRAD`` with its weight-decay modes.
 
@@ -342,13 +340,13 @@ def glove_adagrad(eta: Any = 0.05, grad_clip_value: Any = 100.0) -> optax.Gradie
     raise ValueError("eta must be > 0 (it sets the accumulators' start 1 / eta**2).")
   _validation.check_nonnegative("grad_clip_value", grad_clip_value)
   vectors = optax.chain(
-      optax.clip(grad_clip_value),
-      scale_by_diagonal_adagrad(1.0 / eta**2, 0.0, use_old_accumulator=True),
+    optax.clip(grad_clip_value),
+    scale_by_diagonal_adagrad(1.0 / eta**2, 0.0, use_old_accumulator=True),
   )
   biases = scale_by_diagonal_adagrad(1.0, 0.0, use_old_accumulator=True)
   return optax.chain(
-      optax.partition({"vectors": vectors, "biases": biases}, _glove_labels),
-      optax.scale(-1.0),
+    optax.partition({"vectors": vectors, "biases": biases}, _glove_labels),
+    optax.scale(-1.0),
   )
 
 
@@ -384,6 +382,6 @@ def lightfm_adagrad(learning_rate: Any = 0.05) -> optax.GradientTransformation:
   """
   _validation.check_learning_rate(learning_rate)
   return optax.chain(
-      scale_by_diagonal_adagrad(1.0, 0.0, use_old_accumulator=True),
-      optax.scale_by_learning_rate(learning_rate),
+    scale_by_diagonal_adagrad(1.0, 0.0, use_old_accumulator=True),
+    optax.scale_by_learning_rate(learning_rate),
   )

@@ -11,23 +11,24 @@ import optax_blockada as ob
 from optax_blockada import presets
 
 TRANSFORMS = {
-    "diagonal": lambda: ob.diagonal_adagrad(0.1),
-    "rowwise_mean": lambda: ob.rowwise_adagrad(0.1),
-    "rowwise_sum_eps_out": lambda: ob.rowwise_adagrad(0.1, reduction="sum", eps_in_sqrt=False),
-    "rowwise_old": lambda: ob.rowwise_adagrad(0.1, 1.0, 0.0, use_old_accumulator=True),
-    "torch": lambda: presets.torch_adagrad(0.1, lr_decay=0.01, weight_decay=1e-3),
-    "fbgemm_rowwise": lambda: presets.fbgemm_rowwise_adagrad(
-        0.1, weight_decay=1e-3, weight_decay_mode="decoupled", max_norm=2.0),
-    "glove": lambda: presets.glove_adagrad(0.05),
+  "diagonal": lambda: ob.diagonal_adagrad(0.1),
+  "rowwise_mean": lambda: ob.rowwise_adagrad(0.1),
+  "rowwise_sum_eps_out": lambda: ob.rowwise_adagrad(0.1, reduction="sum", eps_in_sqrt=False),
+  "rowwise_old": lambda: ob.rowwise_adagrad(0.1, 1.0, 0.0, use_old_accumulator=True),
+  "torch": lambda: presets.torch_adagrad(0.1, lr_decay=0.01, weight_decay=1e-3),
+  "fbgemm_rowwise": lambda: presets.fbgemm_rowwise_adagrad(
+    0.1, weight_decay=1e-3, weight_decay_mode="decoupled", max_norm=2.0
+  ),
+  "glove": lambda: presets.glove_adagrad(0.05),
 }
 
 
 def make_params(dtype=jnp.float32):
   rng = np.random.default_rng(0)
   return {
-      "embed": {"table": jnp.asarray(rng.normal(size=(16, 4)), dtype)},
-      "bias": jnp.zeros(16, dtype),
-      "dense": {"w": jnp.asarray(rng.normal(size=(4, 3)), dtype), "b": jnp.zeros(3, dtype)},
+    "embed": {"table": jnp.asarray(rng.normal(size=(16, 4)), dtype)},
+    "bias": jnp.zeros(16, dtype),
+    "dense": {"w": jnp.asarray(rng.normal(size=(4, 3)), dtype), "b": jnp.zeros(3, dtype)},
   }
 
 
@@ -73,20 +74,39 @@ def test_jit_without_retracing_and_state_type_stable(name):
 
 
 @pytest.mark.parametrize(
-    ("factory", "static_args", "kwargs"),
-    [
-        (ob.diagonal_adagrad, (), dict(learning_rate=0.1, initial_accumulator_value=0.2,
-                                       eps=1e-6)),
-        (ob.rowwise_adagrad, ("feature_axes",),
-         dict(learning_rate=0.1, initial_accumulator_value=0.2, eps=1e-6, feature_axes=-1,
-              reduction="sum", eps_in_sqrt=False)),
-        (presets.torch_adagrad, (), dict(learning_rate=0.1, lr_decay=0.05, weight_decay=1e-2,
-                                         initial_accumulator_value=0.1, eps=1e-10)),
-        (presets.fbgemm_rowwise_adagrad, (),
-         dict(learning_rate=0.1, eps=1e-8, weight_decay=1e-2, weight_decay_mode="l2",
-              max_norm=1.5)),
-        (presets.glove_adagrad, (), dict(eta=0.05)),
-    ],
+  ("factory", "static_args", "kwargs"),
+  [
+    (ob.diagonal_adagrad, (), dict(learning_rate=0.1, initial_accumulator_value=0.2, eps=1e-6)),
+    (
+      ob.rowwise_adagrad,
+      ("feature_axes",),
+      dict(
+        learning_rate=0.1,
+        initial_accumulator_value=0.2,
+        eps=1e-6,
+        feature_axes=-1,
+        reduction="sum",
+        eps_in_sqrt=False,
+      ),
+    ),
+    (
+      presets.torch_adagrad,
+      (),
+      dict(
+        learning_rate=0.1,
+        lr_decay=0.05,
+        weight_decay=1e-2,
+        initial_accumulator_value=0.1,
+        eps=1e-10,
+      ),
+    ),
+    (
+      presets.fbgemm_rowwise_adagrad,
+      (),
+      dict(learning_rate=0.1, eps=1e-8, weight_decay=1e-2, weight_decay_mode="l2", max_norm=1.5),
+    ),
+    (presets.glove_adagrad, (), dict(eta=0.05)),
+  ],
 )
 def test_inject_hyperparams_equivalence(factory, static_args, kwargs):
   params = make_params()
@@ -121,8 +141,13 @@ def test_partition_and_masked_equal_direct_application():
   params = make_params()
   labels = {"embed": {"table": "row"}, "bias": "diag", "dense": {"w": "diag", "b": "frozen"}}
   tx = optax.partition(
-      {"row": ob.rowwise_adagrad(0.1), "diag": ob.diagonal_adagrad(0.2),
-       "frozen": optax.set_to_zero()}, labels)
+    {
+      "row": ob.rowwise_adagrad(0.1),
+      "diag": ob.diagonal_adagrad(0.2),
+      "frozen": optax.set_to_zero(),
+    },
+    labels,
+  )
   p_part, state = run(tx, params)
   # Reference: each transform on its own subtree.
   p_row, _ = run(ob.rowwise_adagrad(0.1), {"table": params["embed"]["table"]})
@@ -154,7 +179,8 @@ def test_partition_and_masked_equal_direct_application():
   u, state = tx.update(g, state, params)
   np.testing.assert_array_equal(u["bias"], g["bias"])
   u_ref, _ = ob.rowwise_adagrad(0.1).update(
-      g["embed"]["table"], ob.rowwise_adagrad(0.1).init(params["embed"]["table"]))
+    g["embed"]["table"], ob.rowwise_adagrad(0.1).init(params["embed"]["table"])
+  )
   np.testing.assert_allclose(u["embed"]["table"], u_ref, rtol=1e-6)
 
 
@@ -166,8 +192,7 @@ def test_prefix_and_callable_feature_axes():
   by_callable = ob.scale_by_rowwise_adagrad(feature_axes=fn).init(params)
   for state in (by_prefix, by_callable):
     shapes = jax.tree.map(jnp.shape, state.sum_of_squares)
-    assert shapes == {"embed": {"table": (16, 1)}, "bias": (16,),
-                      "dense": {"w": (1, 3), "b": (3,)}}
+    assert shapes == {"embed": {"table": (16, 1)}, "bias": (16,), "dense": {"w": (1, 3), "b": (3,)}}
 
 
 def test_multisteps_equals_adagrad_on_averaged_gradients():
@@ -207,8 +232,7 @@ def test_bf16_params_have_float32_accumulators_that_keep_growing():
     acc = state[0].sum_of_squares
     assert acc.dtype == jnp.float32 and updates.dtype == jnp.bfloat16
     np.testing.assert_allclose(acc, expect, rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(updates, np.float32), -0.1 / np.sqrt(600.1),
-                               rtol=1e-2)
+    np.testing.assert_allclose(np.asarray(updates, np.float32), -0.1 / np.sqrt(600.1), rtol=1e-2)
   # The failure mode being avoided: optax.adagrad keeps a bf16 accumulator, which stalls.
   tx = optax.adagrad(0.1)
   state = tx.init(params)
@@ -221,12 +245,18 @@ def test_bf16_params_have_float32_accumulators_that_keep_growing():
 def test_abstract_init_matches_concrete(name):
   tx = TRANSFORMS[name]()
   params = make_params()
-  abstract = jax.eval_shape(tx.init, jax.tree.map(
-      lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params))
+  abstract = jax.eval_shape(
+    tx.init, jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
+  )
   concrete = tx.init(params)
   assert jax.tree.structure(abstract) == jax.tree.structure(concrete)
-  jax.tree.map(lambda a, c: (a.shape, a.dtype) == (c.shape, c.dtype) or pytest.fail(
-      f"{a} != {c.shape} {c.dtype}"), abstract, concrete)
+  jax.tree.map(
+    lambda a, c: (
+      (a.shape, a.dtype) == (c.shape, c.dtype) or pytest.fail(f"{a} != {c.shape} {c.dtype}")
+    ),
+    abstract,
+    concrete,
+  )
 
 
 @pytest.mark.parametrize("name", ["diagonal", "rowwise_mean", "fbgemm_rowwise", "glove"])

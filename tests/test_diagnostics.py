@@ -52,8 +52,11 @@ def test_effective_learning_rates_of_optax_adagrad():
   tx = optax.adagrad(0.1)
   params = jnp.zeros(3)
   _, state = tx.update(jnp.array([1.0, 0.0, 2.0]), tx.init(params))
-  np.testing.assert_allclose(ob.effective_learning_rates(state, 0.1),
-                             0.1 / np.sqrt(np.array([1.1, 0.1, 4.1]) + 1e-7), rtol=1e-6)
+  np.testing.assert_allclose(
+    ob.effective_learning_rates(state, 0.1),
+    0.1 / np.sqrt(np.array([1.1, 0.1, 4.1]) + 1e-7),
+    rtol=1e-6,
+  )
 
 
 def test_effective_learning_rates_errors():
@@ -78,10 +81,12 @@ def test_state_bytes_counts_dtypes_and_shapes():
   assert row == (v + v) * 4
   # d times less state for the table (the bias is per element either way).
   assert ob.state_bytes(ob.rowwise_adagrad(0.1).init(params["table"])) * d == ob.state_bytes(
-      ob.diagonal_adagrad(0.1).init(params["table"]))
+    ob.diagonal_adagrad(0.1).init(params["table"])
+  )
   # Abstract states are measured without allocating.
-  abstract = jax.eval_shape(ob.rowwise_adagrad(0.1).init,
-                            jax.ShapeDtypeStruct((10**8, 128), jnp.float32))
+  abstract = jax.eval_shape(
+    ob.rowwise_adagrad(0.1).init, jax.ShapeDtypeStruct((10**8, 128), jnp.float32)
+  )
   assert ob.state_bytes(abstract) == 4 * 10**8
   # Counts, schedules and empty states in chains are included exactly.
   chained = optax.chain(ob.rowwise_adagrad(optax.linear_schedule(1.0, 0.0, 5)))

@@ -14,8 +14,11 @@ TABLE = {"table": jnp.zeros((5, 3)), "bias": jnp.zeros(5)}
 
 def test_feature_axis_out_of_range():
   tx = ob.rowwise_adagrad(0.1, feature_axes=2)
-  with pytest.raises(ValueError, match=r"feature_axes: axis 2 is out of range .*\['bias'\].*"
-                                       r"shape \(5,\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"feature_axes: axis 2 is out of range .*\['bias'\].*"
+    r"shape \(5,\)",
+  ):
     tx.init(TABLE)
 
 
@@ -46,8 +49,11 @@ def test_updates_and_state_trees_do_not_match():
 def test_state_made_with_other_feature_axes():
   params = {"table": jnp.zeros((5, 3))}
   state = ob.scale_by_rowwise_adagrad(feature_axes=0).init(params)
-  with pytest.raises(ValueError, match=r"accumulator of the leaf at \['table'\] has shape "
-                                       r"\(1, 3\).*need \(5, 1\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"accumulator of the leaf at \['table'\] has shape "
+    r"\(1, 3\).*need \(5, 1\)",
+  ):
     ob.scale_by_rowwise_adagrad().update(params, state)
 
 
@@ -55,8 +61,11 @@ def test_state_made_with_other_feature_axes():
 @pytest.mark.parametrize("make_tx", [ob.diagonal_adagrad, ob.rowwise_adagrad])
 def test_integer_or_boolean_params(dtype, make_tx):
   params = {"ids": jnp.zeros(4, dtype), "w": jnp.zeros((4, 2))}
-  with pytest.raises(TypeError, match=r"the leaf at \['ids'\] has dtype (int32|bool).*"
-                                      r"optax.masked"):
+  with pytest.raises(
+    TypeError,
+    match=r"the leaf at \['ids'\] has dtype (int32|bool).*"
+    r"optax.masked",
+  ):
     make_tx(0.1).init(params)
 
 
@@ -82,10 +91,17 @@ def test_negative_or_nonfinite_eps_and_initial_accumulator(name, value):
 
 @pytest.mark.parametrize("lr", [float("nan"), float("inf"), -float("inf"), np.float32("nan")])
 @pytest.mark.parametrize(
-    "factory",
-    [ob.diagonal_adagrad, ob.rowwise_adagrad, presets.torch_adagrad, presets.keras_adagrad,
-     presets.fbgemm_exact_adagrad, presets.fbgemm_rowwise_adagrad,
-     presets.torchrec_rowwise_adagrad, presets.lightfm_adagrad],
+  "factory",
+  [
+    ob.diagonal_adagrad,
+    ob.rowwise_adagrad,
+    presets.torch_adagrad,
+    presets.keras_adagrad,
+    presets.fbgemm_exact_adagrad,
+    presets.fbgemm_rowwise_adagrad,
+    presets.torchrec_rowwise_adagrad,
+    presets.lightfm_adagrad,
+  ],
 )
 def test_learning_rate_not_finite(lr, factory):
   with pytest.raises(ValueError, match="learning_rate must be finite"):
@@ -113,8 +129,11 @@ def test_traced_static_flag_is_a_clear_error():
 
 def test_row_transforms_need_params():
   for tx in (ob.renormalize_rows(1.0), ob.add_decayed_weights_to_touched_rows(0.1)):
-    with pytest.raises(ValueError, match=r"needs the current parameters: call "
-                                         r"tx.update\(updates, state, params\)"):
+    with pytest.raises(
+      ValueError,
+      match=r"needs the current parameters: call "
+      r"tx.update\(updates, state, params\)",
+    ):
       tx.update(TABLE, tx.init(TABLE))
 
 

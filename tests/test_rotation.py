@@ -25,254 +25,254 @@ VOCAB, DIM, STEPS, SEED = 200, 16, 200, 0
 
 @pytest.fixture(scope="module")
 def drifts() -> dict[str, float]:
-    optimizers = {
-        "rowwise_mean": ob.rowwise_adagrad(0.1, reduction="mean"),
-        "rowwise_sum": ob.rowwise_adagrad(
-            0.1 * np.sqrt(DIM),
-            initial_accumulator_value=0.1 * DIM,
-            eps=1e-7 * DIM,
-            reduction="sum",
-        ),
-        "diagonal": ob.diagonal_adagrad(0.1),
-    }
-    results = rot.run_experiment(optimizers, vocab_size=VOCAB, dim=DIM, steps=STEPS, seed=SEED)
-    for r in results:
-        # Every run trains: well below the initial loss (~1.1 on this data).
-        assert r["loss"] < 0.5, r
-        assert r["loss_rotated"] < 0.5, r
-    return {r["name"]: r["drift"] for r in results}
+  optimizers = {
+    "rowwise_mean": ob.rowwise_adagrad(0.1, reduction="mean"),
+    "rowwise_sum": ob.rowwise_adagrad(
+      0.1 * np.sqrt(DIM),
+      initial_accumulator_value=0.1 * DIM,
+      eps=1e-7 * DIM,
+      reduction="sum",
+    ),
+    "diagonal": ob.diagonal_adagrad(0.1),
+  }
+  results = rot.run_experiment(optimizers, vocab_size=VOCAB, dim=DIM, steps=STEPS, seed=SEED)
+  for r in results:
+    # Every run trains: well below the initial loss (~1.1 on this data).
+    assert r["loss"] < 0.5, r
+    assert r["loss_rotated"] < 0.5, r
+  return {r["name"]: r["drift"] for r in results}
 
 
 @pytest.mark.parametrize("name", ["rowwise_mean", "rowwise_sum"])
 def test_rowwise_adagrad_is_rotation_equivariant(drifts, name):
-    assert drifts[name] < 1e-4
+  assert drifts[name] < 1e-4
 
 
 def test_diagonal_adagrad_depends_on_the_basis(drifts):
-    assert drifts["diagonal"] > 1e-2
+  assert drifts["diagonal"] > 1e-2
 
 
 # -- independent sanity checks of the set-up ------------------------------------------
 
 
 def test_rotation_is_orthogonal():
-    for dim in (1, 4, 32):
-        r = np.asarray(rot.random_orthogonal(dim, seed=3), np.float64)
-        assert r.shape == (dim, dim)
-        np.testing.assert_allclose(r @ r.T, np.eye(dim), atol=1e-6)
-        np.testing.assert_allclose(r.T @ r, np.eye(dim), atol=1e-6)
-    np.testing.assert_array_equal(rot.random_orthogonal(8, 1), rot.random_orthogonal(8, 1))
-    assert not np.allclose(rot.random_orthogonal(8, 1), rot.random_orthogonal(8, 2))
-    assert not np.allclose(rot.random_orthogonal(8, 1), np.eye(8), atol=0.1)
+  for dim in (1, 4, 32):
+    r = np.asarray(rot.random_orthogonal(dim, seed=3), np.float64)
+    assert r.shape == (dim, dim)
+    np.testing.assert_allclose(r @ r.T, np.eye(dim), atol=1e-6)
+    np.testing.assert_allclose(r.T @ r, np.eye(dim), atol=1e-6)
+  np.testing.assert_array_equal(rot.random_orthogonal(8, 1), rot.random_orthogonal(8, 1))
+  assert not np.allclose(rot.random_orthogonal(8, 1), rot.random_orthogonal(8, 2))
+  assert not np.allclose(rot.random_orthogonal(8, 1), np.eye(8), atol=0.1)
 
 
 @pytest.mark.parametrize("scale", [1.0, 30.0])
 def test_rotation_preserves_predictions_and_loss(scale):
-    cooc = planted_cooccurrence(100, 4, seed=1)
-    params = rot.init_params(100, 8, seed=1)
-    # scale 30 makes w.c comparable with log X, so the check is not trivial.
-    params = {**params, "word": scale * params["word"], "context": scale * params["context"]}
-    rotation = rot.random_orthogonal(8, seed=2)
-    rotated = rot.rotate(params, rotation)
-    # Independent of the module's maths: plain float64 numpy.
-    w, c = (np.asarray(params[k], np.float64) for k in ("word", "context"))
-    wr, cr = (np.asarray(rotated[k], np.float64) for k in ("word", "context"))
-    np.testing.assert_allclose(wr @ cr.T, w @ c.T, atol=1e-6 * scale**2)
-    assert not np.allclose(wr, w)
-    np.testing.assert_array_equal(rotated["word_bias"], params["word_bias"])
-    np.testing.assert_array_equal(rotated["context_bias"], params["context_bias"])
-    loss, loss_rotated = float(rot.glove_loss(params, cooc)), float(rot.glove_loss(rotated, cooc))
-    assert loss_rotated == pytest.approx(loss, rel=2e-6)
+  cooc = planted_cooccurrence(100, 4, seed=1)
+  params = rot.init_params(100, 8, seed=1)
+  # scale 30 makes w.c comparable with log X, so the check is not trivial.
+  params = {**params, "word": scale * params["word"], "context": scale * params["context"]}
+  rotation = rot.random_orthogonal(8, seed=2)
+  rotated = rot.rotate(params, rotation)
+  # Independent of the module's maths: plain float64 numpy.
+  w, c = (np.asarray(params[k], np.float64) for k in ("word", "context"))
+  wr, cr = (np.asarray(rotated[k], np.float64) for k in ("word", "context"))
+  np.testing.assert_allclose(wr @ cr.T, w @ c.T, atol=1e-6 * scale**2)
+  assert not np.allclose(wr, w)
+  np.testing.assert_array_equal(rotated["word_bias"], params["word_bias"])
+  np.testing.assert_array_equal(rotated["context_bias"], params["context_bias"])
+  loss, loss_rotated = float(rot.glove_loss(params, cooc)), float(rot.glove_loss(rotated, cooc))
+  assert loss_rotated == pytest.approx(loss, rel=2e-6)
 
 
 def test_glove_loss_matches_a_loop_over_pairs():
-    cooc = planted_cooccurrence(12, 2, total_count=2_000.0, seed=4)
-    params = rot.init_params(12, 3, seed=4)
-    params = {k: 10.0 * v for k, v in params.items()}
-    params["word_bias"] = jnp.linspace(-1.0, 1.0, 12, dtype=jnp.float32)
-    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
-    total, pairs = 0.0, 0
-    for i in range(12):
-        for j in range(12):
-            x = float(cooc[i, j])
-            if x > 0:
-                diff = p["word"][i] @ p["context"][j] + p["word_bias"][i]
-                diff += p["context_bias"][j] - np.log(x)
-                total += 0.5 * min(1.0, (x / 10.0) ** 0.75) * diff**2
-                pairs += 1
-    assert 0 < pairs < 144
-    assert float(rot.glove_loss(params, cooc)) == pytest.approx(total / pairs, rel=1e-5)
+  cooc = planted_cooccurrence(12, 2, total_count=2_000.0, seed=4)
+  params = rot.init_params(12, 3, seed=4)
+  params = {k: 10.0 * v for k, v in params.items()}
+  params["word_bias"] = jnp.linspace(-1.0, 1.0, 12, dtype=jnp.float32)
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  total, pairs = 0.0, 0
+  for i in range(12):
+    for j in range(12):
+      x = float(cooc[i, j])
+      if x > 0:
+        diff = p["word"][i] @ p["context"][j] + p["word_bias"][i]
+        diff += p["context_bias"][j] - np.log(x)
+        total += 0.5 * min(1.0, (x / 10.0) ** 0.75) * diff**2
+        pairs += 1
+  assert 0 < pairs < 144
+  assert float(rot.glove_loss(params, cooc)) == pytest.approx(total / pairs, rel=1e-5)
 
 
 def test_train_loss_falls_and_is_deterministic():
-    cooc = planted_cooccurrence(50, 4, seed=0)
-    params = rot.init_params(50, 4, seed=0)
-    tx = ob.rowwise_adagrad(0.1)
-    final, losses = rot.train(tx, params, cooc, 20)
-    assert losses.shape == (20,)
-    assert losses.dtype == jnp.float32
-    assert float(losses[0]) == pytest.approx(float(rot.glove_loss(params, cooc)), rel=1e-6)
-    assert float(rot.glove_loss(final, cooc)) < 0.5 * float(losses[0])
-    final2, losses2 = rot.train(tx, params, cooc, 20)
-    np.testing.assert_array_equal(losses, losses2)
-    np.testing.assert_array_equal(final["word"], final2["word"])
+  cooc = planted_cooccurrence(50, 4, seed=0)
+  params = rot.init_params(50, 4, seed=0)
+  tx = ob.rowwise_adagrad(0.1)
+  final, losses = rot.train(tx, params, cooc, 20)
+  assert losses.shape == (20,)
+  assert losses.dtype == jnp.float32
+  assert float(losses[0]) == pytest.approx(float(rot.glove_loss(params, cooc)), rel=1e-6)
+  assert float(rot.glove_loss(final, cooc)) < 0.5 * float(losses[0])
+  final2, losses2 = rot.train(tx, params, cooc, 20)
+  np.testing.assert_array_equal(losses, losses2)
+  np.testing.assert_array_equal(final["word"], final2["word"])
 
 
 def test_train_and_loss_reject_bad_input():
-    cooc = planted_cooccurrence(10, 2, seed=0)
-    params = rot.init_params(10, 4)
-    with pytest.raises(ValueError, match="steps"):
-        rot.train(ob.rowwise_adagrad(0.1), params, cooc, 0)
-    with pytest.raises(ValueError, match="rows"):
-        rot.glove_loss(rot.init_params(11, 4), cooc)
-    with pytest.raises(ValueError, match="no positive entry"):
-        rot.glove_loss(params, np.zeros((10, 10), np.float32))
-    with pytest.raises(ValueError, match="square"):
-        rot.glove_loss(params, np.ones((10, 9), np.float32))
+  cooc = planted_cooccurrence(10, 2, seed=0)
+  params = rot.init_params(10, 4)
+  with pytest.raises(ValueError, match="steps"):
+    rot.train(ob.rowwise_adagrad(0.1), params, cooc, 0)
+  with pytest.raises(ValueError, match="rows"):
+    rot.glove_loss(rot.init_params(11, 4), cooc)
+  with pytest.raises(ValueError, match="no positive entry"):
+    rot.glove_loss(params, np.zeros((10, 10), np.float32))
+  with pytest.raises(ValueError, match="square"):
+    rot.glove_loss(params, np.ones((10, 9), np.float32))
 
 
 def test_default_optimizers_all_train():
-    names = list(rot.default_optimizers(4))
-    assert len(names) == 7
-    assert names[0] == "optax.adagrad(0.1)"
-    results = rot.run_experiment(rot.default_optimizers(4), vocab_size=40, dim=4, steps=30)
-    assert [r["name"] for r in results] == names
-    initial = float(rot.glove_loss(rot.init_params(40, 4), planted_cooccurrence(40, 8)))
-    for r in results:
-        assert np.isfinite(r["loss"]) and r["loss"] < initial, r
-        assert r["state_bytes"] > 0
-        assert r["seconds"] > 0
-    sizes = {r["name"]: r["state_bytes"] for r in results}
-    # Row-wise state: one float32 per row of each table and per bias entry.
-    assert sizes["rowwise_adagrad(0.1, mean)"] == 4 * 4 * 40
-    assert sizes["diagonal_adagrad(0.1)"] == 4 * (2 * 40 * 4 + 2 * 40)
+  names = list(rot.default_optimizers(4))
+  assert len(names) == 7
+  assert names[0] == "optax.adagrad(0.1)"
+  results = rot.run_experiment(rot.default_optimizers(4), vocab_size=40, dim=4, steps=30)
+  assert [r["name"] for r in results] == names
+  initial = float(rot.glove_loss(rot.init_params(40, 4), planted_cooccurrence(40, 8)))
+  for r in results:
+    assert np.isfinite(r["loss"]) and r["loss"] < initial, r
+    assert r["state_bytes"] > 0
+    assert r["seconds"] > 0
+  sizes = {r["name"]: r["state_bytes"] for r in results}
+  # Row-wise state: one float32 per row of each table and per bias entry.
+  assert sizes["rowwise_adagrad(0.1, mean)"] == 4 * 4 * 40
+  assert sizes["diagonal_adagrad(0.1)"] == 4 * (2 * 40 * 4 + 2 * 40)
 
 
 # -- planted co-occurrence generator -------------------------------------------------
 
 
 def test_planted_is_symmetric_nonnegative_and_sparse():
-    x = planted_cooccurrence(300, 8, seed=0)
-    assert x.shape == (300, 300)
-    assert x.dtype == np.float32
-    np.testing.assert_array_equal(x, x.T)
-    assert (x >= 0).all()
-    np.testing.assert_array_equal(x, np.round(x))
-    np.testing.assert_array_equal(np.diag(x), 0)
-    zero_fraction = float(np.mean(x == 0))
-    assert 0.1 < zero_fraction < 0.95
-    # Zeros concentrate on pairs of rare words.
-    assert np.mean(x[:30, :30] == 0) < np.mean(x[-100:, -100:] == 0)
+  x = planted_cooccurrence(300, 8, seed=0)
+  assert x.shape == (300, 300)
+  assert x.dtype == np.float32
+  np.testing.assert_array_equal(x, x.T)
+  assert (x >= 0).all()
+  np.testing.assert_array_equal(x, np.round(x))
+  np.testing.assert_array_equal(np.diag(x), 0)
+  zero_fraction = float(np.mean(x == 0))
+  assert 0.1 < zero_fraction < 0.95
+  # Zeros concentrate on pairs of rare words.
+  assert np.mean(x[:30, :30] == 0) < np.mean(x[-100:, -100:] == 0)
 
 
 def test_planted_is_deterministic_for_a_seed():
-    a = planted_cooccurrence(80, 3, seed=7)
-    np.testing.assert_array_equal(a, planted_cooccurrence(80, 3, seed=7))
-    assert not np.array_equal(a, planted_cooccurrence(80, 3, seed=8))
+  a = planted_cooccurrence(80, 3, seed=7)
+  np.testing.assert_array_equal(a, planted_cooccurrence(80, 3, seed=7))
+  assert not np.array_equal(a, planted_cooccurrence(80, 3, seed=8))
 
 
 def test_planted_zipf_ordering():
-    x = planted_cooccurrence(500, 8, seed=0)
-    row_sums = x.sum(axis=1)
-    # Row sums decrease on average: each block of 100 words sums to less than the last.
-    block_means = row_sums.reshape(5, 100).mean(axis=1)
-    assert (np.diff(block_means) < 0).all()
-    ranks = np.arange(500)
-    assert np.corrcoef(ranks, np.log1p(row_sums))[0, 1] < -0.8
-    # zipf_exponent=0: flat frequencies, no such trend.
-    flat = planted_cooccurrence(500, 8, zipf_exponent=0.0, seed=0).sum(axis=1)
-    assert abs(np.corrcoef(ranks, flat)[0, 1]) < 0.2
+  x = planted_cooccurrence(500, 8, seed=0)
+  row_sums = x.sum(axis=1)
+  # Row sums decrease on average: each block of 100 words sums to less than the last.
+  block_means = row_sums.reshape(5, 100).mean(axis=1)
+  assert (np.diff(block_means) < 0).all()
+  ranks = np.arange(500)
+  assert np.corrcoef(ranks, np.log1p(row_sums))[0, 1] < -0.8
+  # zipf_exponent=0: flat frequencies, no such trend.
+  flat = planted_cooccurrence(500, 8, zipf_exponent=0.0, seed=0).sum(axis=1)
+  assert abs(np.corrcoef(ranks, flat)[0, 1]) < 0.2
 
 
 def test_planted_total_count_scales_counts():
-    small = planted_cooccurrence(100, 4, total_count=1e4, seed=0).sum()
-    large = planted_cooccurrence(100, 4, total_count=1e6, seed=0).sum()
-    assert 50 < large / small < 200
+  small = planted_cooccurrence(100, 4, total_count=1e4, seed=0).sum()
+  large = planted_cooccurrence(100, 4, total_count=1e6, seed=0).sum()
+  assert 50 < large / small < 200
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"vocab_size": 1}, "vocab_size"),
-        ({"vocab_size": 2.5}, "vocab_size"),
-        ({"vocab_size": True}, "vocab_size"),
-        ({"rank": 0}, "rank"),
-        ({"total_count": 0.0}, "total_count"),
-        ({"total_count": float("inf")}, "total_count"),
-        ({"zipf_exponent": -1.0}, "zipf_exponent"),
-        ({"zipf_exponent": float("nan")}, "zipf_exponent"),
-        ({"seed": -1}, "seed"),
-        ({"seed": "0"}, "seed"),
-    ],
+  ("kwargs", "match"),
+  [
+    ({"vocab_size": 1}, "vocab_size"),
+    ({"vocab_size": 2.5}, "vocab_size"),
+    ({"vocab_size": True}, "vocab_size"),
+    ({"rank": 0}, "rank"),
+    ({"total_count": 0.0}, "total_count"),
+    ({"total_count": float("inf")}, "total_count"),
+    ({"zipf_exponent": -1.0}, "zipf_exponent"),
+    ({"zipf_exponent": float("nan")}, "zipf_exponent"),
+    ({"seed": -1}, "seed"),
+    ({"seed": "0"}, "seed"),
+  ],
 )
 def test_planted_argument_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        planted_cooccurrence(**kwargs)
+  with pytest.raises(ValueError, match=match):
+    planted_cooccurrence(**kwargs)
 
 
 def test_planted_smallest_vocabulary():
-    x = planted_cooccurrence(2, 1, seed=0)
-    assert x.shape == (2, 2)
-    assert x[0, 1] == x[1, 0] > 0
+  x = planted_cooccurrence(2, 1, seed=0)
+  assert x.shape == (2, 2)
+  assert x[0, 1] == x[1, 0] > 0
 
 
 # -- command line --------------------------------------------------------------------
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    env.setdefault("JAX_PLATFORMS", "cpu")
-    return subprocess.run(
-        [sys.executable, "-m", "optax_blockada.examples.rotation", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+  env.setdefault("JAX_PLATFORMS", "cpu")
+  return subprocess.run(
+    [sys.executable, "-m", "optax_blockada.examples.rotation", *args],
+    cwd=REPO_ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
 
 
 def test_cli_end_to_end(tmp_path):
-    out = tmp_path / "results.json"
-    proc = _run_cli("--steps", "5", "--dim", "4", "--vocab-size", "30", "--json", str(out))
-    assert proc.returncode == 0, proc.stderr
-    assert "| optimizer | loss (W) | loss (W R) | drift | state bytes |" in proc.stdout
-    assert "drift =" in proc.stdout
-    names = list(rot.default_optimizers(4))
-    for name in names:
-        assert f"| {name} |" in proc.stdout
-    payload = json.loads(out.read_text())
-    assert [r["name"] for r in payload["results"]] == names
-    assert payload["settings"]["steps"] == 5
-    assert payload["settings"]["dim"] == 4
-    assert payload["settings"]["vocab_size"] == 30
-    assert payload["jax_version"]
-    assert payload["backend"]
-    for r in payload["results"]:
-        assert set(r) >= {"name", "loss", "loss_rotated", "drift", "state_bytes", "seconds"}
+  out = tmp_path / "results.json"
+  proc = _run_cli("--steps", "5", "--dim", "4", "--vocab-size", "30", "--json", str(out))
+  assert proc.returncode == 0, proc.stderr
+  assert "| optimizer | loss (W) | loss (W R) | drift | state bytes |" in proc.stdout
+  assert "drift =" in proc.stdout
+  names = list(rot.default_optimizers(4))
+  for name in names:
+    assert f"| {name} |" in proc.stdout
+  payload = json.loads(out.read_text())
+  assert [r["name"] for r in payload["results"]] == names
+  assert payload["settings"]["steps"] == 5
+  assert payload["settings"]["dim"] == 4
+  assert payload["settings"]["vocab_size"] == 30
+  assert payload["jax_version"]
+  assert payload["backend"]
+  for r in payload["results"]:
+    assert set(r) >= {"name", "loss", "loss_rotated", "drift", "state_bytes", "seconds"}
 
 
 def test_cli_rejects_bad_input():
-    proc = _run_cli("--steps", "0")
-    assert proc.returncode != 0
-    assert "argument --steps: must be >= 1, got 0" in proc.stderr
-    assert "Traceback" not in proc.stderr
+  proc = _run_cli("--steps", "0")
+  assert proc.returncode != 0
+  assert "argument --steps: must be >= 1, got 0" in proc.stderr
+  assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (("--steps", "0"), "argument --steps: must be >= 1, got 0"),
-        (("--steps", "ten"), "argument --steps: expected an integer, got 'ten'"),
-        (("--dim", "0"), "argument --dim: must be >= 1, got 0"),
-        (("--vocab-size", "1"), "argument --vocab-size: must be >= 2, got 1"),
-        (("--seed", "-1"), "argument --seed: must be >= 0, got -1"),
-    ],
+  ("args", "message"),
+  [
+    (("--steps", "0"), "argument --steps: must be >= 1, got 0"),
+    (("--steps", "ten"), "argument --steps: expected an integer, got 'ten'"),
+    (("--dim", "0"), "argument --dim: must be >= 1, got 0"),
+    (("--vocab-size", "1"), "argument --vocab-size: must be >= 2, got 1"),
+    (("--seed", "-1"), "argument --seed: must be >= 0, got -1"),
+  ],
 )
 def test_main_rejects_bad_input(capsys, args, message):
-    with pytest.raises(SystemExit) as excinfo:
-        rot.main(list(args))
-    assert excinfo.value.code == 2
-    assert message in capsys.readouterr().err
+  with pytest.raises(SystemExit) as excinfo:
+    rot.main(list(args))
+  assert excinfo.value.code == 2
+  assert message in capsys.readouterr().err

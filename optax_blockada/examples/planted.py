@@ -16,99 +16,99 @@ __all__ = ["planted_cooccurrence"]
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise ValueError(f"{name} must be an integer, got {value!r}")
+  value = int(value)
+  if value < minimum:
+    raise ValueError(f"{name} must be >= {minimum}, got {value}")
+  return value
 
 
 def _check_real(name: str, value: object, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if positive and value <= 0.0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    if not positive and value < 0.0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise ValueError(f"{name} must be a real number, got {value!r}")
+  value = float(value)
+  if not math.isfinite(value):
+    raise ValueError(f"{name} must be finite, got {value}")
+  if positive and value <= 0.0:
+    raise ValueError(f"{name} must be > 0, got {value}")
+  if not positive and value < 0.0:
+    raise ValueError(f"{name} must be >= 0, got {value}")
+  return value
 
 
 def planted_cooccurrence(
-    vocab_size: int = 500,
-    rank: int = 8,
-    *,
-    total_count: float = 1_000_000.0,
-    zipf_exponent: float = 1.0,
-    seed: int = 0,
+  vocab_size: int = 500,
+  rank: int = 8,
+  *,
+  total_count: float = 1_000_000.0,
+  zipf_exponent: float = 1.0,
+  seed: int = 0,
 ) -> np.ndarray:
-    r"""Samples a symmetric co-occurrence matrix with planted low-rank PMI.
+  r"""Samples a symmetric co-occurrence matrix with planted low-rank PMI.
 
-    Word ``i`` (``i = 0 .. V-1``, most frequent first) has Zipfian frequency
+  Word ``i`` (``i = 0 .. V-1``, most frequent first) has Zipfian frequency
 
-    .. math:: p_i = (i + 1)^{-s} / \sum_k (k + 1)^{-s},
+  .. math:: p_i = (i + 1)^{-s} / \sum_k (k + 1)^{-s},
 
-    and a planted latent vector :math:`u_i \in \mathbb{R}^r` with i.i.d.
-    :math:`\mathcal{N}(0, r^{-1/2})` entries, so that for :math:`i \ne j` the
-    planted pointwise mutual information :math:`u_i^\top u_j` has mean 0 and
-    standard deviation 1. The expected count of the pair ``(i, j)`` is
+  and a planted latent vector :math:`u_i \in \mathbb{R}^r` with i.i.d.
+  :math:`\mathcal{N}(0, r^{-1/2})` entries, so that for :math:`i \ne j` the
+  planted pointwise mutual information :math:`u_i^\top u_j` has mean 0 and
+  standard deviation 1. The expected count of the pair ``(i, j)`` is
 
-    .. math:: \lambda_{ij} = N \, p_i \, p_j \, \exp(u_i^\top u_j),
+  .. math:: \lambda_{ij} = N \, p_i \, p_j \, \exp(u_i^\top u_j),
 
-    and the returned counts are :math:`X_{ij} = X_{ji} \sim \mathrm{Poisson}(\lambda_{ij})`,
-    sampled independently for ``i < j`` and mirrored. The diagonal (a word
-    co-occurring with itself) is zero. ``N`` is ``total_count``, so the matrix
-    sums to about ``N`` (times :math:`E[e^{u_i^\top u_j}] \approx 1.6`). Pairs of rare words
-    have :math:`\lambda_{ij} \ll 1` and are mostly zero, as in real corpora.
+  and the returned counts are :math:`X_{ij} = X_{ji} \sim \mathrm{Poisson}(\lambda_{ij})`,
+  sampled independently for ``i < j`` and mirrored. The diagonal (a word
+  co-occurring with itself) is zero. ``N`` is ``total_count``, so the matrix
+  sums to about ``N`` (times :math:`E[e^{u_i^\top u_j}] \approx 1.6`). Pairs of rare words
+  have :math:`\lambda_{ij} \ll 1` and are mostly zero, as in real corpora.
 
-    All randomness comes from ``numpy.random.default_rng(seed)``, so the output
-    is a pure function of the arguments.
+  All randomness comes from ``numpy.random.default_rng(seed)``, so the output
+  is a pure function of the arguments.
 
-    Args:
-      vocab_size: number of words ``V``; at least 2.
-      rank: dimension ``r`` of the planted latent vectors; at least 1.
-      total_count: the scale ``N`` of the expected counts; positive and finite.
-      zipf_exponent: the Zipf exponent ``s``; non-negative and finite
-        (``0`` gives uniform word frequencies).
-      seed: seed for the numpy random generator; a non-negative integer.
+  Args:
+    vocab_size: number of words ``V``; at least 2.
+    rank: dimension ``r`` of the planted latent vectors; at least 1.
+    total_count: the scale ``N`` of the expected counts; positive and finite.
+    zipf_exponent: the Zipf exponent ``s``; non-negative and finite
+      (``0`` gives uniform word frequencies).
+    seed: seed for the numpy random generator; a non-negative integer.
 
-    Returns:
-      A ``float32`` array of shape ``(V, V)``: symmetric, non-negative,
-      integer-valued, with a zero diagonal.
+  Returns:
+    A ``float32`` array of shape ``(V, V)``: symmetric, non-negative,
+    integer-valued, with a zero diagonal.
 
-    Raises:
-      ValueError: if an argument is out of range or of the wrong type.
+  Raises:
+    ValueError: if an argument is out of range or of the wrong type.
 
-    Example:
-      >>> from optax_blockada.examples.planted import planted_cooccurrence
-      >>> x = planted_cooccurrence(vocab_size=50, rank=4, total_count=1e5, seed=0)
-      >>> x.shape, x.dtype
-      ((50, 50), dtype('float32'))
-      >>> bool((x == x.T).all()), bool((x >= 0).all()), bool((x == 0).any())
-      (True, True, True)
-      >>> bool((x == planted_cooccurrence(50, 4, total_count=1e5, seed=0)).all())
-      True
-    """
-    vocab_size = _check_int("vocab_size", vocab_size, 2)
-    rank = _check_int("rank", rank, 1)
-    seed = _check_int("seed", seed, 0)
-    total_count = _check_real("total_count", total_count, positive=True)
-    zipf_exponent = _check_real("zipf_exponent", zipf_exponent, positive=False)
+  Example:
+    >>> from optax_blockada.examples.planted import planted_cooccurrence
+    >>> x = planted_cooccurrence(vocab_size=50, rank=4, total_count=1e5, seed=0)
+    >>> x.shape, x.dtype
+    ((50, 50), dtype('float32'))
+    >>> bool((x == x.T).all()), bool((x >= 0).all()), bool((x == 0).any())
+    (True, True, True)
+    >>> bool((x == planted_cooccurrence(50, 4, total_count=1e5, seed=0)).all())
+    True
+  """
+  vocab_size = _check_int("vocab_size", vocab_size, 2)
+  rank = _check_int("rank", rank, 1)
+  seed = _check_int("seed", seed, 0)
+  total_count = _check_real("total_count", total_count, positive=True)
+  zipf_exponent = _check_real("zipf_exponent", zipf_exponent, positive=False)
 
-    rng = np.random.default_rng(seed)
-    freq = np.arange(1, vocab_size + 1, dtype=np.float64) ** -zipf_exponent
-    freq /= freq.sum()
-    # Entries with variance r^{-1/2}: u_i . u_j (i != j) then has variance 1.
-    latent = rng.standard_normal((vocab_size, rank)) * rank**-0.25
-    pmi = latent @ latent.T
-    rate = total_count * np.outer(freq, freq) * np.exp(pmi)
+  rng = np.random.default_rng(seed)
+  freq = np.arange(1, vocab_size + 1, dtype=np.float64) ** -zipf_exponent
+  freq /= freq.sum()
+  # Entries with variance r^{-1/2}: u_i . u_j (i != j) then has variance 1.
+  latent = rng.standard_normal((vocab_size, rank)) * rank**-0.25
+  pmi = latent @ latent.T
+  rate = total_count * np.outer(freq, freq) * np.exp(pmi)
 
-    upper_i, upper_j = np.triu_indices(vocab_size, k=1)
-    counts = np.zeros((vocab_size, vocab_size), dtype=np.float32)
-    samples = rng.poisson(rate[upper_i, upper_j]).astype(np.float32)
-    counts[upper_i, upper_j] = samples
-    counts[upper_j, upper_i] = samples
-    return counts
+  upper_i, upper_j = np.triu_indices(vocab_size, k=1)
+  counts = np.zeros((vocab_size, vocab_size), dtype=np.float32)
+  samples = rng.poisson(rate[upper_i, upper_j]).astype(np.float32)
+  counts[upper_i, upper_j] = samples
+  counts[upper_j, upper_i] = samples
+  return counts
