@@ -48,6 +48,8 @@ def _inverse_time(learning_rate: Any, lr_decay: Any) -> optax.ScalarOrSchedule:
   def schedule(count):
     lr = learning_rate(count) if callable(learning_rate) else learning_rate
     decay = jnp.asarray(lr_decay)
+    if not jnp.issubdtype(decay.dtype, jnp.floating):  # lr_decay=1, as torch accepts
+      decay = decay.astype(jnp.float32)
     return lr / (1 + count.astype(decay.dtype) * decay)
 
   return schedule
