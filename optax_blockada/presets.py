@@ -55,6 +55,17 @@ def _inverse_time(learning_rate: Any, lr_decay: Any) -> optax.ScalarOrSchedule:
   return schedule
 
 
+def _torch_chain(
+  scaling: optax.GradientTransformation, learning_rate: Any, lr_decay: Any, weight_decay: Any
+) -> optax.GradientTransformation:
+  """PyTorch's structure: coupled L2 on the gradient, scaling, inverse-time learning rate."""
+  _validation.check_nonnegative("weight_decay", weight_decay)
+  decay = [] if _is_zero(weight_decay) else [optax.add_decayed_weights(weight_decay)]
+  return optax.chain(
+    *decay, scaling, optax.scale_by_learning_rate(_inverse_time(learning_rate, lr_decay))
+  )
+
+
 def torch_adagrad(
   learning_rate: Any = 1e-2,
   lr_decay: Any = 0.0,
@@ -101,13 +112,12 @@ def torch_adagrad(
     0.0669
     0.0633
   """
-  _validation.check_nonnegative("weight_decay", weight_decay)
-  parts = []
-  if not _is_zero(weight_decay):
-    parts.append(optax.add_decayed_weights(weight_decay))
-  parts.append(scale_by_diagonal_adagrad(initial_accumulator_value, eps, eps_in_sqrt=False))
-  parts.append(optax.scale_by_learning_rate(_inverse_time(learning_rate, lr_decay)))
-  return optax.chain(*parts)
+  return _torch_chain(
+    scale_by_diagonal_adagrad(initial_accumulator_value, eps, eps_in_sqrt=False),
+    learning_rate,
+    lr_decay,
+    weight_decay,
+  )
 
 
 def torchrec_rowwise_adagrad(
@@ -146,15 +156,12 @@ def torchrec_rowwise_adagrad(
     >>> jax.tree.map(jnp.shape, state[0].sum_of_squares)
     (5, 1)
   """
-  _validation.check_nonnegative("weight_decay", weight_decay)
-  parts = []
-  if not _is_zero(weight_decay):
-    parts.append(optax.add_decayed_weights(weight_decay))
-  parts.append(
-    scale_by_rowwise_adagrad(initial_accumulator_value, eps, reduction="mean", eps_in_sqrt=False)
+  return _torch_chain(
+    scale_by_rowwise_adagrad(initial_accumulator_value, eps, reduction="mean", eps_in_sqrt=False),
+    learning_rate,
+    lr_decay,
+    weight_decay,
   )
-  parts.append(optax.scale_by_learning_rate(_inverse_time(learning_rate, lr_decay)))
-  return optax.chain(*parts)
 
 
 def keras_adagrad(
