@@ -20,7 +20,6 @@ to give per-leaf axes to a tuple-structured parameter tree.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
@@ -128,11 +127,6 @@ def resolve_feature_axes(
 def row_shape(shape: Sequence[int], axes: tuple[int, ...]) -> tuple[int, ...]:
   """The per-row state shape: ``shape`` with the feature axes set to 1 (keepdims)."""
   return tuple(1 if i in axes else s for i, s in enumerate(shape))
-
-
-def row_size(shape: Sequence[int], axes: tuple[int, ...]) -> int:
-  """Number of elements in one row (``d``)."""
-  return math.prod(shape[a] for a in axes)
 
 
 def reduce_rows(x: jax.Array, axes: tuple[int, ...], reduction: str) -> jax.Array:
