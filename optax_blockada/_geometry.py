@@ -142,3 +142,31 @@ def row_is_nonzero(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   """Boolean per row (keepdims): does the row hold any non-zero entry."""
   nonzero = x != 0
   return jnp.any(nonzero, axis=axes, keepdims=True) if axes else nonzero
+
+
+def per_row_fields(node: Any) -> tuple[str, ...] | None:
+  """The per-row fields of one of this library's optimizer states, else ``None``.
+
+  The states of this library declare, in a class attribute ``PER_ROW_FIELDS``, which
+  of their fields hold **per-row state**: a pytree with the params' structure whose
+  leaf for a param ``p`` with feature axes ``F`` has shape
+  ``row_shape(p.shape, F) + trailing`` (the param's rank, feature axes of size 1, then
+  any per-row block axes, e.g. ``(V, 1)`` or ``(V, 1, n_blocks, k, k)`` for a
+  ``(V, d)`` table). Such leaves can be gathered and scattered by row (the sparse path)
+  and sharded like the param along its row axes (the sharding helper). A ``None`` in
+  place of a leaf means the field is unused for that param. Every other field holds
+  shared state (per-leaf matrices, counters), which the sparse path passes through
+  whole and the sharding helper replicates.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax_blockada as ob
+    >>> from optax_blockada._geometry import per_row_fields
+    >>> per_row_fields(ob.scale_by_rowwise_adagrad().init(jnp.zeros((4, 3))))
+    ('sum_of_squares',)
+    >>> per_row_fields((1, 2)) is None
+    True
+  """
+  if isinstance(node, tuple) and hasattr(type(node), "_fields"):
+    return getattr(type(node), "PER_ROW_FIELDS", None)
+  return None

@@ -41,6 +41,9 @@ class DiagonalAdagradState(NamedTuple):
   # Same tree and shapes as the params; dtype ``accumulator_dtype``.
   sum_of_squares: optax.Updates
 
+  # Fields holding per-row state (see ``_geometry.per_row_fields``).
+  PER_ROW_FIELDS = ("sum_of_squares",)
+
 
 class RowwiseAdagradState(NamedTuple):
   """State of :func:`scale_by_rowwise_adagrad`: one accumulator per row.
@@ -55,6 +58,9 @@ class RowwiseAdagradState(NamedTuple):
   # Same tree as the params; each leaf has the param's rank with its feature axes
   # reduced to size 1 (a ``(V, d)`` table gets a ``(V, 1)`` accumulator).
   sum_of_squares: optax.Updates
+
+  # Fields holding per-row state (see ``_geometry.per_row_fields``).
+  PER_ROW_FIELDS = ("sum_of_squares",)
 
 
 def accumulator_dtype_for(param_dtype: Any, accumulator_dtype: Any | None) -> jnp.dtype:
