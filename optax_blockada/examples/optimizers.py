@@ -1,0 +1,85 @@
+"""The optimizers the embedding examples compare, built by name at a learning rate.
+
+Every example (GloVe, the recommender, SGNS) trains the same line-up so their tables
+read alike:
+
+========================  ==============================================================
+name                      optimizer
+========================  ==============================================================
+``optax.adagrad``         :func:`optax.adagrad` (the baseline)
+``diagonal``              :func:`optax_blockada.diagonal_adagrad` (optax numerics)
+``preset``                the model's own ecosystem numerics (GloVe's ``glove.c``,
+                          LightFM, PyTorch): see :data:`PRESETS`
+``rowwise``               :func:`optax_blockada.rowwise_adagrad` (mean reduction)
+``block``                 :func:`optax_blockada.block_adagrad` with
+                          ``structure='rows_x_shared'``
+========================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import optax
+
+import optax_blockada as ob
+
+__all__ = ["OPTIMIZER_NAMES", "PRESETS", "make_optimizer"]
+
+OPTIMIZER_NAMES = ("optax.adagrad", "diagonal", "preset", "rowwise", "block")
+"""The names :func:`make_optimizer` accepts, in display order."""
+
+PRESETS: dict[str, Callable[[float], optax.GradientTransformation]] = {
+  "glove": lambda lr: ob.presets.glove_adagrad(eta=lr),
+  "lightfm": lambda lr: ob.presets.lightfm_adagrad(learning_rate=lr),
+  "torch": lambda lr: ob.presets.torch_adagrad(learning_rate=lr),
+}
+"""Ecosystem presets by model family: ``learning_rate -> optimizer``."""
+
+
+def make_optimizer(
+  name: str, learning_rate: float, *, preset: str = "torch"
+) -> optax.GradientTransformation:
+  """Builds the optimizer called ``name`` (see :data:`OPTIMIZER_NAMES`).
+
+  Args:
+    name: one of :data:`OPTIMIZER_NAMES`.
+    learning_rate: a positive, finite step size (GloVe's ``eta`` for its preset).
+    preset: which of :data:`PRESETS` the name ``'preset'`` stands for.
+
+  Returns:
+    An :class:`optax.GradientTransformation`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_blockada.examples.optimizers import make_optimizer
+    >>> tx = make_optimizer("rowwise", 0.1)
+    >>> updates, _ = tx.update(jnp.ones((2, 4)), tx.init(jnp.zeros((2, 4))))
+    >>> print(f"{updates[0, 0]:.4f}")  # -0.1 / sqrt(0.1 + 1)
+    -0.0953
+  """
+  if name not in OPTIMIZER_NAMES:
+    raise ValueError(f"name must be one of {OPTIMIZER_NAMES}, got {name!r}.")
+  if preset not in PRESETS:
+    raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}.")
+  if (
+    isinstance(learning_rate, bool)
+    or not isinstance(learning_rate, (int, float))
+    or not math.isfinite(learning_rate)
+    or learning_rate <= 0
+  ):
+    raise ValueError(
+      f"learning_rate must be a positive finite number, got {learning_rate!r} "
+      f"(for optimizer {name!r})."
+    )
+  lr = float(learning_rate)
+  if name == "optax.adagrad":
+    return optax.adagrad(lr)
+  if name == "diagonal":
+    return ob.diagonal_adagrad(lr)
+  if name == "preset":
+    return PRESETS[preset](lr)
+  if name == "rowwise":
+    return ob.rowwise_adagrad(lr)
+  return ob.block_adagrad(lr, structure="rows_x_shared")
