@@ -5,7 +5,13 @@ and stores as much state as the tables; row-wise Adagrad keeps one accumulator p
 feature vector and is equivariant under rotations of that space.
 """
 
-from optax_blockada import presets
+from optax_blockada import presets, sharding, sparse
+from optax_blockada._block import (
+  BlockAdagradState,
+  block_adagrad,
+  block_effective_learning_rates,
+  scale_by_block_adagrad,
+)
 from optax_blockada._geometry import FeatureAxesSpec
 from optax_blockada._rows import add_decayed_weights_to_touched_rows, renormalize_rows
 from optax_blockada._scalar import (
@@ -21,17 +27,23 @@ from optax_blockada.diagnostics import effective_learning_rates, find_adagrad_st
 __version__ = "0.1.0"
 
 __all__ = (
+  "BlockAdagradState",
   "DiagonalAdagradState",
   "FeatureAxesSpec",
   "RowwiseAdagradState",
   "add_decayed_weights_to_touched_rows",
+  "block_adagrad",
+  "block_effective_learning_rates",
   "diagonal_adagrad",
   "effective_learning_rates",
   "find_adagrad_states",
   "presets",
   "renormalize_rows",
   "rowwise_adagrad",
+  "scale_by_block_adagrad",
   "scale_by_diagonal_adagrad",
   "scale_by_rowwise_adagrad",
+  "sharding",
+  "sparse",
   "state_bytes",
 )

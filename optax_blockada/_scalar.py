@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from optax_blockada import _geometry, _validation
-from optax_blockada._geometry import FeatureAxesSpec
+from optax_blockada._geometry import AxisNameSpec, FeatureAxesSpec
 
 __all__ = [
   "DiagonalAdagradState",
@@ -112,6 +112,7 @@ def _scale_by_scalar_adagrad(
   eps_in_sqrt: Any,
   use_old_accumulator: Any,
   accumulator_dtype: Any,
+  axis_name: AxisNameSpec = None,
 ) -> optax.GradientTransformation:
   """The one implementation behind diagonal and row-wise Adagrad."""
   _validation.check_nonnegative("initial_accumulator_value", initial_accumulator_value)
@@ -127,13 +128,21 @@ def _scale_by_scalar_adagrad(
       "feature_axes must be Python ints, got a JAX array. With "
       "optax.inject_hyperparams pass static_args=('feature_axes', ...)."
     )
+  if isinstance(axis_name, jax.Array) or (
+    not callable(axis_name) and not jax.tree.all(jax.tree.map(_geometry.is_axis_names, axis_name))
+  ):
+    raise TypeError(
+      f"axis_name must be None, a mesh axis name (str), a tuple of names, a pytree prefix "
+      f"of those or a callable (path, leaf) -> names, got {axis_name!r}."
+    )
 
   def init_fn(params):
     _validation.check_float_leaves(params, f"{name}: params")
     leaves, treedef = jax.tree.flatten(params)
     axes = _geometry.resolve_feature_axes(feature_axes, params)
     sums = [
-      jnp.full(
+      _geometry.row_state_full(
+        p,
         _geometry.row_shape(p.shape, ax),
         initial_accumulator_value,
         accumulator_dtype_for(p.dtype, accumulator_dtype),
@@ -149,8 +158,9 @@ def _scale_by_scalar_adagrad(
     with_path, treedef = jax.tree_util.tree_flatten_with_path(updates)
     sums = treedef.flatten_up_to(state.sum_of_squares)
     axes = _geometry.resolve_feature_axes(feature_axes, updates)
+    names = _geometry.resolve_axis_names(axis_name, updates)
     new_updates, new_sums = [], []
-    for (path, g), s, ax in zip(with_path, sums, axes, strict=True):
+    for (path, g), s, ax, nm in zip(with_path, sums, axes, names, strict=True):
       expected = _geometry.row_shape(g.shape, ax)
       if tuple(s.shape) != expected:
         raise ValueError(
@@ -160,7 +170,7 @@ def _scale_by_scalar_adagrad(
           "or with other feature_axes?"
         )
       g_acc = g.astype(s.dtype)
-      new_s = s + _geometry.reduce_rows(g_acc * g_acc, ax, reduction)
+      new_s = s + _geometry.reduce_rows(g_acc * g_acc, ax, reduction, nm)
       scale = inverse_root(s if use_old_accumulator else new_s, eps, eps_in_sqrt)
       new_updates.append((g_acc * scale).astype(g.dtype))
       new_sums.append(new_s)
@@ -250,6 +260,7 @@ def scale_by_rowwise_adagrad(
   use_old_accumulator: bool = False,
   feature_axes: FeatureAxesSpec = None,
   accumulator_dtype: Any | None = None,
+  axis_name: AxisNameSpec = None,
 ) -> optax.GradientTransformation:
   r"""Row-wise (per-row-norm) Adagrad scaling (no learning rate).
 
@@ -285,6 +296,15 @@ def scale_by_rowwise_adagrad(
       ``(path, leaf) -> axes``. Resolved from the updates, so ``params`` may be
       ``None`` in ``update``. Static.
     accumulator_dtype: ``None`` promotes the param dtype to at least float32. Static.
+    axis_name: for use inside ``jax.shard_map`` when a leaf's feature axes are split
+      over mesh axes: the name (or tuple of names) of those mesh axes. The per-row
+      sum of squares is then ``psum``-ed over them, and a mean divides by the global
+      row size, so every shard sees the statistic of the whole row. ``None`` (the
+      default) reduces locally, which is right whenever the feature axes are not
+      split inside ``shard_map`` (and always under ``jit``, where JAX inserts the
+      collectives itself). Also a pytree prefix of names or ``None`` (e.g. for a
+      replicated leaf next to a feature-sharded table), or a callable
+      ``(path, leaf) -> names``. Leaves without feature axes ignore it. Static.
 
   Returns:
     An :class:`optax.GradientTransformation` whose state is a
@@ -306,7 +326,22 @@ def scale_by_rowwise_adagrad(
     [1.03305 1.3774 0.    ]
 
   With ``optax.inject_hyperparams`` pass ``static_args=('feature_axes',)`` whenever
-  ``feature_axes`` is an int or a callable (and likewise ``'accumulator_dtype'``).
+  ``feature_axes`` is an int or a callable (and likewise ``'accumulator_dtype'``, and
+  ``'axis_name'`` when it is a callable; a name or tuple of names is static already).
+
+  Inside ``jax.shard_map`` with the feature axis split over mesh axis ``'f'`` (one
+  device here; the same code on several):
+
+    >>> from functools import partial
+    >>> from jax.sharding import NamedSharding, PartitionSpec as P
+    >>> mesh = jax.make_mesh((1,), ('f',), devices=jax.devices()[:1])
+    >>> tx = ob.scale_by_rowwise_adagrad(axis_name='f')
+    >>> @partial(jax.shard_map, mesh=mesh, in_specs=P(None, 'f'), out_specs=P(None, 'f'))
+    ... def step(g):
+    ...   return tx.update(g, tx.init(g))[0]
+    >>> g = jax.device_put(grads['table'], NamedSharding(mesh, P(None, 'f')))
+    >>> print(step(g)[0])
+    [1.03305 1.3774 0.    ]
   """
   return _scale_by_scalar_adagrad(
     name="scale_by_rowwise_adagrad",
@@ -318,6 +353,7 @@ def scale_by_rowwise_adagrad(
     eps_in_sqrt=eps_in_sqrt,
     use_old_accumulator=use_old_accumulator,
     accumulator_dtype=accumulator_dtype,
+    axis_name=axis_name,
   )
 
 
@@ -398,6 +434,7 @@ def rowwise_adagrad(
   use_old_accumulator: bool = False,
   feature_axes: FeatureAxesSpec = None,
   accumulator_dtype: Any | None = None,
+  axis_name: AxisNameSpec = None,
 ) -> optax.GradientTransformation:
   r"""Row-wise Adagrad: :func:`scale_by_rowwise_adagrad` then ``-learning_rate``.
 
@@ -413,6 +450,8 @@ def rowwise_adagrad(
     use_old_accumulator: divide by the accumulator before adding this step's gradient.
     feature_axes: which axes make a row (see :func:`scale_by_rowwise_adagrad`).
     accumulator_dtype: ``None`` promotes the param dtype to at least float32.
+    axis_name: mesh axes the feature axes are split over inside ``shard_map``; the
+      row statistic is ``psum``-ed over them (see :func:`scale_by_rowwise_adagrad`).
 
   Returns:
     An :class:`optax.GradientTransformation`.
@@ -441,6 +480,7 @@ def rowwise_adagrad(
       use_old_accumulator=use_old_accumulator,
       feature_axes=feature_axes,
       accumulator_dtype=accumulator_dtype,
+      axis_name=axis_name,
     ),
     learning_rate,
   )

@@ -101,3 +101,22 @@ def check_same_structure(updates: Any, state_tree: Any, name: str) -> None:
       f"updates: {u}; state: {s}. Initialise the state with tx.init(params) for the "
       "same params tree you pass gradients for."
     )
+
+
+def static_int(name: str, value: Any, *, minimum: int = 1) -> int:
+  """A Python int ``>= minimum`` from ``value``; a clear error if it is an array or traced.
+
+  Values used as shapes or in Python control flow cannot be JAX arrays, which is what
+  ``optax.inject_hyperparams`` makes of numeric arguments unless they are static.
+  """
+  if isinstance(value, jax.Array) or is_traced(value):
+    raise TypeError(
+      f"{name} is used as a shape or in Python control flow and cannot be a JAX array "
+      f"or traced, got {value!r}. With optax.inject_hyperparams pass "
+      f"static_args=('{name}', ...)."
+    )
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"{name} must be a Python int, got {value!r}.")
+  if value < minimum:
+    raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+  return int(value)

@@ -9,18 +9,25 @@ import jax
 import numpy as np
 import optax
 
+from optax_blockada._block import BlockAdagradState, block_effective_learning_rates
 from optax_blockada._scalar import DiagonalAdagradState, RowwiseAdagradState, inverse_root
 
 __all__ = ["effective_learning_rates", "find_adagrad_states", "state_bytes"]
 
-_ADAGRAD_STATES = (DiagonalAdagradState, RowwiseAdagradState, optax.ScaleByRssState)
+_ADAGRAD_STATES = (
+  DiagonalAdagradState,
+  RowwiseAdagradState,
+  BlockAdagradState,
+  optax.ScaleByRssState,
+)
 
 
 def find_adagrad_states(opt_state: Any) -> list[Any]:
   """All Adagrad states inside ``opt_state`` (chains, partitions, masks, injections).
 
-  Recognises this library's :class:`DiagonalAdagradState` and
-  :class:`RowwiseAdagradState`, and ``optax.adagrad``'s ``ScaleByRssState``.
+  Recognises this library's :class:`DiagonalAdagradState`,
+  :class:`RowwiseAdagradState` and :class:`BlockAdagradState`, and ``optax.adagrad``'s
+  ``ScaleByRssState``.
 
   Args:
     opt_state: any optimizer state pytree.
@@ -69,6 +76,7 @@ def effective_learning_rates(
   *,
   eps: Any = 1e-7,
   eps_in_sqrt: bool = True,
+  relative_eps: Any = None,
 ) -> Any:
   r"""Per-row (or per-element) effective learning rate :math:`\eta\,\phi(G)`.
 
@@ -82,11 +90,17 @@ def effective_learning_rates(
   ``eps`` and ``eps_in_sqrt`` the transform was built with (the defaults match
   :func:`rowwise_adagrad` and :func:`diagonal_adagrad`; presets say theirs).
 
+  Block states (:class:`BlockAdagradState`) give the rotation-invariant
+  :math:`\eta \operatorname{tr}((H + \lambda I)^{-1/2}) / k` per row, averaged over its
+  blocks (one scalar per leaf for ``'shared'``); see
+  :func:`block_effective_learning_rates`, which takes ``eps`` and ``relative_eps``.
+
   Args:
     opt_state: an optimizer state containing Adagrad state(s), or such a state.
     learning_rate: the learning rate :math:`\eta` to multiply by.
     eps: the transform's ``eps``.
-    eps_in_sqrt: the transform's ``eps_in_sqrt``.
+    eps_in_sqrt: the transform's ``eps_in_sqrt`` (scalar states only).
+    relative_eps: the block transform's ``relative_eps`` (``None``: its default).
 
   Returns:
     A pytree like the params' (per-row leaves for row-wise states).
@@ -105,10 +119,21 @@ def effective_learning_rates(
   if not states:
     raise ValueError(
       "effective_learning_rates: no Adagrad state (DiagonalAdagradState, "
-      "RowwiseAdagradState or optax ScaleByRssState) found in opt_state."
+      "RowwiseAdagradState, BlockAdagradState or optax ScaleByRssState) found in "
+      "opt_state."
     )
-  sums = _merge([s.sum_of_squares for s in states])
-  return jax.tree.map(lambda g: inverse_root(g, eps, bool(eps_in_sqrt)) * learning_rate, sums)
+  eps_in_sqrt = bool(eps_in_sqrt)
+
+  def per_state(state):
+    if isinstance(state, BlockAdagradState):
+      return block_effective_learning_rates(
+        state, learning_rate, eps=eps, relative_eps=relative_eps
+      )
+    return jax.tree.map(
+      lambda g: inverse_root(g, eps, eps_in_sqrt) * learning_rate, state.sum_of_squares
+    )
+
+  return _merge([per_state(s) for s in states])
 
 
 def state_bytes(tree: Any) -> int:

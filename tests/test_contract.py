@@ -20,6 +20,19 @@ TRANSFORMS = {
     0.1, weight_decay=1e-3, weight_decay_mode="decoupled", max_norm=2.0
   ),
   "glove": lambda: presets.glove_adagrad(0.05),
+  "block_rows": lambda: ob.block_adagrad(0.1),
+  # 'w' is (4, 3): rows along axis 0 (d = 4) so that block_size 2 divides them.
+  "block_blocks_ns": lambda: ob.block_adagrad(
+    0.1,
+    structure="blocks",
+    block_size=2,
+    root="newton_schulz",
+    feature_axes=lambda path, leaf: 0 if jax.tree_util.keystr(path) == "['dense']['w']" else None,
+  ),
+  "block_shared_every_3": lambda: ob.block_adagrad(0.1, structure="shared", update_root_every=3),
+  "block_rows_x_shared": lambda: ob.block_adagrad(
+    0.1, structure="rows_x_shared", update_root_every=2
+  ),
 }
 
 
@@ -106,6 +119,30 @@ def test_jit_without_retracing_and_state_type_stable(name):
       dict(learning_rate=0.1, eps=1e-8, weight_decay=1e-2, weight_decay_mode="l2", max_norm=1.5),
     ),
     (presets.glove_adagrad, (), dict(eta=0.05)),
+    (
+      ob.block_adagrad,
+      ("update_root_every",),
+      dict(
+        learning_rate=0.1,
+        initial_accumulator_value=0.2,
+        eps=1e-6,
+        relative_eps=1e-4,
+        structure="rows_x_shared",
+        update_root_every=2,
+      ),
+    ),
+    (
+      ob.block_adagrad,
+      ("root_iterations",),
+      dict(
+        learning_rate=0.1,
+        initial_accumulator_value=0.2,
+        relative_eps=1e-4,
+        structure="shared",
+        root="newton_schulz",
+        root_iterations=25,
+      ),
+    ),
   ],
 )
 def test_inject_hyperparams_equivalence(factory, static_args, kwargs):
@@ -130,6 +167,38 @@ def test_inject_hyperparams_without_static_feature_axes_is_a_clear_error():
   params = make_params()
   with pytest.raises(TypeError, match="static_args=\\('feature_axes'"):
     tx.init(params)
+
+
+def test_inject_hyperparams_without_static_block_size_is_a_clear_error():
+  tx = optax.inject_hyperparams(ob.block_adagrad)(
+    learning_rate=0.1, structure="blocks", block_size=2
+  )
+  with pytest.raises(TypeError, match="static_args=\\('block_size'"):
+    tx.init(make_params())
+
+
+def test_partition_routes_a_leaf_to_block_adagrad():
+  params = make_params()
+  labels = {"embed": {"table": "block"}, "bias": "row", "dense": {"w": "row", "b": "row"}}
+  tx = optax.partition(
+    {"block": ob.block_adagrad(0.1, structure="rows_x_shared"), "row": ob.rowwise_adagrad(0.1)},
+    labels,
+  )
+  p_part, state = run(tx, params)
+  ref_tx = ob.block_adagrad(0.1, structure="rows_x_shared")
+  ref_state = ref_tx.init(params["embed"]["table"])
+  ref = params["embed"]["table"]
+  for t in range(10):
+    u, ref_state = ref_tx.update(grads_for(params, t)["embed"]["table"], ref_state)
+    ref = ref + u
+  assert_trees_close(p_part["embed"]["table"], ref, rtol=1e-5)
+  block_state = state.inner_states["block"].inner_state[0]
+  assert isinstance(block_state.row_sums["bias"], optax.MaskedNode)
+  assert block_state.row_sums["embed"]["table"].shape == (16, 1, 1)
+  masked = optax.masked(ob.block_adagrad(0.1), {"embed": True, "bias": False, "dense": False})
+  g = grads_for(params, 0)
+  u, _ = masked.update(g, masked.init(params), params)
+  np.testing.assert_array_equal(u["bias"], g["bias"])
 
 
 def test_partition_and_masked_equal_direct_application():
@@ -250,7 +319,9 @@ def test_abstract_init_matches_concrete(name):
   )
 
 
-@pytest.mark.parametrize("name", ["diagonal", "rowwise_mean", "fbgemm_rowwise", "glove"])
+@pytest.mark.parametrize(
+  "name", ["diagonal", "rowwise_mean", "fbgemm_rowwise", "glove", "block_rows_x_shared"]
+)
 def test_orbax_checkpoint_round_trip_then_equal_updates(name, tmp_path):
   ocp = pytest.importorskip("orbax.checkpoint")
   tx = TRANSFORMS[name]()

@@ -91,3 +91,70 @@ def test_state_bytes_counts_dtypes_and_shapes():
   # Counts, schedules and empty states in chains are included exactly.
   chained = optax.chain(ob.rowwise_adagrad(optax.linear_schedule(1.0, 0.0, 5)))
   assert ob.state_bytes(chained.init(params)) == row + 4  # int32 schedule count
+
+
+def _np_mean_inverse_root(h, lam):
+  w = np.maximum(np.linalg.eigvalsh(h), 0)
+  return np.mean(np.where(w + lam > 0, 1 / np.sqrt(w + lam), 0.0))
+
+
+def test_effective_learning_rates_of_block_states_against_numpy():
+  rng = np.random.default_rng(3)
+  grads = [rng.normal(size=(5, 4)).astype(np.float32) for _ in range(4)]
+  for g in grads:
+    g[3] = 0.0
+  params = {"table": jnp.zeros((5, 4)), "bias": jnp.zeros(5)}
+  eps, rel, lr = 1e-3, 1e-2, 0.3
+  for structure in ("rows", "blocks", "shared", "rows_x_shared"):
+    k = 2 if structure == "blocks" else 4
+    tx = optax.chain(
+      optax.clip_by_global_norm(1e6),
+      ob.block_adagrad(
+        lr,
+        eps=eps,
+        relative_eps=rel,
+        structure=structure,
+        block_size=2 if structure == "blocks" else None,
+      ),
+    )
+    state = tx.init(params)
+    for g in grads:
+      _, state = tx.update({"table": jnp.asarray(g), "bias": jnp.asarray(g[:, 0])}, state)
+    got = ob.effective_learning_rates(state, lr, eps=eps, relative_eps=rel)["table"]
+    g64 = np.stack(grads).astype(np.float64)  # (steps, rows, d)
+    expected = []
+    for r in range(5):
+      values = []
+      for b in range(4 // k):
+        gb = g64[:, r, b * k : (b + 1) * k]
+        if structure in ("rows", "blocks"):
+          h = 0.1 * np.eye(k) + gb.T @ gb
+        elif structure == "rows_x_shared":
+          c = 0.1 * np.eye(k) + np.einsum("tri,trj->ij", g64, g64)
+          s = 0.1 + np.sum(gb**2) / k
+          h = s * k * c / np.trace(c)
+        else:
+          h = 0.1 * np.eye(k) + np.einsum("tri,trj->ij", g64, g64)
+        values.append(_np_mean_inverse_root(h, eps + rel * np.trace(h)))
+      expected.append(lr * np.mean(values))
+    if structure == "shared":
+      assert got.shape == ()
+      np.testing.assert_allclose(got, expected[0], rtol=1e-5)
+    else:
+      assert got.shape == (5, 1)
+      np.testing.assert_allclose(got[:, 0], expected, rtol=1e-5)
+    if structure in ("rows", "blocks"):
+      # The untouched row keeps the initial rate lr / sqrt(a + lam).
+      np.testing.assert_allclose(got[3, 0], lr / np.sqrt(0.1 + eps + rel * 0.1 * k), rtol=1e-5)
+
+
+def test_state_bytes_of_block_states():
+  v, d = 1000, 16
+  params = jax.ShapeDtypeStruct((v, d), jnp.bfloat16)
+  size = lambda **kw: ob.state_bytes(jax.eval_shape(ob.block_adagrad(0.1, **kw).init, params))
+  count = 4 + 4  # int32 step count and int32 fallback counter
+  assert size() == v * d * d * 4 + count
+  assert size(structure="blocks", block_size=4) == v * d * 4 * 4 + count
+  assert size(structure="shared") == d * d * 4 + count
+  assert size(structure="shared", update_root_every=5) == 2 * d * d * 4 + count
+  assert size(structure="rows_x_shared") == (v + d * d) * 4 + count

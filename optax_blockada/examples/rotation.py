@@ -369,6 +369,18 @@ def default_optimizers(dim: int) -> dict[str, optax.GradientTransformation]:
       reduction="sum",
     ),
     "presets.fbgemm_rowwise_adagrad(0.1)": ob.presets.fbgemm_rowwise_adagrad(learning_rate=0.1),
+    # Block Adagrad accumulates sums of squares (tr H grows by |g|^2), so its learning
+    # rate is scaled like the row-wise 'sum' variant: 0.1 * sqrt(k) for blocks of size k.
+    "block_adagrad(0.1*sqrt(d), rows)": ob.block_adagrad(0.1 * math.sqrt(dim)),
+    "block_adagrad(0.1*sqrt(d), shared)": ob.block_adagrad(
+      0.1 * math.sqrt(dim), structure="shared"
+    ),
+    "block_adagrad(0.1*sqrt(d), rows_x_shared)": ob.block_adagrad(
+      0.1 * math.sqrt(dim), structure="rows_x_shared"
+    ),
+    f"block_adagrad(0.1*sqrt(k), blocks, k={max(dim // 4, 1)})": ob.block_adagrad(
+      0.1 * math.sqrt(max(dim // 4, 1)), structure="blocks", block_size=max(dim // 4, 1)
+    ),
   }
 
 

@@ -1,0 +1,664 @@
+r"""Matrix-per-block Adagrad: full-matrix preconditioning per feature vector (or chunk).
+
+The third variation of one idea (see ``_scalar``): a leaf is cut into rows along its
+feature axes (``_geometry``); diagonal Adagrad keeps a scalar per coordinate, row-wise
+Adagrad a scalar per row, and block Adagrad a ``k x k`` matrix per block of ``k``
+coordinates of a row (or a matrix shared by all rows of a leaf). Its step
+:math:`(H + \lambda I)^{-1/2} g` reduces to diagonal Adagrad for ``k = 1`` and, for
+``k = d``, is equivariant under rotations of the feature space.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_blockada import _geometry, _roots, _validation
+from optax_blockada._geometry import FeatureAxesSpec
+from optax_blockada._scalar import (
+  _check_accumulator_dtype,
+  accumulator_dtype_for,
+  inverse_root,
+  with_learning_rate,
+)
+
+__all__ = [
+  "DEFAULT_MAX_STATE_BYTES",
+  "DEFAULT_RELATIVE_EPS",
+  "STRUCTURES",
+  "BlockAdagradState",
+  "block_adagrad",
+  "block_effective_learning_rates",
+  "scale_by_block_adagrad",
+]
+
+STRUCTURES = ("rows", "blocks", "shared", "rows_x_shared")
+DEFAULT_RELATIVE_EPS = 1e-5
+DEFAULT_MAX_STATE_BYTES = 1 << 30
+_PER_ROW_MATRIX = ("rows", "blocks")
+_SHARED = ("shared", "rows_x_shared")
+
+
+class BlockAdagradState(NamedTuple):
+  """State of :func:`scale_by_block_adagrad`.
+
+  Every field but ``count`` is a pytree with the params' structure; a leaf is ``None``
+  where the structure does not use the field. For a param with feature axes ``F``,
+  ``rs = row_shape(p.shape, F)`` (the param's shape with ``F`` set to 1), ``n_b``
+  blocks of size ``k`` per row:
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax_blockada as ob
+    >>> state = ob.scale_by_block_adagrad().init({'table': jnp.zeros((5, 3))})
+    >>> state.block_sums['table'].shape, state.row_sums['table']
+    ((5, 1, 1, 3, 3), None)
+  """
+
+  count: jax.Array  # shape=(), int32: number of updates so far.
+  # 'rows'/'blocks': per-row H, rs + (n_b, k, k), starting at a*I.
+  block_sums: optax.Updates
+  # 'rows_x_shared': per-row scalar s (a + sum of mean squared gradients), rs + (n_b,).
+  row_sums: optax.Updates
+  # 'shared'/'rows_x_shared': per-leaf C = a*I + sum over rows of g g^T, (n_b, k, k).
+  shared_sums: optax.Updates
+  # 'shared' with update_root_every > 1: cached (C + lam I)^(-1/2), (n_b, k, k).
+  shared_root: optax.Updates
+  # 'rows_x_shared' with update_root_every > 1: cached eigenvectors of C, (n_b, k, k).
+  shared_basis: optax.Updates
+  # 'rows_x_shared' with update_root_every > 1: cached eigenvalues of d*C/tr(C), (n_b, k).
+  shared_spectrum: optax.Updates
+  # int32 scalar per leaf: block updates (non-zero gradient) that fell back to the
+  # row-wise step because the matrix root was not finite.
+  fallbacks: optax.Updates
+
+  # Fields holding per-row state (see ``_geometry.per_row_fields``).
+  PER_ROW_FIELDS = ("block_sums", "row_sums")
+
+
+_TREE_FIELDS = BlockAdagradState._fields[1:]
+
+
+class _Layout(NamedTuple):
+  """How one leaf is cut: feature axes, per-row state shape, blocks per row, block size."""
+
+  axes: tuple[int, ...]
+  rows: tuple[int, ...]  # row_shape(p.shape, axes)
+  n_blocks: int
+  k: int
+
+
+def _layout(path: Any, shape: tuple[int, ...], axes: tuple[int, ...], block_size, name: str):
+  d = math.prod(shape[a] for a in axes)
+  rows = _geometry.row_shape(shape, axes)
+  if block_size is None or d <= block_size:
+    return _Layout(axes, rows, 1, d)
+  if d % block_size:
+    raise ValueError(
+      f"{name}: block_size={block_size} does not divide the row size d={d} of the leaf "
+      f"at {_geometry.path_str(path)} with shape {shape} and feature axes {axes}. Use a "
+      f"divisor of {d} as block_size, or route that leaf to another transform with "
+      "optax.partition."
+    )
+  return _Layout(axes, rows, d // block_size, block_size)
+
+
+def _to_blocks(x: jax.Array, layout: _Layout) -> jax.Array:
+  """``x`` as ``rows + (n_blocks, k)``: feature axes moved last and flattened, then split."""
+  n = len(layout.axes)
+  moved = jnp.moveaxis(x, layout.axes, tuple(range(x.ndim - n, x.ndim)))
+  return moved.reshape((*layout.rows, layout.n_blocks, layout.k))
+
+
+def _from_blocks(x: jax.Array, shape: tuple[int, ...], layout: _Layout) -> jax.Array:
+  """Inverse of :func:`_to_blocks`."""
+  axes = layout.axes
+  others = tuple(s for i, s in enumerate(shape) if i not in axes)
+  moved = x.reshape(others + tuple(shape[a] for a in axes))
+  return jnp.moveaxis(moved, tuple(range(len(others), len(shape))), axes)
+
+
+def _state_shapes(layout: _Layout, structure: str, every: int) -> dict[str, tuple | None]:
+  """Shape of each tree field's leaf for one param (``None``: unused)."""
+  n, k = layout.n_blocks, layout.k
+  cached = every > 1
+  return {
+    "block_sums": (*layout.rows, n, k, k) if structure in _PER_ROW_MATRIX else None,
+    "row_sums": (*layout.rows, n) if structure == "rows_x_shared" else None,
+    "shared_sums": (n, k, k) if structure in _SHARED else None,
+    "shared_root": (n, k, k) if structure == "shared" and cached else None,
+    "shared_basis": (n, k, k) if structure == "rows_x_shared" and cached else None,
+    "shared_spectrum": (n, k) if structure == "rows_x_shared" and cached else None,
+  }
+
+
+def _scaled_identity(shape: tuple[int, ...], value: Any, dtype: Any) -> jax.Array:
+  eye = jnp.asarray(value).astype(dtype) * jnp.eye(shape[-1], dtype=dtype)
+  return jnp.broadcast_to(eye, shape) + jnp.zeros(shape, dtype)
+
+
+def _outer(g: jax.Array) -> jax.Array:
+  return g[..., :, None] * g[..., None, :]
+
+
+def _matvec(m: jax.Array, v: jax.Array) -> jax.Array:
+  return _roots.matmul(m, v[..., None])[..., 0]
+
+
+def _trace(m: jax.Array) -> jax.Array:
+  return jnp.trace(m, axis1=-2, axis2=-1)
+
+
+def _lead(x: jax.Array, rank: int) -> jax.Array:
+  """Prepends size-1 axes so that a per-leaf ``x`` broadcasts against per-row arrays."""
+  return x.reshape((1,) * (rank - x.ndim) + x.shape)
+
+
+def _isotropic_step(g: jax.Array, mean_eigenvalue: jax.Array, lam: jax.Array) -> jax.Array:
+  """The row-wise step ``g * phi(tr(H)/k)`` with damping ``lam``: the fallback."""
+  return g * inverse_root(mean_eigenvalue, lam, True)[..., None]
+
+
+def _shared_sum(g: jax.Array) -> jax.Array:
+  flat = g.reshape((-1, *g.shape[-2:]))
+  # Explicit sharding mode: the rows may be sharded; their sum is replicated.
+  return jnp.einsum(
+    "rbi,rbj->bij",
+    flat,
+    flat,
+    precision=jax.lax.Precision.HIGHEST,
+    out_sharding=_geometry.replicated_sharding(flat),
+  )
+
+
+def _maybe_cached(refresh, compute, cached):
+  """``compute()`` on refresh steps, else the cached value (always ``compute()`` if None)."""
+  if refresh is None:
+    return compute()
+  return jax.lax.cond(refresh, compute, lambda: cached)
+
+
+def _normalized_eigh(c: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Eigenvectors and eigenvalues of ``k * C / tr(C)`` (identity when ``tr(C) = 0``)."""
+  k = c.shape[-1]
+  w, q = _roots.eigh(c)
+  tr = _trace(c)[..., None]
+  has = tr > 0
+  spectrum = jnp.where(has, k * jnp.maximum(w, 0) / jnp.where(has, tr, 1), 1)
+  basis = jnp.where(has[..., None], q, jnp.eye(k, dtype=c.dtype))
+  return basis, spectrum
+
+
+def _block_step(leaf, g, hp):
+  """'rows'/'blocks': per-row ``H += g g^T``; ``u = (H + lam I)^(-1/2) g``."""
+  h = leaf["block_sums"] + _outer(g)
+  lam = _roots.damping(h, hp["eps"], hp["relative_eps"])
+  roots, ok = _roots.inverse_sqrt(h, lam, method=hp["method"], iterations=hp["iterations"])
+  u = _matvec(roots, g)
+  fallback = _isotropic_step(g, _trace(h) / g.shape[-1], lam)
+  return u, ok, fallback, {"block_sums": h}
+
+
+def _shared_step(leaf, g, hp):
+  """'shared': per-leaf ``C += sum_r g_r g_r^T``; ``u_r = (C + lam I)^(-1/2) g_r``."""
+  c = leaf["shared_sums"] + _shared_sum(g)
+  lam = _roots.damping(c, hp["eps"], hp["relative_eps"])
+  root = _maybe_cached(
+    hp["refresh"],
+    lambda: _roots.inverse_sqrt(c, lam, method=hp["method"], iterations=hp["iterations"])[0],
+    leaf["shared_root"],
+  )
+  ok = _lead(jnp.all(jnp.isfinite(root), axis=(-2, -1)), g.ndim - 1)
+  u = _matvec(_lead(root, g.ndim + 1), g)
+  fallback = _isotropic_step(g, _lead(_trace(c) / g.shape[-1], g.ndim - 1), _lead(lam, g.ndim - 1))
+  new = {"shared_sums": c}
+  if hp["refresh"] is not None:
+    new["shared_root"] = root
+  return u, ok, fallback, new
+
+
+def _rows_x_shared_step(leaf, g, hp):
+  """'rows_x_shared': ``H_r = s_r * k C / tr(C)`` rooted through one eigh of ``C``."""
+  k = g.shape[-1]
+  s = leaf["row_sums"] + jnp.mean(g * g, axis=-1)
+  c = leaf["shared_sums"] + _shared_sum(g)
+  if hp["refresh"] is None:
+    basis, spectrum = _normalized_eigh(c)
+  else:
+    basis, spectrum = jax.lax.cond(
+      hp["refresh"],
+      lambda: _normalized_eigh(c),
+      lambda: (leaf["shared_basis"], leaf["shared_spectrum"]),
+    )
+  dtype = g.dtype
+  lam = jnp.asarray(hp["eps"]).astype(dtype) + jnp.asarray(hp["relative_eps"]).astype(dtype) * (
+    k * s
+  )
+  eigenvalues = s[..., None] * _lead(spectrum, g.ndim)
+  phi = jnp.where(eigenvalues > 0, jax.lax.rsqrt(eigenvalues + lam[..., None]), 0)
+  q = _lead(basis, g.ndim + 1)
+  u = _matvec(q, phi * _matvec(jnp.swapaxes(q, -1, -2), g))
+  ok = _lead(
+    jnp.all(jnp.isfinite(basis), axis=(-2, -1)) & jnp.all(jnp.isfinite(spectrum), -1), s.ndim
+  )
+  new = {"row_sums": s, "shared_sums": c}
+  if hp["refresh"] is not None:
+    new["shared_basis"], new["shared_spectrum"] = basis, spectrum
+  return u, ok, _isotropic_step(g, s, lam), new
+
+
+_STEPS = {
+  "rows": _block_step,
+  "blocks": _block_step,
+  "shared": _shared_step,
+  "rows_x_shared": _rows_x_shared_step,
+}
+
+
+def _memory_error(name, path, shape, nbytes, limit, structure) -> ValueError:
+  return ValueError(
+    f"{name}: structure={structure!r} needs {nbytes:,} bytes of optimizer state for the "
+    f"leaf at {_geometry.path_str(path)} with shape {shape}, above max_state_bytes="
+    f"{limit:,}. Ways out: a smaller block (structure='blocks', block_size=k stores "
+    "d*k per row instead of d*d); structure='shared' (one d x d matrix per leaf) or "
+    "'rows_x_shared' (one scalar per row plus one d x d per leaf); route that leaf to "
+    "rowwise_adagrad with optax.partition; or raise max_state_bytes (math.inf "
+    "disables the check)."
+  )
+
+
+def scale_by_block_adagrad(
+  initial_accumulator_value: Any = 0.1,
+  eps: Any = 1e-7,
+  *,
+  structure: str = "rows",
+  block_size: int | None = None,
+  relative_eps: Any = DEFAULT_RELATIVE_EPS,
+  root: str = "auto",
+  root_iterations: int | None = None,
+  update_root_every: int | None = None,
+  feature_axes: FeatureAxesSpec = None,
+  accumulator_dtype: Any | None = None,
+  max_state_bytes: int | float | None = None,
+) -> optax.GradientTransformation:
+  r"""Block-diagonal (full-matrix-per-block) Adagrad scaling (no learning rate).
+
+  A leaf is cut into rows along its feature axes :math:`F` (as in
+  :func:`scale_by_rowwise_adagrad`; default the last axis when ``ndim >= 2``, none
+  otherwise, so a bias has rows of size :math:`d = 1`). Each row is split into
+  :math:`n_b` blocks of :math:`k` coordinates. For a block :math:`g` of a row's
+  gradient, with accumulator :math:`H`:
+
+  .. math::
+
+    H_t = H_{t-1} + g_t g_t^\top, \quad H_0 = a I, \qquad
+    u_t = (H_t + \lambda_t I)^{-1/2} g_t, \quad
+    \lambda_t = \epsilon + \epsilon_{rel} \operatorname{tr}(H_t),
+
+  with :math:`H`'s eigenvalues clamped at 0 (and, if :math:`\lambda = 0`, the step zero
+  along directions where they are 0; ``1 x 1`` blocks use optax's
+  ``where(G > 0, ...)``). With :math:`k = 1` and
+  :math:`\epsilon_{rel} = 0` this is diagonal Adagrad (optax's) exactly. The
+  accumulator's scale is the *sum* of squares (:math:`\operatorname{tr} H` grows by
+  :math:`|g|^2`), so its steps are those of row-wise Adagrad with ``reduction='sum'``
+  (learning rates :math:`\sqrt{k}` times those of the mean variant) plus the rotation
+  within the block. Structures (:math:`V` rows of size :math:`d` per leaf):
+
+  * ``'rows'`` (default): one exact :math:`d \times d` :math:`H` per row. Memory
+    :math:`V d^2`; one :math:`d \times d` root per row per step. Equivariant under a
+    rotation :math:`R` of the feature space: training from :math:`W R` ends at
+    :math:`W_T R`.
+  * ``'blocks'``: rows split into chunks of ``block_size`` (it must divide
+    :math:`d`; rows no longer than ``block_size`` are one block, so biases are
+    diagonal). Memory :math:`V d k`, roots of :math:`k \times k`. Equivariant only
+    under block-diagonal rotations.
+  * ``'shared'``: one :math:`C = a I + \sum_t \sum_r g_r g_r^\top` per leaf (per block
+    position if ``block_size`` is set), :math:`u_r = (C + \lambda I)^{-1/2} g_r`.
+    Memory :math:`d^2` per leaf; one root per leaf per step (or every
+    ``update_root_every`` steps). Equivariant; no per-row adaptivity.
+  * ``'rows_x_shared'``: the row-wise scalar :math:`s_r = a + \sum_t \|g_r\|^2 / k`
+    times the trace-normalised shared matrix,
+    :math:`H_r = s_r \tilde C, \ \tilde C = k C / \operatorname{tr}(C)`
+    (:math:`\tilde C = I` while :math:`\operatorname{tr}(C) = 0`), so
+    :math:`\operatorname{tr}(H_r)` equals the ``'rows'`` trace; :math:`C_0 = a I`, so
+    the very first step is row-wise Adagrad scaled to the sum. One ``eigh``
+    :math:`\tilde C = Q \operatorname{diag}(\mu) Q^\top` per leaf gives every row's
+    root :math:`Q \operatorname{diag}((s_r \mu + \lambda_r)^{-1/2}) Q^\top`, with
+    :math:`\lambda_r = \epsilon + \epsilon_{rel} k s_r`. Memory :math:`V + d^2`.
+    Equivariant. Always uses ``eigh`` (one small one per leaf, affordable on TPU too).
+
+  Roots (``root``): ``'eigh'`` (the fastest on CPU and GPU; accurate to about
+  :math:`10^{-7} \kappa` along a block's smallest directions, :math:`\kappa` its
+  condition number, which the default ``relative_eps`` keeps below :math:`10^5`),
+  ``'newton_schulz'`` (matmuls only at ``precision=HIGHEST``, ``root_iterations``
+  fixed iterations, default 20; needs :math:`a > 0` or :math:`\epsilon > 0`), or
+  ``'auto'``: ``'newton_schulz'`` when :func:`jax.default_backend` is ``'tpu'`` at
+  trace time, ``'eigh'`` otherwise. Where a block's step is not finite, that block
+  takes the row-wise step :math:`g\,[m > 0] / \sqrt{m + \lambda}` with
+  :math:`m = \operatorname{tr}(H)/k` instead, and ``fallbacks`` counts it (only for
+  blocks with a non-zero gradient, so a sparse run counts the same).
+
+  Lazy exactness: a block whose gradient is zero gets a zero update and keeps its
+  per-row state; ``'shared'`` sums add nothing for it. Running the transform on a
+  gathered subset of rows (with the per-row state fields of
+  ``BlockAdagradState.PER_ROW_FIELDS`` gathered alike) gives exactly the dense result
+  for those rows. A stale root is never used for per-row statistics (one step stale was
+  measured off by 1e3 for rarely-updated rows), so ``update_root_every > 1`` is only
+  allowed for ``'shared'`` and ``'rows_x_shared'``, which then cache the root (or the
+  eigendecomposition, :math:`2 d^2 + d` more numbers per leaf) and refresh it on steps
+  ``0, N, 2N, ...``.
+
+  Args:
+    initial_accumulator_value: :math:`a \ge 0`, the starting :math:`H_0 = a I`.
+    eps: :math:`\epsilon \ge 0`, absolute damping.
+    structure: ``'rows'``, ``'blocks'``, ``'shared'`` or ``'rows_x_shared'``. Static.
+    block_size: :math:`k` for ``'blocks'`` (required); optional for ``'shared'`` and
+      ``'rows_x_shared'`` (a shared matrix per block position); ``None`` for ``'rows'``.
+      Static.
+    relative_eps: :math:`\epsilon_{rel} \ge 0`, damping relative to
+      :math:`\operatorname{tr}(H)`; the default ``1e-5`` keeps float32 roots away from
+      eigenvalues near float32's resolution (condition numbers below :math:`10^5`).
+    root: ``'auto'``, ``'eigh'`` or ``'newton_schulz'``. Static.
+    root_iterations: Newton-Schulz iterations (``None``: 20); unused by ``'eigh'``.
+      Static.
+    update_root_every: recompute the shared root every this many steps (``'shared'``,
+      ``'rows_x_shared'`` only); ``None`` means 1. Static.
+    feature_axes: which axes make a row (see :func:`scale_by_rowwise_adagrad`). Static.
+    accumulator_dtype: ``None`` promotes the param dtype to at least float32. Static.
+    max_state_bytes: ``init`` raises a ``ValueError`` naming the leaf and the ways out
+      when one leaf's state would exceed this many bytes; ``None`` for the default,
+      1 GiB (``DEFAULT_MAX_STATE_BYTES``); ``math.inf`` disables the check. Static.
+
+  Returns:
+    An :class:`optax.GradientTransformation` whose state is a
+    :class:`BlockAdagradState`. Updates come back in the gradients' dtype.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import optax_blockada as ob
+    >>> tx = ob.scale_by_block_adagrad(initial_accumulator_value=1.0, eps=0.0,
+    ...                                relative_eps=0.0)
+    >>> g = jnp.array([[3.0, 4.0], [0.0, 0.0]])
+    >>> u, state = tx.update(g, tx.init(jnp.zeros((2, 2))))
+    >>> # H = I + g g^T has eigenvalue 26 along g: u = g / sqrt(26).
+    >>> print(u[0], bool(np.allclose(u[0], g[0] / np.sqrt(26.0))), u[1])
+    [0.58835 0.78446] True [0. 0.]
+
+  With ``optax.inject_hyperparams`` pass the static arguments you set as
+  ``static_args`` (e.g. ``('block_size', 'update_root_every')``); ``a``, ``eps`` and
+  ``relative_eps`` may be injected.
+  """
+  name = "scale_by_block_adagrad"
+  structure = _validation.check_choice("structure", structure, STRUCTURES)
+  root = _validation.check_choice("root", root, _roots.ROOT_METHODS)
+  if block_size is not None:
+    block_size = _validation.static_int("block_size", block_size)
+  if structure == "blocks" and block_size is None:
+    raise ValueError(
+      "structure='blocks' needs block_size (the size k of the chunks each row is split "
+      "into, a divisor of the row size); structure='rows' keeps whole rows."
+    )
+  if structure == "rows" and block_size is not None:
+    raise ValueError(
+      f"structure='rows' keeps whole rows and takes no block_size, got {block_size}; "
+      "use structure='blocks' to split rows into chunks."
+    )
+  if root == "newton_schulz" and structure == "rows_x_shared":
+    raise ValueError(
+      "structure='rows_x_shared' derives every row's root from one eigendecomposition "
+      "of the shared matrix and always uses eigh; pass root='auto' or 'eigh'."
+    )
+  if root_iterations is not None:
+    root_iterations = _validation.static_int("root_iterations", root_iterations, minimum=0)
+  every = 1 if update_root_every is None else update_root_every
+  every = _validation.static_int("update_root_every", every)
+  if every > 1 and structure not in _SHARED:
+    raise ValueError(
+      f"update_root_every={every} needs structure='shared' or 'rows_x_shared': reusing "
+      "a stale per-row root was measured off by 1e3 for rarely-updated rows. Use "
+      "update_root_every=1 with structure="
+      f"{structure!r}."
+    )
+  if max_state_bytes is None:
+    max_state_bytes = DEFAULT_MAX_STATE_BYTES
+  elif not (isinstance(max_state_bytes, float) and max_state_bytes == math.inf):
+    max_state_bytes = _validation.static_int("max_state_bytes", max_state_bytes)
+  _validation.check_nonnegative("initial_accumulator_value", initial_accumulator_value)
+  _validation.check_nonnegative("eps", eps)
+  _validation.check_nonnegative("relative_eps", relative_eps)
+  _check_accumulator_dtype(accumulator_dtype)
+  if isinstance(feature_axes, jax.Array):
+    raise TypeError(
+      "feature_axes must be Python ints, got a JAX array. With "
+      "optax.inject_hyperparams pass static_args=('feature_axes', ...)."
+    )
+
+  def layouts(tree):
+    with_path = jax.tree_util.tree_flatten_with_path(tree)[0]
+    axes = _geometry.resolve_feature_axes(feature_axes, tree)
+    return [
+      _layout(path, tuple(x.shape), ax, block_size, name)
+      for (path, x), ax in zip(with_path, axes, strict=True)
+    ]
+
+  def init_fn(params):
+    _validation.check_float_leaves(params, f"{name}: params")
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+    fields = {f: [] for f in _TREE_FIELDS}
+    for (path, p), layout in zip(with_path, layouts(params), strict=True):
+      dtype = accumulator_dtype_for(p.dtype, accumulator_dtype)
+      shapes = _state_shapes(layout, structure, every)
+      nbytes = sum(math.prod(s) for s in shapes.values() if s is not None) * dtype.itemsize
+      if nbytes > max_state_bytes:
+        raise _memory_error(name, path, tuple(p.shape), nbytes, max_state_bytes, structure)
+      for field, shape in shapes.items():
+        if shape is None:
+          value = None
+        elif field == "block_sums":  # Per-row: sharded like p in Explicit mode.
+          eye = _scaled_identity(shape[-2:], initial_accumulator_value, dtype)
+          value = _geometry.row_state_full(p, shape, eye, dtype)
+        elif field == "shared_sums":
+          value = _scaled_identity(shape, initial_accumulator_value, dtype)
+        elif field == "row_sums":
+          value = _geometry.row_state_full(p, shape, initial_accumulator_value, dtype)
+        elif field == "shared_basis":
+          value = _scaled_identity(shape, 1, dtype)
+        else:  # shared_root, shared_spectrum: computed on step 0.
+          value = jnp.zeros(shape, dtype)
+        fields[field].append(value)
+      fields["fallbacks"].append(jnp.zeros((), jnp.int32))
+    return BlockAdagradState(
+      count=jnp.zeros((), jnp.int32), **{f: treedef.unflatten(v) for f, v in fields.items()}
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    _validation.check_same_structure(updates, state.fallbacks, name)
+    _validation.check_float_leaves(updates, f"{name}: updates")
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(updates)
+    fields = {f: treedef.flatten_up_to(getattr(state, f)) for f in _TREE_FIELDS}
+    hp = {
+      "eps": eps,
+      "relative_eps": relative_eps,
+      "method": _roots.resolve_root_method(root),
+      "iterations": root_iterations,
+      "refresh": (state.count % every == 0) if every > 1 else None,
+    }
+    step = _STEPS[structure]
+    new_fields = {f: [] for f in _TREE_FIELDS}
+    new_updates = []
+    for i, ((path, g), layout) in enumerate(zip(with_path, layouts(updates), strict=True)):
+      leaf = {f: fields[f][i] for f in _TREE_FIELDS}
+      for field, shape in _state_shapes(layout, structure, every).items():
+        got = None if leaf[field] is None else tuple(leaf[field].shape)
+        if got != shape:
+          raise ValueError(
+            f"{name}: the {field} of the leaf at {_geometry.path_str(path)} has shape "
+            f"{got}, but updates of shape {tuple(g.shape)} with feature axes "
+            f"{layout.axes}, structure={structure!r} and block_size={block_size} need "
+            f"{shape}. Was the state made for other params or with other arguments?"
+          )
+      dtype = (leaf["block_sums"] if leaf["block_sums"] is not None else leaf["shared_sums"]).dtype
+      gb = _to_blocks(g.astype(dtype), layout)
+      u, ok, fallback, new = step(leaf, gb, hp)
+      ok = ok & jnp.all(jnp.isfinite(u), axis=-1)
+      nonzero = jnp.any(gb != 0, axis=-1)
+      u = jnp.where(nonzero[..., None], jnp.where(ok[..., None], u, fallback), 0)
+      new_updates.append(_from_blocks(u, tuple(g.shape), layout).astype(g.dtype))
+      new["fallbacks"] = leaf["fallbacks"] + jnp.sum(nonzero & ~ok, dtype=jnp.int32)
+      for f in _TREE_FIELDS:
+        new_fields[f].append(new.get(f, leaf[f]))
+    new_state = BlockAdagradState(
+      count=optax.safe_increment(state.count),
+      **{f: treedef.unflatten(v) for f, v in new_fields.items()},
+    )
+    return treedef.unflatten(new_updates), new_state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def block_adagrad(
+  learning_rate: optax.ScalarOrSchedule,
+  initial_accumulator_value: Any = 0.1,
+  eps: Any = 1e-7,
+  *,
+  structure: str = "rows",
+  block_size: int | None = None,
+  relative_eps: Any = DEFAULT_RELATIVE_EPS,
+  root: str = "auto",
+  root_iterations: int | None = None,
+  update_root_every: int | None = None,
+  feature_axes: FeatureAxesSpec = None,
+  accumulator_dtype: Any | None = None,
+  max_state_bytes: int | float | None = None,
+) -> optax.GradientTransformation:
+  r"""Block-diagonal Adagrad: :func:`scale_by_block_adagrad` then ``-learning_rate``.
+
+  A :math:`d \times d` accumulator per feature vector (by default),
+  :math:`u = -\eta (H + \lambda I)^{-1/2} g`. Its accumulator is a sum of squares, so
+  learning rates comparable with row-wise Adagrad's default (mean) are about
+  :math:`\sqrt{k}` times larger. See :func:`scale_by_block_adagrad` for the maths, the
+  structures and their memory, and the arguments.
+
+  Args:
+    learning_rate: a finite float, or an optax schedule.
+    initial_accumulator_value: :math:`a \ge 0`, :math:`H_0 = a I`.
+    eps: absolute damping, ``>= 0``.
+    structure: ``'rows'``, ``'blocks'``, ``'shared'`` or ``'rows_x_shared'``.
+    block_size: block size :math:`k` (``'blocks'``, optional for the shared ones).
+    relative_eps: damping relative to the trace, ``>= 0``.
+    root: ``'auto'``, ``'eigh'`` or ``'newton_schulz'``.
+    root_iterations: Newton-Schulz iterations.
+    update_root_every: refresh period of the shared root (``None``: 1).
+    feature_axes: which axes make a row.
+    accumulator_dtype: ``None`` promotes the param dtype to at least float32.
+    max_state_bytes: per-leaf state limit checked by ``init`` (``None``: 1 GiB;
+      ``math.inf``: none).
+
+  Returns:
+    An :class:`optax.GradientTransformation`.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import optax_blockada as ob
+    >>> table = jax.random.normal(jax.random.key(0), (10, 4))
+    >>> loss = lambda t: jnp.sum((t[jnp.array([1, 3, 3])] - 1.0) ** 2)
+    >>> tx = ob.block_adagrad(0.5)
+    >>> state = tx.init(table)
+    >>> for _ in range(100):
+    ...   updates, state = tx.update(jax.grad(loss)(table), state, table)
+    ...   table = optax.apply_updates(table, updates)
+    >>> print(f"{loss(table):.3f}")
+    0.000
+  """
+  return with_learning_rate(
+    scale_by_block_adagrad(
+      initial_accumulator_value,
+      eps,
+      structure=structure,
+      block_size=block_size,
+      relative_eps=relative_eps,
+      root=root,
+      root_iterations=root_iterations,
+      update_root_every=update_root_every,
+      feature_axes=feature_axes,
+      accumulator_dtype=accumulator_dtype,
+      max_state_bytes=max_state_bytes,
+    ),
+    learning_rate,
+  )
+
+
+def _mean_inverse_root(eigenvalues: jax.Array, lam: jax.Array) -> jax.Array:
+  """``mean_i [w_i > 0] (w_i + lam)^(-1/2)`` over the last axis."""
+  w = jnp.maximum(eigenvalues, 0)
+  return jnp.mean(jnp.where(w > 0, jax.lax.rsqrt(w + lam[..., None]), 0), axis=-1)
+
+
+def block_effective_learning_rates(
+  state: BlockAdagradState, learning_rate: Any = 1.0, *, eps: Any = 1e-7, relative_eps: Any = None
+) -> Any:
+  r"""Per-row effective learning rate of a block state: :math:`\eta \operatorname{tr}((H +
+  \lambda I)^{-1/2}) / k`, averaged over a row's blocks.
+
+  The mean step per unit of gradient over the directions of a block (for :math:`H = hI`
+  it is :math:`\eta / \sqrt{h + \lambda}`, the row-wise value); rotation-invariant, and
+  computed from the eigenvalues. Leaves of ``'rows'``,
+  ``'blocks'`` and ``'rows_x_shared'`` states give one value per row (keepdims shape
+  ``rs``, e.g. ``(V, 1)``); ``'shared'`` leaves give one scalar per leaf (``()``, the same
+  for every row). :func:`effective_learning_rates` calls this for block states.
+
+  Args:
+    state: a :class:`BlockAdagradState`.
+    learning_rate: :math:`\eta`.
+    eps: the transform's ``eps``.
+    relative_eps: the transform's ``relative_eps`` (``None``: its default, 1e-5).
+
+  Returns:
+    A pytree with the params' structure.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax_blockada as ob
+    >>> tx = ob.scale_by_block_adagrad(initial_accumulator_value=4.0)
+    >>> lr = ob.block_effective_learning_rates(tx.init(jnp.zeros((3, 2))), 0.1, eps=0.0,
+    ...                                        relative_eps=0.0)
+    >>> print(lr)  # 0.1 / sqrt(4)
+    [[0.05]
+     [0.05]
+     [0.05]]
+  """
+  relative_eps = DEFAULT_RELATIVE_EPS if relative_eps is None else relative_eps
+
+  def per_leaf(block_sums, row_sums, shared_sums):
+    if block_sums is not None:
+      lam = _roots.damping(block_sums, eps, relative_eps)
+      value = _mean_inverse_root(_roots.eigh(block_sums)[0], lam)
+      return jnp.mean(value, axis=-1) * learning_rate
+    if row_sums is not None:
+      k = shared_sums.shape[-1]
+      _, spectrum = _normalized_eigh(shared_sums)
+      dtype = row_sums.dtype
+      lam = jnp.asarray(eps).astype(dtype) + jnp.asarray(relative_eps).astype(dtype) * (
+        k * row_sums
+      )
+      eigenvalues = row_sums[..., None] * _lead(spectrum, row_sums.ndim + 1)
+      return jnp.mean(_mean_inverse_root(eigenvalues, lam), axis=-1) * learning_rate
+    lam = _roots.damping(shared_sums, eps, relative_eps)
+    return jnp.mean(_mean_inverse_root(_roots.eigh(shared_sums)[0], lam)) * learning_rate
+
+  return jax.tree.map(
+    per_leaf,
+    state.block_sums,
+    state.row_sums,
+    state.shared_sums,
+    is_leaf=lambda x: x is None,
+  )
