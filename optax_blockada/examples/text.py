@@ -1,0 +1,405 @@
+"""Text pipeline for the word-vector examples: corpora, vocabulary, GloVe co-occurrences.
+
+* Corpora are lists of documents, each a list of lower-case tokens. A plain text file
+  gives one document per line (as GloVe's ``cooccur.c`` reads it: a newline ends a
+  document). The offline default, :func:`gensim_corpus`, is the two raw-English texts
+  gensim's wheel ships: a Wikipedia dump excerpt (206 pages, markup stripped with
+  gensim's own ``wikicorpus`` tools, one document per article) and the Lee corpus (300
+  news documents, one per line), about 470K tokens in all.
+* :func:`build_vocabulary` counts words and keeps those with at least ``min_count``
+  occurrences, most frequent first (ties by word), at most ``max_size`` of them.
+* :func:`encode` maps a corpus to one ``int32`` array of in-vocabulary token ids with
+  the id of the document each token comes from; out-of-vocabulary tokens are dropped,
+  as ``cooccur.c`` drops them before it looks at distances.
+* :func:`cooccurrence` counts GloVe's co-occurrences exactly as ``cooccur.c``
+  (symmetric mode): every pair of in-vocabulary tokens at distance ``k <= window``
+  within one document adds ``1/k`` to ``X[a, b]`` and to ``X[b, a]``. It is
+  vectorised numpy (one pass per distance, then a sort-and-reduce), so the 2M-token
+  corpus of the design notes counts in seconds.
+"""
+
+from __future__ import annotations
+
+import bz2
+import collections
+import os
+import re
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+from tqdm.auto import tqdm
+
+__all__ = [
+  "Cooccurrence",
+  "EncodedCorpus",
+  "Vocabulary",
+  "build_vocabulary",
+  "cooccurrence",
+  "encode",
+  "gensim_corpus",
+  "read_corpus",
+  "tokenize",
+]
+
+WIKI_EXCERPT = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+"""The Wikipedia excerpt in gensim's test data (``gensim.test.utils.datapath``)."""
+
+LEE_CORPUS = "lee_background.cor"
+"""The Lee news corpus in gensim's test data."""
+
+_WORD = re.compile(r"[^\W\d_]+")
+# gensim.corpora.wikicorpus: pages in these namespaces and articles shorter than 50
+# tokens (mostly redirects) are skipped, as WikiCorpus does.
+_WIKI_IGNORED_NAMESPACES = (
+  "Wikipedia",
+  "Category",
+  "File",
+  "Portal",
+  "Template",
+  "MediaWiki",
+  "User",
+  "Help",
+  "Book",
+  "Draft",
+  "WikiProject",
+  "Special",
+  "Talk",
+)
+_WIKI_MIN_TOKENS = 50
+
+Corpus = list[list[str]]
+
+
+def tokenize(text: str) -> list[str]:
+  """Lower-cases ``text`` and returns its alphabetic words (gensim's ``PAT_ALPHABETIC``).
+
+  A token is a maximal run of Unicode letters: digits, punctuation and underscores
+  separate tokens and are dropped.
+
+  Args:
+    text: any string.
+
+  Returns:
+    The list of tokens, in order.
+
+  Example:
+    >>> from optax_blockada.examples.text import tokenize
+    >>> tokenize("The cat's 2 hats, e.g. Zürich_Rome!")
+    ['the', 'cat', 's', 'hats', 'e', 'g', 'zürich', 'rome']
+  """
+  if not isinstance(text, str):
+    raise TypeError(f"text must be a str, got {type(text).__name__}.")
+  return _WORD.findall(text.lower())
+
+
+def read_corpus(path: str | os.PathLike, *, progress: bool = False) -> Corpus:
+  """Reads a plain UTF-8 text file: one document per line, tokenised by :func:`tokenize`.
+
+  Lines without tokens are dropped. Undecodable bytes are replaced.
+
+  Args:
+    path: the file.
+    progress: show a tqdm progress bar over the file's bytes.
+
+  Returns:
+    A list of documents, each a non-empty list of tokens.
+
+  Raises:
+    FileNotFoundError: if ``path`` does not exist or is not a file.
+    ValueError: if the file contains no token.
+
+  Example:
+    >>> import pathlib, tempfile
+    >>> from optax_blockada.examples.text import read_corpus
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...   path = pathlib.Path(d) / "c.txt"
+    ...   _ = path.write_text("A cat sat.\\n\\nThe dog ran\\n")
+    ...   print(read_corpus(path))
+    [['a', 'cat', 'sat'], ['the', 'dog', 'ran']]
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"corpus file {path!r} does not exist (or is not a file).")
+  documents = []
+  size = os.path.getsize(path)
+  with (
+    open(path, "rb") as f,
+    tqdm(total=size, unit="B", unit_scale=True, desc="reading", disable=not progress) as bar,
+  ):
+    for line in f:
+      bar.update(len(line))
+      tokens = tokenize(line.decode("utf-8", errors="replace"))
+      if tokens:
+        documents.append(tokens)
+  if not documents:
+    raise ValueError(
+      f"corpus file {path!r} contains no words ({size} bytes); give a plain text file "
+      "with one document per line."
+    )
+  return documents
+
+
+def gensim_corpus(*, progress: bool = False) -> Corpus:
+  """The offline default corpus: gensim's Wikipedia excerpt plus the Lee corpus.
+
+  The Wikipedia pages are parsed with :func:`gensim.corpora.wikicorpus.extract_pages`,
+  their markup stripped with :func:`gensim.corpora.wikicorpus.filter_wiki`, and pages in
+  non-article namespaces or with fewer than 50 tokens are skipped (as gensim's
+  ``WikiCorpus`` does). Each article is one document, each line of the Lee corpus is
+  one document. About 470K tokens; needs gensim.
+
+  Args:
+    progress: show a tqdm progress bar over the Wikipedia pages.
+
+  Returns:
+    A list of documents (lists of tokens): the articles, then the Lee documents.
+
+  Example:
+    >>> from optax_blockada.examples.text import gensim_corpus
+    >>> docs = gensim_corpus()
+    >>> len(docs), sum(map(len, docs))
+    (406, 529881)
+    >>> docs[0][:4]
+    ['anarchism', 'is', 'a', 'political']
+  """
+  try:
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+    from gensim.test.utils import datapath
+  except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+      "the default corpus needs gensim (pip install gensim); or pass a text file with --corpus."
+    ) from e
+  documents = []
+  with bz2.open(datapath(WIKI_EXCERPT), "rb") as f:
+    for title, text, _ in tqdm(extract_pages(f), desc="wikipedia pages", disable=not progress):
+      if any(title.startswith(ns + ":") for ns in _WIKI_IGNORED_NAMESPACES):
+        continue
+      tokens = tokenize(filter_wiki(text))
+      if len(tokens) >= _WIKI_MIN_TOKENS:
+        documents.append(tokens)
+  with open(datapath(LEE_CORPUS), encoding="utf-8", errors="replace") as f:
+    for line in f:
+      tokens = tokenize(line)
+      if tokens:
+        documents.append(tokens)
+  return documents
+
+
+class Vocabulary(NamedTuple):
+  """Words kept for training, most frequent first.
+
+  Example:
+    >>> from optax_blockada.examples.text import Vocabulary
+    >>> Vocabulary(("a",), np.array([3]), {"a": 0}).index["a"]
+    0
+  """
+
+  words: tuple[str, ...]  # id -> word, by decreasing count (ties by word)
+  counts: np.ndarray  # shape=(V,), int64, corpus counts
+  index: dict[str, int]  # word -> id
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"{name} must be an int, got {value!r}.")
+  if value < minimum:
+    raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+  return int(value)
+
+
+def build_vocabulary(
+  documents: Iterable[Sequence[str]], *, min_count: int = 5, max_size: int | None = None
+) -> Vocabulary:
+  """Counts words and keeps those occurring at least ``min_count`` times.
+
+  Words are sorted by decreasing count, ties by the word (``vocab_count.c``'s
+  order), and cut to the ``max_size`` most frequent.
+
+  Args:
+    documents: the corpus (documents as sequences of tokens).
+    min_count: the smallest count kept, ``>= 1``.
+    max_size: keep at most this many words (``None``: no limit).
+
+  Returns:
+    A :class:`Vocabulary`.
+
+  Raises:
+    ValueError: if no word is kept.
+
+  Example:
+    >>> from optax_blockada.examples.text import build_vocabulary
+    >>> vocab = build_vocabulary([["b", "a", "b"], ["c", "a"]], min_count=2)
+    >>> vocab.words, vocab.counts.tolist()
+    (('a', 'b'), [2, 2])
+  """
+  min_count = _check_int("min_count", min_count, 1)
+  if max_size is not None:
+    max_size = _check_int("max_size", max_size, 1)
+  counter = collections.Counter()
+  for doc in documents:
+    counter.update(doc)
+  kept = sorted(
+    ((w, c) for w, c in counter.items() if c >= min_count), key=lambda wc: (-wc[1], wc[0])
+  )
+  if max_size is not None:
+    kept = kept[:max_size]
+  if not kept:
+    most = counter.most_common(1)
+    raise ValueError(
+      f"no word occurs min_count={min_count} times (the most frequent: {most}); "
+      "lower min_count or use a larger corpus."
+    )
+  words = tuple(w for w, _ in kept)
+  counts = np.array([c for _, c in kept], dtype=np.int64)
+  return Vocabulary(words, counts, {w: i for i, w in enumerate(words)})
+
+
+class EncodedCorpus(NamedTuple):
+  """In-vocabulary token ids of a corpus, with the document of each token.
+
+  Example:
+    >>> from optax_blockada.examples.text import EncodedCorpus
+    >>> EncodedCorpus(np.array([0, 1], np.int32), np.array([0, 0], np.int32)).ids.tolist()
+    [0, 1]
+  """
+
+  ids: np.ndarray  # shape=(T,), int32, out-of-vocabulary tokens dropped
+  document: np.ndarray  # shape=(T,), int32, document number of each token
+
+
+def encode(documents: Iterable[Sequence[str]], vocab: Vocabulary) -> EncodedCorpus:
+  """Maps tokens to ids, dropping out-of-vocabulary tokens.
+
+  Args:
+    documents: the corpus.
+    vocab: the vocabulary.
+
+  Returns:
+    An :class:`EncodedCorpus`; documents keep their numbers even if all their tokens
+    are dropped.
+
+  Example:
+    >>> from optax_blockada.examples.text import build_vocabulary, encode
+    >>> docs = [["a", "x", "b"], ["b"]]
+    >>> vocab = build_vocabulary([["a", "b", "b"]], min_count=1)
+    >>> enc = encode(docs, vocab)
+    >>> enc.ids.tolist(), enc.document.tolist()
+    ([1, 0, 0], [0, 0, 1])
+  """
+  index = vocab.index
+  ids, lengths = [], []
+  for doc in documents:
+    kept = [index[w] for w in doc if w in index]
+    ids.extend(kept)
+    lengths.append(len(kept))
+  document = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
+  return EncodedCorpus(np.asarray(ids, dtype=np.int32).reshape(-1), document)
+
+
+class Cooccurrence(NamedTuple):
+  """Sparse co-occurrence counts ``X[rows[n], cols[n]] = counts[n]``, sorted by (row, col).
+
+  Example:
+    >>> from optax_blockada.examples.text import Cooccurrence
+    >>> x = Cooccurrence(np.array([0]), np.array([1]), np.array([0.5]), 2)
+    >>> x.to_dense().tolist()
+    [[0.0, 0.5], [0.0, 0.0]]
+  """
+
+  rows: np.ndarray  # shape=(nnz,), int32, the word (centre) id
+  cols: np.ndarray  # shape=(nnz,), int32, the context id
+  counts: np.ndarray  # shape=(nnz,), float64, summed 1/distance weights (> 0)
+  vocab_size: int  # V: ids are in [0, V)
+
+  def to_dense(self) -> np.ndarray:
+    """The ``(V, V)`` float64 matrix (for small vocabularies and tests)."""
+    dense = np.zeros((self.vocab_size, self.vocab_size), np.float64)
+    dense[self.rows, self.cols] = self.counts
+    return dense
+
+
+def _reduce(
+  keys: np.ndarray, values: np.ndarray, kind: str = "stable"
+) -> tuple[np.ndarray, np.ndarray]:
+  """Sums ``values`` over equal ``keys``; returns sorted unique keys and the sums."""
+  order = np.argsort(keys, kind=kind)
+  keys, values = keys[order], values[order]
+  if keys.size == 0:
+    return keys, values
+  starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+  return keys[starts], np.add.reduceat(values, starts)
+
+
+def cooccurrence(
+  corpus: EncodedCorpus,
+  vocab_size: int,
+  *,
+  window: int = 10,
+  symmetric: bool = True,
+  progress: bool = False,
+) -> Cooccurrence:
+  r"""GloVe's co-occurrence counts, as ``cooccur.c`` computes them.
+
+  For every document and every two in-vocabulary tokens ``a`` (earlier) and ``b``
+  (later) at distance :math:`1 \le k \le` ``window`` (counted in in-vocabulary
+  tokens, since out-of-vocabulary ones are dropped first),
+
+  .. math:: X_{ab} \mathrel{+}= 1/k, \qquad X_{ba} \mathrel{+}= 1/k \ (\text{if symmetric}).
+
+  Pairs never cross a document boundary (a newline in ``cooccur.c``). The count of
+  a word with itself (``a == b``) gets both terms. Vectorised: for each distance ``k``
+  the pairs are ``(ids[:-k], ids[k:])`` of the same document; keys ``a * V + b`` are
+  summed by a sort and ``np.add.reduceat`` in float64 (``cooccur.c``'s ``real``).
+
+  Args:
+    corpus: an :class:`EncodedCorpus`.
+    vocab_size: ``V``; every id must be in ``[0, V)``.
+    window: the largest distance, ``>= 1`` (``cooccur.c``'s ``-window-size``).
+    symmetric: count both orders (``-symmetric 1``, the default) or only
+      ``X[earlier, later]`` (``-symmetric 0``: left context only).
+    progress: show a tqdm progress bar over the distances.
+
+  Returns:
+    A :class:`Cooccurrence` with the nonzero entries, sorted by ``(row, col)``.
+
+  Example:
+    >>> from optax_blockada.examples.text import EncodedCorpus, cooccurrence
+    >>> ids = np.array([0, 1, 2, 0], np.int32)  # one document: a b c a
+    >>> x = cooccurrence(EncodedCorpus(ids, np.zeros(4, np.int32)), 3, window=2)
+    >>> print(x.to_dense())  # a-b: 1 + 1/2 (second a); a-c: 1/2 + 1; a-a: distance 3 > 2
+    [[0.  1.5 1.5]
+     [1.5 0.  1. ]
+     [1.5 1.  0. ]]
+  """
+  vocab_size = _check_int("vocab_size", vocab_size, 1)
+  window = _check_int("window", window, 1)
+  ids = np.asarray(corpus.ids)
+  document = np.asarray(corpus.document)
+  if ids.shape != document.shape or ids.ndim != 1:
+    raise ValueError(
+      f"corpus.ids and corpus.document must be 1-D of one length, got "
+      f"{ids.shape} and {document.shape}."
+    )
+  if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+    raise ValueError(
+      f"token ids must be in [0, vocab_size={vocab_size}), got [{ids.min()}, {ids.max()}]."
+    )
+  ids64 = ids.astype(np.int64)
+  keys, values = np.zeros(0, np.int64), np.zeros(0, np.float64)
+  for k in tqdm(range(1, window + 1), desc="co-occurrences", disable=not progress):
+    if k >= ids.size:
+      break
+    same = document[:-k] == document[k:]
+    a, b = ids64[:-k][same], ids64[k:][same]
+    new_keys = a * vocab_size + b
+    if symmetric:
+      new_keys = np.concatenate((new_keys, b * vocab_size + a))
+    # All values are 1/k here, so the faster unstable sort gives the same sums.
+    new_keys, new_values = _reduce(new_keys, np.full(new_keys.shape, 1.0 / k), "quicksort")
+    # Merge into the running total: memory stays at the number of distinct pairs, and the
+    # stable sort of two sorted runs is a linear merge.
+    keys, values = _reduce(np.concatenate((keys, new_keys)), np.concatenate((values, new_values)))
+  rows = (keys // vocab_size).astype(np.int32)
+  cols = (keys % vocab_size).astype(np.int32)
+  return Cooccurrence(rows, cols, values.astype(np.float64), vocab_size)

@@ -1,0 +1,354 @@
+"""Word-vector evaluation: analogies (3CosAdd) and word-similarity Spearman correlations.
+
+The benchmark files are the ones gensim's wheel ships (``gensim.test.utils.datapath``):
+``questions-words.txt`` (word2vec's 19,544 analogy questions in 14 sections: the first
+five semantic, the ``gram*`` ones syntactic), ``wordsim353.tsv`` (WordSim-353) and
+``simlex999.txt`` (SimLex-999). Words are lower-cased; the vectors' vocabulary is
+expected to be lower-case (as :mod:`optax_blockada.examples.text` makes it).
+
+The numbers agree with gensim's own evaluators
+(:meth:`gensim.models.KeyedVectors.evaluate_word_analogies` with ``case_insensitive=True``
+and :meth:`~gensim.models.KeyedVectors.evaluate_word_pairs`), which the tests check.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import scipy.stats
+
+__all__ = [
+  "ANALOGIES",
+  "SIMILARITY_BENCHMARKS",
+  "AnalogySection",
+  "WordPairs",
+  "analogy_accuracy",
+  "benchmark_coverage",
+  "evaluate",
+  "load_analogies",
+  "load_word_pairs",
+  "similarity_spearman",
+]
+
+ANALOGIES = "questions-words.txt"
+"""word2vec's analogy questions, in gensim's test data."""
+
+SIMILARITY_BENCHMARKS = {"wordsim353": "wordsim353.tsv", "simlex999": "simlex999.txt"}
+"""Short name -> file in gensim's test data."""
+
+
+def _datapath(name: str) -> str:
+  try:
+    from gensim.test.utils import datapath
+  except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+      f"the evaluation file {name!r} comes with gensim: pip install gensim, or pass a path."
+    ) from e
+  return datapath(name)
+
+
+class AnalogySection(NamedTuple):
+  """One section of an analogy file: ``a : b :: c : d`` questions.
+
+  Example:
+    >>> from optax_blockada.examples.word_eval import AnalogySection
+    >>> AnalogySection("family", (("boy", "girl", "man", "woman"),)).semantic
+    True
+  """
+
+  name: str  # e.g. 'capital-common-countries' or 'gram1-adjective-to-adverb'
+  questions: tuple[tuple[str, str, str, str], ...]  # (a, b, c, expected), lower-case
+
+  @property
+  def semantic(self) -> bool:
+    """word2vec's split: sections whose name starts with ``gram`` are syntactic."""
+    return not self.name.startswith("gram")
+
+
+def load_analogies(path: str | os.PathLike | None = None) -> list[AnalogySection]:
+  """Reads an analogy file in word2vec's format (``: section`` headers, 4 words a line).
+
+  Args:
+    path: the file (default: gensim's ``questions-words.txt``).
+
+  Returns:
+    The sections in file order, words lower-cased.
+
+  Example:
+    >>> from optax_blockada.examples.word_eval import load_analogies
+    >>> sections = load_analogies()
+    >>> len(sections), sum(len(s.questions) for s in sections)
+    (14, 19544)
+    >>> sections[0].name, sections[0].questions[0]
+    ('capital-common-countries', ('athens', 'greece', 'baghdad', 'iraq'))
+  """
+  path = _datapath(ANALOGIES) if path is None else os.fspath(path)
+  sections: list[AnalogySection] = []
+  name, questions = None, []
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      if line.startswith(": "):
+        if name is not None:
+          sections.append(AnalogySection(name, tuple(questions)))
+        name, questions = line[2:].strip(), []
+        continue
+      words = line.lower().split()
+      if not words:
+        continue
+      if name is None or len(words) != 4:
+        raise ValueError(
+          f"{path}:{number}: expected a ': section' header first, then lines of 4 words; "
+          f"got {line.strip()!r}."
+        )
+      questions.append(tuple(words))
+  if name is not None:
+    sections.append(AnalogySection(name, tuple(questions)))
+  return sections
+
+
+class WordPairs(NamedTuple):
+  """Word pairs with human similarity scores.
+
+  Example:
+    >>> from optax_blockada.examples.word_eval import WordPairs
+    >>> WordPairs((("cat", "dog"),), np.array([7.0])).scores.tolist()
+    [7.0]
+  """
+
+  pairs: tuple[tuple[str, str], ...]  # lower-case
+  scores: np.ndarray  # shape=(n,), float64, human judgements
+
+
+def load_word_pairs(name: str | os.PathLike) -> WordPairs:
+  """Reads a word-similarity file: ``word1<TAB>word2<TAB>score``, ``#`` comments.
+
+  Args:
+    name: ``'wordsim353'``, ``'simlex999'`` (gensim's files) or a path.
+
+  Returns:
+    A :class:`WordPairs`.
+
+  Example:
+    >>> from optax_blockada.examples.word_eval import load_word_pairs
+    >>> ws = load_word_pairs("wordsim353")
+    >>> len(ws.pairs), ws.pairs[1], float(ws.scores[1])
+    (353, ('tiger', 'cat'), 7.35)
+  """
+  if isinstance(name, str) and name in SIMILARITY_BENCHMARKS:
+    path = _datapath(SIMILARITY_BENCHMARKS[name])
+  else:
+    path = os.fspath(name)
+  pairs, scores = [], []
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      if line.startswith("#") or not line.strip():
+        continue
+      fields = line.lower().split("\t")
+      try:
+        pairs.append((fields[0].strip(), fields[1].strip()))
+        scores.append(float(fields[2]))
+      except (IndexError, ValueError):
+        raise ValueError(
+          f"{path}:{number}: expected 'word1<TAB>word2<TAB>score', got {line.strip()!r}."
+        ) from None
+  return WordPairs(tuple(pairs), np.asarray(scores, np.float64))
+
+
+def _check_vectors(vectors: Any, words: Sequence[str]) -> np.ndarray:
+  vectors = np.asarray(vectors, dtype=np.float32)
+  if vectors.ndim != 2 or vectors.shape[0] != len(words):
+    raise ValueError(
+      f"vectors must have shape (len(words), d) = ({len(words)}, d), got {vectors.shape}."
+    )
+  if not np.all(np.isfinite(vectors)):
+    raise ValueError("vectors contain NaN or infinity; the model diverged.")
+  return vectors
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+  norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+  return vectors / np.where(norms > 0, norms, 1)
+
+
+def analogy_accuracy(
+  vectors: Any,
+  words: Sequence[str],
+  sections: Sequence[AnalogySection] | None = None,
+  *,
+  batch_size: int = 2048,
+) -> dict[str, float | int]:
+  r"""Analogy accuracy by 3CosAdd with the query words masked.
+
+  Rows are unit-normalised (:math:`\hat v = v / \|v\|`); the answer to
+  ``a : b :: c : ?`` is
+
+  .. math:: \arg\max_{w \notin \{a, b, c\}} \hat v_w^\top (\hat v_b - \hat v_a + \hat v_c),
+
+  as word2vec's ``compute-accuracy`` and gensim compute it. Only questions whose four
+  words are all in ``words`` are asked; the rest count against coverage.
+
+  Args:
+    vectors: ``(V, d)`` word vectors, row ``i`` for ``words[i]``.
+    words: the ``V`` words (lower-case).
+    sections: the questions (default: :func:`load_analogies`).
+    batch_size: questions per matrix product.
+
+  Returns:
+    ``{'semantic', 'syntactic', 'total'}``: accuracies over the asked questions of
+    each kind (NaN where none was asked); ``'coverage'``: asked / all questions;
+    ``'asked'`` and ``'correct'``: counts.
+
+  Example:
+    >>> import numpy as np
+    >>> from optax_blockada.examples.word_eval import AnalogySection, analogy_accuracy
+    >>> words = ["man", "woman", "king", "queen", "apple"]
+    >>> vecs = np.array([[1, 0, 0], [1, 1, 0], [1, 0, 1], [1, 1, 1], [0, 0, 1.]])
+    >>> qs = [AnalogySection("family", (("man", "woman", "king", "queen"),
+    ...                                 ("man", "woman", "king", "prince")))]
+    >>> r = analogy_accuracy(vecs, words, qs)
+    >>> r["total"], r["coverage"], r["syntactic"]
+    (1.0, 0.5, nan)
+  """
+  vectors = _check_vectors(vectors, words)
+  sections = load_analogies() if sections is None else sections
+  index = {w: i for i, w in enumerate(words)}
+  unit = _unit_rows(vectors)
+  total_questions = 0
+  asked = {True: 0, False: 0}
+  correct = {True: 0, False: 0}
+  for section in sections:
+    total_questions += len(section.questions)
+    known = [q for q in section.questions if all(w in index for w in q)]
+    if not known:
+      continue
+    ids = np.array([[index[w] for w in q] for q in known], dtype=np.int64)
+    for start in range(0, len(ids), batch_size):
+      chunk = ids[start : start + batch_size]
+      a, b, c, expected = chunk.T
+      query = unit[b] - unit[a] + unit[c]
+      scores = query @ unit.T
+      rows = np.arange(len(chunk))
+      for masked in (a, b, c):
+        scores[rows, masked] = -np.inf
+      predicted = np.argmax(scores, axis=1)
+      asked[section.semantic] += len(chunk)
+      correct[section.semantic] += int(np.sum(predicted == expected))
+
+  def ratio(num: int, den: int) -> float:
+    return num / den if den else math.nan
+
+  n_asked = asked[True] + asked[False]
+  n_correct = correct[True] + correct[False]
+  return {
+    "semantic": ratio(correct[True], asked[True]),
+    "syntactic": ratio(correct[False], asked[False]),
+    "total": ratio(n_correct, n_asked),
+    "coverage": ratio(n_asked, total_questions),
+    "asked": n_asked,
+    "correct": n_correct,
+  }
+
+
+def similarity_spearman(
+  vectors: Any, words: Sequence[str], pairs: WordPairs | str
+) -> dict[str, float | int]:
+  """Spearman correlation between cosine similarities and human scores.
+
+  Pairs with a word outside ``words`` are skipped (counted in ``coverage``), as gensim's
+  ``evaluate_word_pairs`` does by default.
+
+  Args:
+    vectors: ``(V, d)`` word vectors.
+    words: the ``V`` words.
+    pairs: a :class:`WordPairs` or a name for :func:`load_word_pairs`.
+
+  Returns:
+    ``{'spearman': rho (NaN with fewer than 2 known pairs), 'coverage': known / all,
+    'pairs': known}``.
+
+  Example:
+    >>> import numpy as np
+    >>> from optax_blockada.examples.word_eval import WordPairs, similarity_spearman
+    >>> words = ["cat", "dog", "car"]
+    >>> vecs = np.array([[1.0, 0.1], [1.0, 0.3], [0.0, 1.0]])
+    >>> gold = WordPairs((("cat", "dog"), ("cat", "car"), ("dog", "car"), ("cat", "x")),
+    ...                  np.array([9.0, 1.0, 2.0, 5.0]))
+    >>> similarity_spearman(vecs, words, gold)
+    {'spearman': 1.0, 'coverage': 0.75, 'pairs': 3}
+  """
+  vectors = _check_vectors(vectors, words)
+  if not isinstance(pairs, WordPairs):
+    pairs = load_word_pairs(pairs)
+  index = {w: i for i, w in enumerate(words)}
+  known = [n for n, (u, v) in enumerate(pairs.pairs) if u in index and v in index]
+  coverage = len(known) / len(pairs.pairs) if pairs.pairs else math.nan
+  if len(known) < 2:
+    return {"spearman": math.nan, "coverage": coverage, "pairs": len(known)}
+  unit = _unit_rows(vectors.astype(np.float64))
+  u = np.array([index[pairs.pairs[n][0]] for n in known])
+  v = np.array([index[pairs.pairs[n][1]] for n in known])
+  cosine = np.sum(unit[u] * unit[v], axis=1)
+  rho = scipy.stats.spearmanr(cosine, pairs.scores[known]).statistic
+  return {"spearman": float(rho), "coverage": coverage, "pairs": len(known)}
+
+
+def benchmark_coverage(words: Sequence[str]) -> dict[str, int]:
+  """How many analogy questions and similarity pairs a vocabulary can answer.
+
+  Args:
+    words: the vocabulary.
+
+  Returns:
+    ``{'analogy': questions, 'wordsim353': pairs, 'simlex999': pairs}``.
+
+  Example:
+    >>> from optax_blockada.examples.word_eval import benchmark_coverage
+    >>> benchmark_coverage(["tiger", "cat", "zzz"])  # WordSim has tiger-cat, tiger-tiger
+    {'analogy': 0, 'wordsim353': 2, 'simlex999': 0}
+  """
+  index = set(words)
+  out = {
+    "analogy": sum(
+      all(w in index for w in q) for section in load_analogies() for q in section.questions
+    )
+  }
+  for name in SIMILARITY_BENCHMARKS:
+    out[name] = sum(u in index and v in index for u, v in load_word_pairs(name).pairs)
+  return out
+
+
+def evaluate(
+  vectors: Any, words: Sequence[str], *, sections: Sequence[AnalogySection] | None = None
+) -> dict[str, float | int]:
+  """All benchmarks at once: analogies, WordSim-353 and SimLex-999.
+
+  Args:
+    vectors: ``(V, d)`` word vectors.
+    words: the ``V`` words.
+    sections: analogy questions (default: :func:`load_analogies`).
+
+  Returns:
+    A flat dict: ``analogy_{semantic,syntactic,total,coverage}``, ``wordsim353``,
+    ``simlex999`` (Spearman) and ``{wordsim353,simlex999}_coverage``.
+
+  Example:
+    >>> import numpy as np
+    >>> from optax_blockada.examples.word_eval import evaluate
+    >>> words = ["tiger", "cat", "dog", "king", "queen", "man", "woman"]
+    >>> r = evaluate(np.random.default_rng(0).normal(size=(7, 4)), words)
+    >>> sorted(r)[:3], r["analogy_coverage"] > 0
+    (['analogy_coverage', 'analogy_semantic', 'analogy_syntactic'], True)
+  """
+  analogy = analogy_accuracy(vectors, words, sections)
+  out: dict[str, float | int] = {
+    f"analogy_{key}": analogy[key] for key in ("semantic", "syntactic", "total", "coverage")
+  }
+  for name in SIMILARITY_BENCHMARKS:
+    result = similarity_spearman(vectors, words, name)
+    out[name] = result["spearman"]
+    out[f"{name}_coverage"] = result["coverage"]
+  return out

@@ -1,0 +1,395 @@
+"""Tests for the GloVe model, its training loop and the main job's command line."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from optax_blockada.examples import glove, text
+from optax_blockada.examples import rotation as rot
+from optax_blockada.examples.optimizers import OPTIMIZER_NAMES, make_optimizer
+from optax_blockada.examples.planted import planted_cooccurrence
+
+
+def _planted_data(vocab_size=60, seed=0):
+  dense = planted_cooccurrence(vocab_size, 4, total_count=2e5, seed=seed)
+  rows, cols = np.nonzero(dense)
+  cooc = text.Cooccurrence(
+    rows.astype(np.int32), cols.astype(np.int32), dense[rows, cols].astype(np.float64), vocab_size
+  )
+  return dense, glove.prepare_data(cooc)
+
+
+def _init(vocab_size, dim, seed=0):
+  return nnx.to_pure_dict(nnx.state(glove.GloVe(vocab_size, dim, rngs=nnx.Rngs(seed)), nnx.Param))
+
+
+def _np_cost(params, rows, cols, log_x, f):
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  pred = np.sum(p["word"][rows] * p["context"][cols], 1) + p["word_bias"][rows]
+  pred = pred + p["context_bias"][cols]
+  return 0.5 * np.sum(f * (pred - log_x) ** 2)
+
+
+def test_weighting_formula():
+  x = np.array([0.5, 1.0, 9.9, 10.0, 10.1, 1e4])
+  np.testing.assert_allclose(
+    glove.weighting(x, x_max=10.0, alpha=0.75), [min(1.0, (v / 10.0) ** 0.75) for v in x]
+  )
+  assert glove.weighting([100.0], x_max=100.0, alpha=0.5)[0] == 1.0
+
+
+def test_glove_init_matches_glove_c():
+  params = _init(50, 8)
+  for name in ("word", "context"):
+    w = np.asarray(params[name])
+    assert w.shape == (50, 8) and w.dtype == np.float32
+    assert np.all(np.abs(w) <= 0.5 / 8) and np.abs(w).max() > 0.4 / 8  # (U(0,1) - 0.5) / d
+  assert not np.array_equal(params["word"], params["context"])
+  np.testing.assert_array_equal(params["word_bias"], np.zeros(50))
+  model = glove.GloVe(50, 8, rngs=nnx.Rngs(0))
+  np.testing.assert_array_equal(model.vectors(), params["word"] + params["context"])
+
+
+def test_model_call_and_cost_against_float64_formula():
+  dense, data = _planted_data()
+  params = _init(60, 5)
+  params = {**params, "word_bias": jnp.linspace(-1, 1, 60), "context_bias": jnp.linspace(0, 2, 60)}
+  model = glove.GloVe(60, 5, rngs=nnx.Rngs(0))
+  nnx.update(model, nnx.State(params))
+  rows, cols = data.rows[:7], data.cols[:7]
+  p64 = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  expected = (
+    np.sum(p64["word"][rows] * p64["context"][cols], 1)
+    + p64["word_bias"][rows]
+    + p64["context_bias"][cols]
+  )
+  np.testing.assert_allclose(model(rows, cols), expected, rtol=1e-5, atol=1e-6)
+  batch = {
+    "rows": rows,
+    "cols": cols,
+    "log_counts": data.log_counts[:7],
+    "weights": data.weights[:7],
+  }
+  np.testing.assert_allclose(
+    glove.glove_cost(params, batch),
+    _np_cost(params, rows, cols, np.log(dense[rows, cols]), glove.weighting(dense[rows, cols])),
+    rtol=1e-5,
+  )
+
+
+def test_weighted_loss_equals_the_dense_rotation_loss():
+  # rotation.glove_loss is an independent (dense, masked) implementation of glove.c's
+  # per-pair cost with the same x_max and alpha.
+  dense, data = _planted_data()
+  params = _init(60, 6, seed=3)
+  assert glove.X_MAX == rot.X_MAX and glove.ALPHA == rot.ALPHA
+  np.testing.assert_allclose(
+    glove.weighted_loss(params, data, chunk=100), float(rot.glove_loss(params, dense)), rtol=1e-5
+  )
+
+
+def test_training_steps_equal_a_plain_loop():
+  """Three minibatch steps equal a hand-written loop over the same permutation."""
+  _, data = _planted_data(vocab_size=30)
+  params = _init(30, 4)
+  tx = optax.adagrad(0.1)
+  batch_size = 64
+  result = glove.train_glove(params, data, tx, epochs=1, batch_size=batch_size, seed=7)
+
+  order = np.random.default_rng([7, 0]).permutation(data.rows.size)
+  p, state = params, tx.init(params)
+
+  @jax.jit
+  def step(p, state, batch):
+    updates, state = tx.update(jax.grad(glove.glove_cost)(p, batch), state, p)
+    return optax.apply_updates(p, updates), state
+
+  total = 0.0
+  for start in range(0, data.rows.size, batch_size):
+    idx = order[start : start + batch_size]
+    batch = {
+      "rows": data.rows[idx],
+      "cols": data.cols[idx],
+      "log_counts": data.log_counts[idx],
+      "weights": data.weights[idx],
+    }
+    total += float(glove.glove_cost(p, batch))
+    p, state = step(p, state, batch)
+  assert result.steps == -(-data.rows.size // batch_size)
+  for k in p:
+    np.testing.assert_allclose(result.params[k], p[k], rtol=2e-5, atol=2e-6)
+  np.testing.assert_allclose(result.epoch_losses[0], total / data.rows.size, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", OPTIMIZER_NAMES)
+def test_loss_falls_on_planted_data_with_every_optimizer(name):
+  _, data = _planted_data()
+  params = _init(60, 8)
+  lr = 0.05 if name == "preset" else 0.1
+  result = glove.train_glove(
+    params, data, make_optimizer(name, lr, preset="glove"), epochs=15, batch_size=256
+  )
+  before = glove.weighted_loss(params, data)
+  after = glove.weighted_loss(result.params, data)
+  assert np.isfinite(after)
+  assert after < 0.3 * before, (before, after)
+
+
+def _crashing(epoch_data, at_epoch):
+  def wrapped(epoch):
+    if epoch == at_epoch:
+      raise KeyboardInterrupt("simulated crash")
+    return epoch_data(epoch)
+
+  return wrapped
+
+
+@pytest.mark.parametrize("name", ["rowwise", "preset"])
+def test_resume_equals_uninterrupted(tmp_path, name):
+  _, data = _planted_data(vocab_size=30)
+  params = _init(30, 4)
+  tx = make_optimizer(name, 0.1, preset="glove")
+  arrays = {
+    "rows": data.rows,
+    "cols": data.cols,
+    "log_counts": data.log_counts,
+    "weights": data.weights,
+  }
+
+  def epoch_data(epoch):
+    order = np.random.default_rng([1, epoch]).permutation(data.rows.size)
+    return {k: v[order] for k, v in arrays.items()}, data.rows.size
+
+  def cost(p, b, key):
+    return glove.glove_cost(p, b)
+
+  kwargs = dict(epochs=3, batch_size=128, seed=1, chunk_steps=2)
+  steps_per_epoch = -(-data.rows.size // 128)
+  assert steps_per_epoch % 3 != 0  # the last checkpoint before the crash is mid-epoch
+  full = glove.train_loop(cost, params, tx, epoch_data, **kwargs)
+  with pytest.raises(KeyboardInterrupt):
+    glove.train_loop(
+      cost,
+      params,
+      tx,
+      _crashing(epoch_data, 2),
+      checkpoint_dir=tmp_path,
+      checkpoint_every=3,
+      **kwargs,
+    )
+  resumed = glove.train_loop(
+    cost, params, tx, epoch_data, checkpoint_dir=tmp_path, checkpoint_every=3, resume=True, **kwargs
+  )
+  assert 0 < resumed.steps_run < full.steps == resumed.steps
+  for k in full.params:
+    np.testing.assert_array_equal(resumed.params[k], full.params[k])
+  np.testing.assert_allclose(resumed.epoch_losses, full.epoch_losses, rtol=1e-6)
+
+
+def test_train_loop_argument_errors():
+  data = lambda epoch: ({"x": np.zeros(3, np.float32)}, 3)
+  cost = lambda p, b, key: jnp.sum(p * b["x"])
+  with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
+    glove.train_loop(cost, jnp.zeros(()), optax.sgd(0.1), data, epochs=0, batch_size=1)
+  with pytest.raises(TypeError, match="batch_size must be an int"):
+    glove.train_loop(cost, jnp.zeros(()), optax.sgd(0.1), data, epochs=1, batch_size=2.0)
+
+
+def test_prepare_data_errors():
+  empty = text.Cooccurrence(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0), 3)
+  with pytest.raises(ValueError, match="co-occurrence matrix is empty"):
+    glove.prepare_data(empty)
+  one = text.Cooccurrence(np.zeros(1, np.int32), np.zeros(1, np.int32), np.ones(1), 3)
+  with pytest.raises(ValueError, match="x_max must be a positive finite number, got 0"):
+    glove.prepare_data(one, x_max=0)
+  bad = text.Cooccurrence(np.zeros(1, np.int32), np.zeros(1, np.int32), -np.ones(1), 3)
+  with pytest.raises(ValueError, match="must be positive and finite"):
+    glove.prepare_data(bad)
+
+
+# -- the command line ----------------------------------------------------------------
+
+_WORDS = (
+  "king queen man woman boy girl father mother son daughter brother sister tiger cat dog "
+  "car train plane book paper computer keyboard money bank water river"
+).split()
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path):
+  rng = np.random.default_rng(0)
+  lines = [" ".join(rng.choice(_WORDS, size=int(rng.integers(8, 20)))) for _ in range(150)]
+  path = tmp_path / "tiny.txt"
+  path.write_text("\n".join(lines) + "\n")
+  return path
+
+
+def _cli(corpus, tmp_path, *extra):
+  return [
+    "--corpus",
+    str(corpus),
+    "--quick",
+    "--min-count",
+    "1",
+    "--dim",
+    "8",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "64",
+    "--no-progress",
+    "--json",
+    str(tmp_path / "out.json"),
+    *extra,
+  ]
+
+
+def test_cli_end_to_end(tiny_corpus, tmp_path, capsys):
+  pytest.importorskip("gensim")  # the evaluation files
+  plot = tmp_path / "loss.png"
+  assert (
+    glove.main(_cli(tiny_corpus, tmp_path, "--plot", str(plot), "--learning-rates", "0.1")) == 0
+  )
+  out = capsys.readouterr().out
+  for name in ("random init", *OPTIMIZER_NAMES):
+    assert f"| {name} |" in out
+  payload = json.loads((tmp_path / "out.json").read_text())
+  rows = payload["results"]
+  assert [r["optimizer"] for r in rows] == ["random init", *OPTIMIZER_NAMES]
+  assert payload["corpus"]["vocab_size"] == len(_WORDS)
+  for r in rows[1:]:
+    # Each optimizer trained at its best rate of the quick grid, below the initial loss.
+    assert r["learning_rate"] == 0.1 and list(r["sweep"]) == ["0.1"]
+    assert r["loss"] < rows[0]["loss"]
+    assert r["state_bytes"] > 0 and r["steps_per_second"] > 0
+    assert len(r["epoch_losses"]) == 2
+  drift = {r["optimizer"]: r["drift"] for r in rows[1:]}
+  assert drift["rowwise"] < 1e-4 and drift["block"] < 1e-3
+  assert drift["diagonal"] > 1e-2
+  assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b"\x89PNG"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["loss.png", "out.json", "tiny.txt"]
+
+
+def test_cli_resume_continues_the_saved_runs(tiny_corpus, tmp_path, capsys):
+  pytest.importorskip("gensim")  # the evaluation files
+  ckpt = tmp_path / "ckpt"
+  args = _cli(tiny_corpus, tmp_path, "--optimizers", "rowwise", "--learning-rates", "0.1")
+  args += ["--checkpoint-dir", str(ckpt), "--checkpoint-every", "5"]
+  assert glove.main(args) == 0
+  first = json.loads((tmp_path / "out.json").read_text())["results"]
+  assert glove.main([*args, "--resume"]) == 0
+  second = json.loads((tmp_path / "out.json").read_text())["results"]
+  assert first[1]["loss"] == second[1]["loss"]
+  assert first[1]["epoch_losses"] == second[1]["epoch_losses"]
+  capsys.readouterr()
+  # A fresh run must not mix with old checkpoints; a resume must use the same settings.
+  assert glove.main(args) == 2
+  assert "already holds checkpoints" in capsys.readouterr().err
+  assert glove.main([*args, "--resume", "--seed", "1"]) == 2
+  assert "seed differ" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+  ("content", "extra", "message"),
+  [
+    (None, (), "does not exist"),
+    ("", (), "contains no words"),
+    ("king queen man\n", ("--window", "5"), "not more than the window"),
+    ("zzqx vvkw zzqx vvkw qqpt\n" * 20, (), "covers no analogy question"),
+    ("king queen\n" * 20, ("--resume",), "--resume needs --checkpoint-dir"),
+  ],
+)
+def test_cli_bad_input(tmp_path, capsys, content, extra, message):
+  pytest.importorskip("gensim")  # the evaluation files
+  corpus = tmp_path / "c.txt"
+  if content is not None:
+    corpus.write_text(content)
+  assert glove.main(_cli(corpus, tmp_path, *extra)) == 2
+  assert message in capsys.readouterr().err
+  assert not (tmp_path / "out.json").exists()  # nothing half-written
+
+
+def test_cli_resume_without_checkpoints(tiny_corpus, tmp_path, capsys):
+  pytest.importorskip("gensim")  # the evaluation files
+  args = _cli(tiny_corpus, tmp_path, "--checkpoint-dir", str(tmp_path / "none"), "--resume")
+  assert glove.main(args) == 2
+  assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_cli_missing_output_directory(tiny_corpus, tmp_path, capsys):
+  args = _cli(tiny_corpus, tmp_path, "--plot", str(tmp_path / "no" / "plot.png"))
+  assert glove.main(args) == 2
+  assert "--plot: the directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rate", ["0", "-0.1", "nan", "inf", "11", "abc"])
+def test_cli_rejects_out_of_range_learning_rates(tiny_corpus, tmp_path, capsys, rate):
+  with pytest.raises(SystemExit) as exit_info:
+    glove.main(_cli(tiny_corpus, tmp_path, "--learning-rates", rate))
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert "--learning-rates" in err and ("(0, 10]" in err or "expected a number" in err)
+  assert not (tmp_path / "out.json").exists()
+
+
+def test_compare_optimizers_keeps_the_best_rate():
+  pytest.importorskip("gensim")  # the evaluation files
+  _, data = _planted_data(vocab_size=30)
+  words = [*_WORDS, *(f"w{i}" for i in range(30 - len(_WORDS)))]
+  rows = glove.compare_optimizers(
+    data,
+    words,
+    optimizers=["diagonal"],
+    learning_rates={"diagonal": [0.003, 0.1]},
+    dim=4,
+    epochs=2,
+    batch_size=128,
+  )
+  baseline, row = rows
+  assert baseline["loss"] == pytest.approx(glove.weighted_loss(_init(30, 4), data))
+  assert set(row["sweep"]) == {"0.003", "0.1"}
+  assert row["sweep"]["0.1"] < row["sweep"]["0.003"]  # 0.003 barely moves in 2 epochs
+  assert row["learning_rate"] == 0.1 and row["loss"] == row["sweep"]["0.1"]
+  again = glove.train_glove(
+    _init(30, 4), data, make_optimizer("diagonal", 0.1), epochs=2, batch_size=128
+  )
+  assert glove.weighted_loss(again.params, data) == pytest.approx(row["loss"], rel=1e-6)
+  assert row["drift"] > 1e-3  # diagonal Adagrad depends on the basis
+
+
+def test_a_diverged_optimizer_is_reported_not_evaluated():
+  pytest.importorskip("gensim")  # the evaluation files
+  params0 = _init(len(_WORDS), 4)
+  calls = []
+
+  def train(tx, init, **kwargs):
+    calls.append(kwargs["desc"])
+    nan = jax.tree.map(lambda x: x * jnp.nan, init)
+    return glove.TrainResult(nan, np.array([np.nan]), 1, 1.0, 1)
+
+  def final_loss(params, result):
+    return float(jnp.sum(params["word"]))
+
+  rows = glove.sweep_optimizers(
+    train,
+    final_loss,
+    lambda p: np.asarray(p["word"]),
+    params0,
+    _WORDS,
+    optimizers=["rowwise"],
+    learning_rates={"rowwise": [0.1, 0.2]},
+    preset="torch",
+    rotation_seed=1,
+  )
+  row = rows[1]
+  assert calls == ["rowwise lr=0.1", "rowwise lr=0.2"]  # no rotated run after divergence
+  assert np.isnan(row["loss"]) and np.isnan(row["wordsim353"]) and np.isnan(row["drift"])
+  line = glove.format_table(rows).splitlines()[-1]
+  assert "| diverged |" in line and "n/a" in line
