@@ -65,6 +65,7 @@ import optax_blockada as ob
 from optax_blockada.examples import rotation as rot
 from optax_blockada.examples import text, word_eval
 from optax_blockada.examples._checkpoint import Checkpointer
+from optax_blockada.examples._cli import int_at_least
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES, make_optimizer
 
 __all__ = [
@@ -846,20 +847,6 @@ def _learning_rate(text_value: str) -> float:
   return value
 
 
-def _int_at_least(minimum: int):
-  def parse(text_value: str) -> int:
-    try:
-      value = int(text_value)
-    except ValueError:
-      raise argparse.ArgumentTypeError(f"expected an integer, got {text_value!r}") from None
-    if value < minimum:
-      raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-    return value
-
-  parse.__name__ = f"integer >= {minimum}"
-  return parse
-
-
 def _positive_float(text_value: str) -> float:
   try:
     value = float(text_value)
@@ -918,20 +905,20 @@ def add_common_arguments(
   def sizes(key: str) -> str:
     return f"(default: {defaults[key]}; with --quick: {quick[key]})"
 
-  parser.add_argument("--dim", type=_int_at_least(1), help=f"vector size d {sizes('dim')}")
+  parser.add_argument("--dim", type=int_at_least(1), help=f"vector size d {sizes('dim')}")
   parser.add_argument(
-    "--epochs", type=_int_at_least(1), help=f"passes over the data per run {sizes('epochs')}"
+    "--epochs", type=int_at_least(1), help=f"passes over the data per run {sizes('epochs')}"
   )
   parser.add_argument(
-    "--min-count", type=_int_at_least(1), help=f"smallest word count kept {sizes('min_count')}"
+    "--min-count", type=int_at_least(1), help=f"smallest word count kept {sizes('min_count')}"
   )
   parser.add_argument(
-    "--max-vocab", type=_int_at_least(1), help=f"keep at most this many words {sizes('max_vocab')}"
+    "--max-vocab", type=int_at_least(1), help=f"keep at most this many words {sizes('max_vocab')}"
   )
-  parser.add_argument("--window", type=_int_at_least(1), help=f"context window {sizes('window')}")
+  parser.add_argument("--window", type=int_at_least(1), help=f"context window {sizes('window')}")
   parser.add_argument(
     "--seed",
-    type=_int_at_least(0),
+    type=int_at_least(0),
     default=0,
     help="seed of initialisation, data order and rotation (default: 0)",
   )
@@ -940,7 +927,7 @@ def add_common_arguments(
   parser.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint every run here (orbax)")
   parser.add_argument(
     "--checkpoint-every",
-    type=_int_at_least(1),
+    type=int_at_least(1),
     default=1000,
     help="steps between checkpoints (default: %(default)s)",
   )
@@ -959,7 +946,7 @@ def _parser() -> argparse.ArgumentParser:
   add_common_arguments(parser)
   parser.add_argument(
     "--batch-size",
-    type=_int_at_least(1),
+    type=int_at_least(1),
     default=8192,
     help="co-occurrence pairs per step (default: %(default)s)",
   )

@@ -76,6 +76,7 @@ from flax import nnx
 import optax_blockada as ob
 from optax_blockada.examples import movielens
 from optax_blockada.examples._checkpoint import Checkpointer
+from optax_blockada.examples._cli import int_at_least
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES, make_optimizer
 
 __all__ = [
@@ -985,20 +986,6 @@ def _format_table(rows: Sequence[Mapping[str, Any]], k: int) -> str:
   return "\n".join(lines)
 
 
-def _int_at_least(minimum: int):
-  def parse(text: str) -> int:
-    try:
-      value = int(text)
-    except ValueError:
-      raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < minimum:
-      raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-    return value
-
-  parse.__name__ = f"integer >= {minimum}"
-  return parse
-
-
 def _learning_rate(text: str) -> float:
   try:
     value = float(text)
@@ -1060,16 +1047,16 @@ def _parser() -> argparse.ArgumentParser:
     f"{' '.join(map(str, _QUICK_LEARNING_RATES))})",
   )
   parser.add_argument(
-    "--epochs", type=_int_at_least(1), help="epochs per run (default: 30; --quick: 5)"
+    "--epochs", type=int_at_least(1), help="epochs per run (default: 30; --quick: 5)"
   )
   parser.add_argument(
-    "--dim", type=_int_at_least(1), default=32, help="embedding dimension (default: %(default)s)"
+    "--dim", type=int_at_least(1), default=32, help="embedding dimension (default: %(default)s)"
   )
   parser.add_argument(
-    "--batch-size", type=_int_at_least(1), default=256, help="(default: %(default)s)"
+    "--batch-size", type=int_at_least(1), default=256, help="(default: %(default)s)"
   )
   parser.add_argument(
-    "--k", type=_int_at_least(1), default=10, help="cut-off of P@k and R@k (default: %(default)s)"
+    "--k", type=int_at_least(1), default=10, help="cut-off of P@k and R@k (default: %(default)s)"
   )
   parser.add_argument(
     "--bpr-negatives",
@@ -1078,7 +1065,7 @@ def _parser() -> argparse.ArgumentParser:
     help="BPR's negatives: items of random training positives, as LightFM samples them, or "
     "uniform items, as classic BPR-MF (default: %(default)s); WARP's are uniform",
   )
-  parser.add_argument("--seed", type=_int_at_least(0), default=0, help="(default: %(default)s)")
+  parser.add_argument("--seed", type=int_at_least(0), default=0, help="(default: %(default)s)")
   parser.add_argument(
     "--quick", action="store_true", help="5 epochs and two learning rates per optimizer"
   )
@@ -1087,7 +1074,7 @@ def _parser() -> argparse.ArgumentParser:
   ckpt.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint every run here (orbax)")
   ckpt.add_argument(
     "--checkpoint-every",
-    type=_int_at_least(1),
+    type=int_at_least(1),
     default=5,
     metavar="N",
     help="epochs between checkpoints (default: %(default)s)",

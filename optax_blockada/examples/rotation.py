@@ -40,6 +40,7 @@ import numpy as np
 import optax
 
 import optax_blockada as ob
+from optax_blockada.examples._cli import int_at_least
 from optax_blockada.examples.planted import planted_cooccurrence
 
 __all__ = [
@@ -460,20 +461,6 @@ def _format_table(results: Sequence[Mapping[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def _int_at_least(minimum: int):
-  def parse(text: str) -> int:
-    try:
-      value = int(text)
-    except ValueError:
-      raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < minimum:
-      raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-    return value
-
-  parse.__name__ = f"integer >= {minimum}"
-  return parse
-
-
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m optax_blockada.examples.rotation",
@@ -484,25 +471,25 @@ def _parser() -> argparse.ArgumentParser:
   )
   parser.add_argument(
     "--steps",
-    type=_int_at_least(1),
+    type=int_at_least(1),
     default=300,
     help="full-batch steps per run (default: %(default)s)",
   )
   parser.add_argument(
     "--dim",
-    type=_int_at_least(1),
+    type=int_at_least(1),
     default=32,
     help="embedding dimension d (default: %(default)s)",
   )
   parser.add_argument(
     "--vocab-size",
-    type=_int_at_least(2),
+    type=int_at_least(2),
     default=500,
     help="vocabulary size V (default: %(default)s)",
   )
   parser.add_argument(
     "--seed",
-    type=_int_at_least(0),
+    type=int_at_least(0),
     default=0,
     help="seed for data, initialisation and rotation (default: %(default)s)",
   )

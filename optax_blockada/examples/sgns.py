@@ -42,6 +42,7 @@ import optax
 from flax import nnx
 
 from optax_blockada.examples import glove, text
+from optax_blockada.examples._cli import int_at_least
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES
 
 __all__ = [
@@ -466,13 +467,13 @@ def _parser() -> argparse.ArgumentParser:
   glove.add_common_arguments(parser, _DEFAULTS, _QUICK)
   parser.add_argument(
     "--batch-size",
-    type=glove._int_at_least(1),
+    type=int_at_least(1),
     default=2048,
     help="pairs per step (default: %(default)s)",
   )
   parser.add_argument(
     "--negatives",
-    type=glove._int_at_least(1),
+    type=int_at_least(1),
     default=5,
     help="negative samples per pair (default: %(default)s)",
   )

@@ -48,6 +48,7 @@ from jax.sharding import PartitionSpec as P
 
 import optax_blockada as ob
 from optax_blockada import sparse
+from optax_blockada.examples._cli import int_at_least
 from optax_blockada.examples.planted import planted_cooccurrence
 from optax_blockada.examples.rotation import ALPHA, X_MAX, init_params
 from optax_blockada.sharding import state_shardings
@@ -407,20 +408,6 @@ def _allclose(a: Any, b: Any) -> bool:
   )
 
 
-def _int_at_least(minimum: int):
-  def parse(text: str) -> int:
-    try:
-      value = int(text)
-    except ValueError:
-      raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < minimum:
-      raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-    return value
-
-  parse.__name__ = f"integer >= {minimum}"
-  return parse
-
-
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m optax_blockada.examples.sharded_glove",
@@ -437,18 +424,18 @@ def _parser() -> argparse.ArgumentParser:
   )
   parser.add_argument("--optimizer", choices=_OPTIMIZERS, default="rowwise")
   parser.add_argument("--learning-rate", type=float, default=0.05)
-  parser.add_argument("--steps", type=_int_at_least(1), default=200)
-  parser.add_argument("--vocab-size", type=_int_at_least(2), default=2048)
-  parser.add_argument("--dim", type=_int_at_least(1), default=32)
-  parser.add_argument("--batch-size", type=_int_at_least(1), default=1024)
+  parser.add_argument("--steps", type=int_at_least(1), default=200)
+  parser.add_argument("--vocab-size", type=int_at_least(2), default=2048)
+  parser.add_argument("--dim", type=int_at_least(1), default=32)
+  parser.add_argument("--batch-size", type=int_at_least(1), default=1024)
   parser.add_argument(
     "--data-parallel",
-    type=_int_at_least(1),
+    type=int_at_least(1),
     default=2,
     help="size of the mesh's data axis; the rest of the devices split the rows",
   )
-  parser.add_argument("--seed", type=_int_at_least(0), default=0)
-  parser.add_argument("--devices", type=_int_at_least(1), default=8, help="devices expected")
+  parser.add_argument("--seed", type=int_at_least(0), default=0)
+  parser.add_argument("--devices", type=int_at_least(1), default=8, help="devices expected")
   parser.add_argument("--json", metavar="PATH", default=None)
   return parser
 
