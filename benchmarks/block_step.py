@@ -26,7 +26,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import time
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _common import dense_update_step, median_seconds
 from tqdm.auto import tqdm
 
 import optax_blockada as ob
@@ -64,15 +64,6 @@ def candidates(dim: int) -> dict:
   }
 
 
-def _median_seconds(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def time_step(
   tx: optax.GradientTransformation, rows: int, dim: int, active: int, repeats: int, budget_s: float
 ):
@@ -83,19 +74,7 @@ def time_step(
   mask = np.zeros((rows, 1), np.float32)
   mask[touched] = 1.0
   grads = grads * jnp.asarray(mask)
-  state = tx.init(params)
-  n_state = ob.state_bytes(state)
-
-  def step(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  step = jax.jit(step, donate_argnums=(0, 1))
-  carry = {"params": params, "state": state}
-
-  def run():
-    carry["params"], carry["state"] = step(carry["params"], carry["state"], grads)
-    jax.block_until_ready(carry["params"])
+  run, n_state = dense_update_step(tx, params, grads)
 
   start = time.perf_counter()
   run()  # compile + first step: the warm-up
@@ -103,7 +82,7 @@ def time_step(
   # Slow cases (d = 128 'rows' on CPU takes about a minute a step) get fewer repeats, so
   # that each case takes about budget_s after its warm-up.
   repeats = max(1, min(repeats, int(budget_s / max(first, 1e-9))))
-  return _median_seconds(run, repeats), n_state, first, repeats
+  return median_seconds(run, repeats), n_state, first, repeats
 
 
 def main(argv=None) -> None:

@@ -26,62 +26,27 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _common import dense_update_step, median_seconds, numpy_copy_bandwidth_gbs
 
 import optax_blockada as ob
 
 BYTES_PER_ELEMENT = {"diagonal": 20, "rowwise": 12}
 
 
-def copy_bandwidth_gbs(n_bytes: int = 1 << 28, repeats: int = 5) -> float:
-  """Measured numpy copy bandwidth (read + write) in GB/s: the machine's physical limit."""
-  src = np.ones(n_bytes // 4, np.float32)
-  dst = np.empty_like(src)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    np.copyto(dst, src)
-    times.append(time.perf_counter() - start)
-  return 2 * n_bytes / min(times) / 1e9
-
-
-def _median_seconds(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def time_optax(tx: optax.GradientTransformation, rows: int, dim: int, repeats: int):
   key = jax.random.key(0)
   params = jax.random.normal(key, (rows, dim), jnp.float32)
   grads = jax.random.normal(jax.random.fold_in(key, 1), (rows, dim), jnp.float32)
-  state = tx.init(params)
-  n_state = ob.state_bytes(state)
-
-  def step(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  step = jax.jit(step, donate_argnums=(0, 1))
-  carry = {"params": params, "state": state}
-
-  def run():
-    carry["params"], carry["state"] = step(carry["params"], carry["state"], grads)
-    jax.block_until_ready(carry["params"])
-
+  run, n_state = dense_update_step(tx, params, grads)
   for _ in range(3):
     run()
-  return _median_seconds(run, repeats), n_state
+  return median_seconds(run, repeats), n_state
 
 
 def time_torch(kind: str, rows: int, dim: int, repeats: int):
@@ -106,7 +71,7 @@ def time_torch(kind: str, rows: int, dim: int, repeats: int):
     n_state = acc.numel() * 4
   for _ in range(3):
     run()
-  return _median_seconds(run, repeats), n_state
+  return median_seconds(run, repeats), n_state
 
 
 def main(argv=None) -> None:
@@ -124,7 +89,7 @@ def main(argv=None) -> None:
   except ImportError:
     has_torch = False
 
-  copy_gbs = copy_bandwidth_gbs()
+  copy_gbs = numpy_copy_bandwidth_gbs()
   candidates = {
     "optax.adagrad": ("diagonal", lambda: optax.adagrad(0.1)),
     "ob.diagonal_adagrad": ("diagonal", lambda: ob.diagonal_adagrad(0.1)),

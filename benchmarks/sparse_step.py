@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _common import numpy_copy_bandwidth_gbs
 
 import optax_blockada as ob
 from optax_blockada import sparse
@@ -73,18 +74,6 @@ def device_copy_bandwidth_gbs(n_bytes: int = 1 << 28, repeats: int = 10) -> floa
   for _ in range(repeats):
     start = time.perf_counter()
     x = jax.block_until_ready(op(x))
-    times.append(time.perf_counter() - start)
-  return 2 * n_bytes / min(times) / 1e9
-
-
-def numpy_copy_bandwidth_gbs(n_bytes: int = 1 << 28, repeats: int = 5) -> float:
-  """Read + write bandwidth of ``numpy.copyto`` on the host, in GB/s."""
-  src = np.ones(n_bytes // 4, np.float32)
-  dst = np.empty_like(src)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    np.copyto(dst, src)
     times.append(time.perf_counter() - start)
   return 2 * n_bytes / min(times) / 1e9
 

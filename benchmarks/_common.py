@@ -1,0 +1,63 @@
+"""Timing helpers shared by the benchmark scripts (run them as ``python benchmarks/x.py``)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+import optax_blockada as ob
+
+__all__ = ["dense_update_step", "median_seconds", "numpy_copy_bandwidth_gbs"]
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+  """Median wall time of ``repeats`` calls of ``fn`` (which must block until done)."""
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def numpy_copy_bandwidth_gbs(n_bytes: int = 1 << 28, repeats: int = 5) -> float:
+  """Read + write bandwidth of ``numpy.copyto`` on the host, in GB/s (the physical limit)."""
+  src = np.ones(n_bytes // 4, np.float32)
+  dst = np.empty_like(src)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    np.copyto(dst, src)
+    times.append(time.perf_counter() - start)
+  return 2 * n_bytes / min(times) / 1e9
+
+
+def dense_update_step(
+  tx: optax.GradientTransformation, params: jax.Array, grads: jax.Array
+) -> tuple[Callable[[], None], int]:
+  """A jitted, donated ``update`` + ``apply_updates`` on fixed gradients.
+
+  Returns:
+    ``(run, state_bytes)``: ``run()`` does one step and blocks until it is done.
+  """
+  state = tx.init(params)
+  n_state = ob.state_bytes(state)
+
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  step = jax.jit(step, donate_argnums=(0, 1))
+  carry = {"params": params, "state": state}
+
+  def run():
+    carry["params"], carry["state"] = step(carry["params"], carry["state"], grads)
+    jax.block_until_ready(carry["params"])
+
+  return run, n_state
