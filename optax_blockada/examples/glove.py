@@ -65,7 +65,7 @@ import optax_blockada as ob
 from optax_blockada.examples import rotation as rot
 from optax_blockada.examples import text, word_eval
 from optax_blockada.examples._checkpoint import Checkpointer
-from optax_blockada.examples._cli import int_at_least
+from optax_blockada.examples._cli import float_in, int_at_least
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES, make_optimizer
 
 __all__ = [
@@ -576,6 +576,8 @@ QUICK_LEARNING_RATES = {name: rates[1:] for name, rates in LEARNING_RATES.items(
 _DEFAULTS = {"dim": 50, "epochs": 8, "min_count": 5, "max_vocab": None, "window": 10}
 _QUICK = {"dim": 32, "epochs": 4, "min_count": 5, "max_vocab": 2000, "window": 10}
 _MAX_LEARNING_RATE = 10.0
+_LEARNING_RATE = float_in(0, _MAX_LEARNING_RATE, label="learning rates ")
+_POSITIVE = float_in(0)
 _SELECTION = "lowest final weighted loss (the training objective)"
 
 
@@ -835,28 +837,6 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def _learning_rate(text_value: str) -> float:
-  try:
-    value = float(text_value)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a number, got {text_value!r}") from None
-  if not (math.isfinite(value) and 0 < value <= _MAX_LEARNING_RATE):
-    raise argparse.ArgumentTypeError(
-      f"learning rates must be in (0, {_MAX_LEARNING_RATE:g}], got {text_value}"
-    )
-  return value
-
-
-def _positive_float(text_value: str) -> float:
-  try:
-    value = float(text_value)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a number, got {text_value!r}") from None
-  if not (math.isfinite(value) and value > 0):
-    raise argparse.ArgumentTypeError(f"must be a positive number, got {text_value}")
-  return value
-
-
 def add_common_arguments(
   parser: argparse.ArgumentParser,
   defaults: Mapping[str, Any] = _DEFAULTS,
@@ -896,7 +876,7 @@ def add_common_arguments(
   parser.add_argument(
     "--learning-rates",
     nargs="+",
-    type=_learning_rate,
+    type=_LEARNING_RATE,
     metavar="LR",
     help=f"rates to try for every optimizer, each in (0, "
     f"{_MAX_LEARNING_RATE:g}] (default: a grid per optimizer)",
@@ -952,12 +932,12 @@ def _parser() -> argparse.ArgumentParser:
   )
   parser.add_argument(
     "--x-max",
-    type=_positive_float,
+    type=_POSITIVE,
     default=X_MAX,
     help="weighting cut-off (default: %(default)s, GloVe's demo)",
   )
   parser.add_argument(
-    "--alpha", type=_positive_float, default=ALPHA, help="weighting exponent (default: %(default)s)"
+    "--alpha", type=_POSITIVE, default=ALPHA, help="weighting exponent (default: %(default)s)"
   )
   return parser
 

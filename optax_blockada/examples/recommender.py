@@ -76,7 +76,7 @@ from flax import nnx
 import optax_blockada as ob
 from optax_blockada.examples import movielens
 from optax_blockada.examples._checkpoint import Checkpointer
-from optax_blockada.examples._cli import int_at_least
+from optax_blockada.examples._cli import float_in, int_at_least
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES, make_optimizer
 
 __all__ = [
@@ -986,16 +986,6 @@ def _format_table(rows: Sequence[Mapping[str, Any]], k: int) -> str:
   return "\n".join(lines)
 
 
-def _learning_rate(text: str) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-  if not math.isfinite(value) or not 0 < value <= 10:
-    raise argparse.ArgumentTypeError(f"a learning rate must be in (0, 10], got {text}")
-  return value
-
-
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m optax_blockada.examples.recommender",
@@ -1040,7 +1030,7 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument(
     "--learning-rates",
     nargs="+",
-    type=_learning_rate,
+    type=float_in(0, 10, label="a learning rate "),
     metavar="LR",
     help="learning rates tried per optimizer (default: "
     f"{' '.join(map(str, DEFAULT_LEARNING_RATES))}; --quick: "

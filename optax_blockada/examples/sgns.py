@@ -42,7 +42,7 @@ import optax
 from flax import nnx
 
 from optax_blockada.examples import glove, text
-from optax_blockada.examples._cli import int_at_least
+from optax_blockada.examples._cli import float_in, int_at_least
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES
 
 __all__ = [
@@ -479,21 +479,11 @@ def _parser() -> argparse.ArgumentParser:
   )
   parser.add_argument(
     "--subsample",
-    type=_non_negative_float,
+    type=float_in(0, include_low=True),
     default=1e-3,
     help="subsampling threshold s, 0 for none (default: %(default)s)",
   )
   return parser
-
-
-def _non_negative_float(text_value: str) -> float:
-  try:
-    value = float(text_value)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a number, got {text_value!r}") from None
-  if not (math.isfinite(value) and value >= 0):
-    raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text_value}")
-  return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
