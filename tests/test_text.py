@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+
 import numpy as np
 import pytest
 
@@ -188,3 +190,37 @@ def test_gensim_default_corpus():
   assert {"anarchism", "bushfire", "the"} <= vocabulary
   # Markup is stripped: wiki syntax words such as 'nbsp' or 'thumb' do not survive.
   assert "nbsp" not in vocabulary
+
+
+def _zip(path, files):
+  with zipfile.ZipFile(path, "w") as z:
+    for name, content in files.items():
+      z.writestr(name, content)
+  return path.as_uri()
+
+
+def test_download_text8_extracts_atomically(tmp_path):
+  # A local file:// URL stands in for mattmahoney.net (no network in tests).
+  content = " anarchism originated as a term of abuse first used"
+  url = _zip(tmp_path / "good.zip", {"text8": content, "README": "other"})
+  target = tmp_path / "data"
+  path = text.download_text8(target, url=url)
+  assert path == target / "text8"
+  assert path.read_text() == content
+  assert sorted(p.name for p in target.iterdir()) == ["text8"]  # no temporary left
+  assert text.read_corpus(path) == [content.split()]
+  # Present already: no second download (a bad URL is never opened).
+  assert text.download_text8(target, url="file:///nonexistent.zip") == path
+
+  bad = _zip(tmp_path / "bad.zip", {"other/text8": content})
+  with pytest.raises(ValueError, match="holds no text8 file"):
+    text.download_text8(tmp_path / "data2", url=bad)
+  assert list((tmp_path / "data2").iterdir()) == []  # nothing half-written
+  not_zip = tmp_path / "page.html"
+  not_zip.write_text("<html>moved</html>")
+  with pytest.raises(ValueError, match="is not a zip archive"):
+    text.download_text8(tmp_path / "data3", url=not_zip.as_uri())
+  assert list((tmp_path / "data3").iterdir()) == []
+  with pytest.raises(OSError):
+    text.download_text8(tmp_path / "data4", url=(tmp_path / "missing.zip").as_uri())
+  assert list((tmp_path / "data4").iterdir()) == []

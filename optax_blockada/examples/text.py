@@ -23,7 +23,12 @@ from __future__ import annotations
 import bz2
 import collections
 import os
+import pathlib
 import re
+import shutil
+import tempfile
+import urllib.request
+import zipfile
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
@@ -31,11 +36,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 __all__ = [
+  "TEXT8_URL",
   "Cooccurrence",
   "EncodedCorpus",
   "Vocabulary",
   "build_vocabulary",
   "cooccurrence",
+  "download_text8",
   "encode",
   "gensim_corpus",
   "read_corpus",
@@ -47,6 +54,10 @@ WIKI_EXCERPT = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened
 
 LEE_CORPUS = "lee_background.cor"
 """The Lee news corpus in gensim's test data."""
+
+TEXT8_URL = "http://mattmahoney.net/dc/text8.zip"
+"""text8: the first 10^8 characters of a cleaned 2006 English Wikipedia dump (Matt Mahoney),
+one line of about 17M lower-case tokens; the corpus of GloVe's and word2vec's demo scripts."""
 
 _WORD = re.compile(r"[^\W\d_]+")
 # gensim.corpora.wikicorpus: pages in these namespaces and articles shorter than 50
@@ -138,6 +149,59 @@ def read_corpus(path: str | os.PathLike, *, progress: bool = False) -> Corpus:
       "with one document per line."
     )
   return documents
+
+
+def download_text8(directory: str | os.PathLike, *, url: str = TEXT8_URL) -> pathlib.Path:
+  """Downloads and extracts ``text8.zip`` into ``directory`` (for Colab); returns its path.
+
+  The archive goes to a temporary file and is extracted into a temporary folder; the
+  ``text8`` file is moved to ``directory/text8`` only when complete, so an interrupted
+  download leaves nothing half-written. If ``directory/text8`` exists already, nothing is
+  downloaded. The file (100 MB, one line) reads with :func:`read_corpus`.
+
+  Args:
+    directory: where to put ``text8`` (created if missing).
+    url: the archive's address (a ``file://`` URL works too).
+
+  Returns:
+    The path of ``directory/text8``.
+
+  Raises:
+    ValueError: if the download is not a zip archive or holds no ``text8`` file.
+    OSError: if the download fails.
+
+  Example:
+    >>> import pathlib, tempfile, zipfile
+    >>> from optax_blockada.examples.text import TEXT8_URL, download_text8, read_corpus
+    >>> TEXT8_URL
+    'http://mattmahoney.net/dc/text8.zip'
+    >>> with tempfile.TemporaryDirectory() as d:  # a local archive stands in for the real one
+    ...   archive = pathlib.Path(d) / "text8.zip"
+    ...   with zipfile.ZipFile(archive, "w") as z:
+    ...     z.writestr("text8", " anarchism originated as a term of abuse")
+    ...   path = download_text8(pathlib.Path(d) / "data", url=archive.as_uri())
+    ...   print(path.name, read_corpus(path)[0][:3])
+    text8 ['anarchism', 'originated', 'as']
+    >>> # On Colab: path = download_text8('/content/data')
+  """
+  directory = pathlib.Path(directory).expanduser()
+  target = directory / "text8"
+  if target.is_file():
+    return target
+  directory.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=directory, prefix=".text8-download-") as tmp:
+    archive = pathlib.Path(tmp) / "text8.zip"
+    with urllib.request.urlopen(url) as response, open(archive, "wb") as f:
+      shutil.copyfileobj(response, f)
+    if not zipfile.is_zipfile(archive):
+      raise ValueError(f"the download from {url} is not a zip archive.")
+    extracted = pathlib.Path(tmp) / "extracted"
+    with zipfile.ZipFile(archive) as z:
+      if "text8" not in z.namelist():
+        raise ValueError(f"the archive from {url} holds no text8 file.")
+      z.extract("text8", extracted)
+    os.replace(extracted / "text8", target)
+  return target
 
 
 def gensim_corpus(*, progress: bool = False) -> Corpus:
