@@ -313,3 +313,50 @@ def test_main_rejects_bad_input(capsys, args, message):
     rot.main(list(args))
   assert excinfo.value.code == 2
   assert message in capsys.readouterr().err
+
+
+# -- drift over steps -----------------------------------------------------------------
+
+
+def test_drift_over_steps_records_both_runs_after_every_step():
+  cooc = planted_cooccurrence(50, 4, seed=0)
+  params = rot.init_params(50, 8, seed=0)
+  rotation = rot.random_orthogonal(8, seed=1)
+  steps = 30
+  rowwise = rot.drift_over_steps(ob.rowwise_adagrad(0.1), params, cooc, rotation, steps)
+  diagonal = rot.drift_over_steps(ob.diagonal_adagrad(0.1), params, cooc, rotation, steps)
+  for history in (rowwise, diagonal):
+    assert set(history) == {"step", "drift", "loss", "loss_rotated"}
+    for values in history.values():
+      assert values.shape == (steps + 1,)
+      assert values.dtype == np.float64
+    np.testing.assert_array_equal(history["step"], np.arange(steps + 1))
+    # Before any step: rotating and rotating back, float32 rounding only.
+    assert history["drift"][0] < 1e-6
+    assert history["loss"][0] == pytest.approx(float(rot.glove_loss(params, cooc)), rel=1e-6)
+  # Row-wise: the rotated run stays the rotated copy, and so its loss is the same.
+  assert rowwise["drift"].max() < 1e-4
+  np.testing.assert_allclose(rowwise["loss_rotated"], rowwise["loss"], rtol=1e-5)
+  # Diagonal: the drift grows from rounding to order 1e-2 and more.
+  assert diagonal["drift"][-1] > 1e-2
+  assert diagonal["drift"][-1] > 1e3 * diagonal["drift"][0]
+  # The same steps as train(): its losses (before each step) and final parameters.
+  final, losses = rot.train(ob.diagonal_adagrad(0.1), params, cooc, steps)
+  np.testing.assert_allclose(diagonal["loss"][:-1], losses, rtol=1e-5)
+  assert diagonal["loss"][-1] == pytest.approx(float(rot.glove_loss(final, cooc)), rel=1e-5)
+  final_rotated, _ = rot.train(ob.diagonal_adagrad(0.1), rot.rotate(params, rotation), cooc, steps)
+  assert diagonal["drift"][-1] == pytest.approx(
+    rot.relative_drift(final, final_rotated, rotation), rel=1e-3
+  )
+
+
+def test_drift_over_steps_rejects_bad_input():
+  cooc = planted_cooccurrence(10, 2, seed=0)
+  params = rot.init_params(10, 4)
+  tx = ob.rowwise_adagrad(0.1)
+  with pytest.raises(ValueError, match="rotation must have shape"):
+    rot.drift_over_steps(tx, params, cooc, rot.random_orthogonal(3), 5)
+  with pytest.raises(ValueError, match="steps"):
+    rot.drift_over_steps(tx, params, cooc, rot.random_orthogonal(4), 0)
+  with pytest.raises(ValueError, match="rows"):
+    rot.drift_over_steps(tx, rot.init_params(11, 4), cooc, rot.random_orthogonal(4), 5)

@@ -47,6 +47,7 @@ __all__ = [
   "ALPHA",
   "X_MAX",
   "default_optimizers",
+  "drift_over_steps",
   "glove_loss",
   "init_params",
   "main",
@@ -263,14 +264,18 @@ def relative_drift(params: Params, rotated_params: Params, rotation: jax.Array) 
     >>> bool(relative_drift(params, rotate(params, r), r) < 1e-6)
     True
   """
-  rotation = jnp.asarray(rotation, jnp.float32)
+  return float(_drift(params, rotated_params, jnp.asarray(rotation, jnp.float32)))
+
+
+def _drift(params: Params, rotated_params: Params, rotation: jax.Array) -> jax.Array:
+  """:func:`relative_drift` as a float32 JAX scalar (traceable)."""
   diff_sq = jnp.zeros((), jnp.float32)
   norm_sq = jnp.zeros((), jnp.float32)
   for name in _TABLES:
     back = jnp.matmul(rotated_params[name], rotation.T, precision=_HIGHEST)
     diff_sq = diff_sq + jnp.sum((params[name] - back) ** 2)
     norm_sq = norm_sq + jnp.sum(params[name] ** 2)
-  return float(jnp.sqrt(diff_sq) / jnp.sqrt(norm_sq))
+  return jnp.sqrt(diff_sq) / jnp.sqrt(norm_sq)
 
 
 def train(
@@ -321,6 +326,92 @@ def train(
     return p, losses
 
   return run(params)
+
+
+def drift_over_steps(
+  tx: optax.GradientTransformation,
+  params: Params,
+  cooc: Any,
+  rotation: jax.Array,
+  steps: int,
+) -> dict[str, np.ndarray]:
+  """Trains from ``W`` and from ``W R`` side by side and records the drift after every step.
+
+  The two runs are :func:`train`'s full-batch steps, compiled together in one
+  ``jax.lax.scan``: one starts from ``params``, the other from
+  ``rotate(params, rotation)``, both with a fresh ``tx.init``. After each step
+  the function records :func:`relative_drift` of the two runs' tables and the
+  :func:`glove_loss` of each, so the growth of a basis dependence can be
+  plotted (the final drift is what :func:`run_experiment` reports, up to float
+  rounding).
+
+  Args:
+    tx: the optimizer; ``tx.update`` is always given ``params``.
+    params: initial GloVe parameters (see :func:`glove_loss`).
+    cooc: the ``(V, V)`` co-occurrence counts.
+    rotation: a ``(d, d)`` orthogonal matrix.
+    steps: number of optimizer steps of each run, at least 1.
+
+  Returns:
+    A dict of float64 numpy arrays of shape ``(steps + 1,)``, index ``t`` being
+    after ``t`` steps: ``step`` (``0 .. steps``), ``drift``
+    (``||W_t - W'_t R^T||_F / ||W_t||_F``, both tables), ``loss`` (of the run
+    from ``W``) and ``loss_rotated`` (of the run from ``W R``).
+
+  Example:
+    >>> import optax_blockada as ob
+    >>> from optax_blockada.examples.planted import planted_cooccurrence
+    >>> from optax_blockada.examples.rotation import (
+    ...     drift_over_steps, init_params, random_orthogonal)
+    >>> cooc = planted_cooccurrence(vocab_size=30, rank=2)
+    >>> params, r = init_params(vocab_size=30, dim=4), random_orthogonal(4, seed=1)
+    >>> row = drift_over_steps(ob.rowwise_adagrad(0.1), params, cooc, r, steps=20)
+    >>> diag = drift_over_steps(ob.diagonal_adagrad(0.1), params, cooc, r, steps=20)
+    >>> row['drift'].shape, bool(row['drift'].max() < 1e-4), bool(diag['drift'][-1] > 1e-2)
+    ((21,), True, True)
+    >>> bool(row['loss'][-1] < 0.5 * row['loss'][0])
+    True
+  """
+  steps = _check_int("steps", steps, 1)
+  weight, log_cooc, nonzero = _prepare(cooc)
+  _check_params(params, weight.shape[0])
+  dim = np.shape(params["word"])[1]
+  rotation = jnp.asarray(rotation, jnp.float32)
+  if rotation.shape != (dim, dim):
+    raise ValueError(f"rotation must have shape ({dim}, {dim}), got {rotation.shape}")
+
+  def one_step(p, state):
+    cost, grads = jax.value_and_grad(_glove_cost)(p, weight, log_cooc)
+    updates, state = tx.update(grads, state, p)
+    return optax.apply_updates(p, updates), state, cost / nonzero
+
+  def step(carry, _):
+    (p, p_state), (q, q_state) = carry
+    drift = _drift(p, q, rotation)
+    p, p_state, loss = one_step(p, p_state)
+    q, q_state, loss_rotated = one_step(q, q_state)
+    return ((p, p_state), (q, q_state)), (drift, loss, loss_rotated)
+
+  @jax.jit
+  def run(p, q):
+    carry = ((p, tx.init(p)), (q, tx.init(q)))
+    ((p, _), (q, _)), history = jax.lax.scan(step, carry, None, length=steps)
+    final = (
+      _drift(p, q, rotation),
+      _glove_cost(p, weight, log_cooc) / nonzero,
+      _glove_cost(q, weight, log_cooc) / nonzero,
+    )
+    return tuple(jnp.append(h, f) for h, f in zip(history, final, strict=True))
+
+  drift, loss, loss_rotated = (
+    np.asarray(a, np.float64) for a in run(params, rotate(params, rotation))
+  )
+  return {
+    "step": np.arange(steps + 1, dtype=np.float64),
+    "drift": drift,
+    "loss": loss,
+    "loss_rotated": loss_rotated,
+  }
 
 
 def default_optimizers(dim: int) -> dict[str, optax.GradientTransformation]:
