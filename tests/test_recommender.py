@@ -618,3 +618,17 @@ def test_cli_bad_data_writes_nothing(tmp_path, capsys):
   with pytest.raises(SystemExit):
     rec.main(["--planted", "--checkpoint-dir", str(ckpt), "--resume"])
   assert "no checkpoint in" in capsys.readouterr().err
+
+
+def test_run_comparison_without_validation_is_the_final_run():
+  data = rec.prepare_data(ml.planted_ratings(n_users=40, n_items=50, ratings_per_user=10))
+  kwargs = dict(optimizers=["rowwise"], losses=["bpr"], learning_rates=[0.1], epochs=3, dim=4)
+  (validated,) = rec.run_comparison(data, **kwargs)
+  (direct,) = rec.run_comparison(data, **kwargs, validate=False)
+  assert sorted(validated["validation"]) == [0.1] and direct["validation"] == {}
+  for key in ("learning_rate", "precision", "recall", "auc", "train_loss", "state_bytes"):
+    assert direct[key] == validated[key]
+  assert direct["train_losses"] == validated["train_losses"]
+  assert len(direct["train_losses"]) == 3 and direct["train_losses"][-1] == direct["train_loss"]
+  with pytest.raises(ValueError, match="validate=False needs exactly one learning rate, got 2"):
+    rec.run_comparison(data, **{**kwargs, "learning_rates": [0.05, 0.1]}, validate=False)
