@@ -334,7 +334,9 @@ def train_sharded(
 
   param_sh = {k: NamedSharding(mesh, s) for k, s in PARAM_SPECS.items()}
   batch_sh = NamedSharding(mesh, batch_spec)
-  params = jax.device_put(params, param_sh)
+  # A copy (may_alias=False): the steps donate their inputs, and on one device device_put
+  # would otherwise hand back the caller's own buffers, which a GPU then deletes.
+  params = jax.device_put(params, param_sh, may_alias=False)
   state_sh = state_shardings(tx, params, param_sh)
   state = jax.jit(tx.init, out_shardings=state_sh)(params)
   step = jax.jit(
