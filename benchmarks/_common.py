@@ -8,12 +8,18 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 import optax_blockada as ob
 
-__all__ = ["dense_update_step", "median_seconds", "numpy_copy_bandwidth_gbs"]
+__all__ = [
+  "dense_update_step",
+  "device_copy_bandwidth_gbs",
+  "median_seconds",
+  "numpy_copy_bandwidth_gbs",
+]
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
@@ -34,6 +40,23 @@ def numpy_copy_bandwidth_gbs(n_bytes: int = 1 << 28, repeats: int = 5) -> float:
   for _ in range(repeats):
     start = time.perf_counter()
     np.copyto(dst, src)
+    times.append(time.perf_counter() - start)
+  return 2 * n_bytes / min(times) / 1e9
+
+
+def device_copy_bandwidth_gbs(n_bytes: int = 1 << 28, repeats: int = 10) -> float:
+  """Read + write bandwidth of a jitted in-place elementwise op on the default device, GB/s.
+
+  The buffer is donated, so the op streams it in place as the dense steps do (a fresh
+  output buffer per call would also time the allocation's page faults on CPU).
+  """
+  x = jnp.ones(n_bytes // 4, jnp.float32)
+  op = jax.jit(lambda x: x * 0.5 + 1.0, donate_argnums=0)
+  x = jax.block_until_ready(op(x))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    x = jax.block_until_ready(op(x))
     times.append(time.perf_counter() - start)
   return 2 * n_bytes / min(times) / 1e9
 

@@ -3,10 +3,11 @@
 For a ``(V, d)`` float32 table it times one jitted step ``(params, state) -> (params,
 state)`` with donated buffers for ``optax.adagrad``, this library's diagonal and row-wise
 Adagrad and the FBGEMM row-wise preset, and ``torch.optim.Adagrad`` (and TorchRec-style
-row-wise Adagrad written with torch ops) when torch is installed. It reports the median
-over repeats after warm-up, the ratio against ``optax.adagrad`` measured in the same run,
-the bytes of optimizer state, and the achieved memory bandwidth against the machine's
-measured copy bandwidth.
+row-wise Adagrad written with torch ops) when torch is installed, on the same kind of
+device as JAX (CUDA when JAX runs on a GPU and torch has CUDA, else the CPU). It reports the
+median over repeats after warm-up, the ratio against ``optax.adagrad`` measured in the same
+run, the bytes of optimizer state, and the achieved memory bandwidth against the copy
+bandwidth of JAX's device (an in-place jitted elementwise op).
 
 Bytes moved per element, the physical floor: diagonal reads g, w, G and writes w, G
 (20 bytes in float32); row-wise reads g and w and writes w (12 bytes; its state is d
@@ -15,7 +16,7 @@ times smaller).
 Usage::
 
     python benchmarks/dense_step.py [--log2-rows 14 17 20] [--dim 64] [--repeats 20]
-        [--out benchmarks/results/dense_step]
+        [--out benchmarks/results/dense_step_<backend>]
 
 writes ``<out>.json`` and ``<out>.md``.
 """
@@ -32,7 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _common import dense_update_step, median_seconds, numpy_copy_bandwidth_gbs
+from _common import (
+  dense_update_step,
+  device_copy_bandwidth_gbs,
+  median_seconds,
+  numpy_copy_bandwidth_gbs,
+)
 
 import optax_blockada as ob
 
@@ -49,26 +55,40 @@ def time_optax(tx: optax.GradientTransformation, rows: int, dim: int, repeats: i
   return median_seconds(run, repeats), n_state
 
 
+def torch_device() -> str:
+  """The torch device matching JAX's backend: ``'cuda'`` on a GPU when torch has CUDA."""
+  import torch
+
+  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
 def time_torch(kind: str, rows: int, dim: int, repeats: int):
   import torch
 
+  device = torch_device()
   torch.manual_seed(0)
-  param = torch.nn.Parameter(torch.randn(rows, dim))
-  param.grad = torch.randn(rows, dim)
+  param = torch.nn.Parameter(torch.randn(rows, dim, device=device))
+  param.grad = torch.randn(rows, dim, device=device)
   if kind == "diagonal":
     opt = torch.optim.Adagrad([param], lr=0.1)
-    run = opt.step
+    update = opt.step
     opt.step()
     n_state = opt.state[param]["sum"].numel() * 4
   else:  # TorchRec's RowWiseAdagrad update, written with in-place torch ops.
-    acc = torch.zeros(rows, 1)
+    acc = torch.zeros(rows, 1, device=device)
 
     @torch.no_grad()
-    def run():
+    def update():
       acc.add_(param.grad.pow(2).mean(dim=1, keepdim=True))
       param.addcdiv_(param.grad, acc.sqrt().add_(1e-10), value=-0.1)
 
     n_state = acc.numel() * 4
+
+  def run():
+    update()
+    if device == "cuda":
+      torch.cuda.synchronize()  # time the kernels, not their launch
+
   for _ in range(3):
     run()
   return median_seconds(run, repeats), n_state
@@ -79,8 +99,9 @@ def main(argv=None) -> None:
   parser.add_argument("--log2-rows", type=int, nargs="+", default=[14, 17, 20])
   parser.add_argument("--dim", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=20)
-  parser.add_argument("--out", default="benchmarks/results/dense_step")
+  parser.add_argument("--out", default=None, help="default benchmarks/results/dense_step_<backend>")
   args = parser.parse_args(argv)
+  args.out = args.out or f"benchmarks/results/dense_step_{jax.default_backend()}"
 
   try:
     import torch  # noqa: F401
@@ -89,7 +110,8 @@ def main(argv=None) -> None:
   except ImportError:
     has_torch = False
 
-  copy_gbs = numpy_copy_bandwidth_gbs()
+  copy_gbs = device_copy_bandwidth_gbs()
+  host_copy_gbs = numpy_copy_bandwidth_gbs()
   candidates = {
     "optax.adagrad": ("diagonal", lambda: optax.adagrad(0.1)),
     "ob.diagonal_adagrad": ("diagonal", lambda: ob.diagonal_adagrad(0.1)),
@@ -143,7 +165,9 @@ def main(argv=None) -> None:
     "backend": jax.default_backend(),
     "devices": [str(d) for d in jax.devices()],
     "copy_bandwidth_gbs": copy_gbs,
+    "numpy_copy_bandwidth_gbs": host_copy_gbs,
     "torch": has_torch,
+    "torch_device": torch_device() if has_torch else None,
   }
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -152,8 +176,10 @@ def main(argv=None) -> None:
   )
   lines = [
     f"Dense step on a (V, {args.dim}) float32 table, median of {args.repeats} after warm-up, "
-    f"donated buffers; {machine['backend']} ({machine['cpu_count']} cores), jax "
-    f"{machine['jax']}; copy bandwidth {copy_gbs:.1f} GB/s.",
+    f"donated buffers; {machine['backend']} ({', '.join(machine['devices'])}; "
+    f"{machine['cpu_count']} host cores), jax {machine['jax']}; copy bandwidth of that device "
+    f"{copy_gbs:.1f} GB/s (host numpy {host_copy_gbs:.1f} GB/s)"
+    + (f"; torch on {machine['torch_device']}." if has_torch else "; torch not installed."),
     "",
     "| V | optimizer | median ms | x optax.adagrad | GB/s | % of copy bw | state bytes |",
     "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",

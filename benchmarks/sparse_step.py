@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _common import numpy_copy_bandwidth_gbs
+from _common import device_copy_bandwidth_gbs, numpy_copy_bandwidth_gbs
 
 import optax_blockada as ob
 from optax_blockada import sparse
@@ -59,23 +59,6 @@ from optax_blockada import sparse
 # Dense step, bytes per element: write the gradient, read g and w, write w (+ G in, out).
 DENSE_BYTES_PER_ELEMENT = {"diagonal": 24, "rowwise": 16}
 N_BATCHES = 8  # distinct id batches cycled through, so no step repeats its predecessor
-
-
-def device_copy_bandwidth_gbs(n_bytes: int = 1 << 28, repeats: int = 10) -> float:
-  """Read + write bandwidth of a jitted in-place elementwise op on the default device, GB/s.
-
-  The buffer is donated, so the op streams it in place as the dense steps do (a fresh
-  output buffer per call would also time the allocation's page faults on CPU).
-  """
-  x = jnp.ones(n_bytes // 4, jnp.float32)
-  op = jax.jit(lambda x: x * 0.5 + 1.0, donate_argnums=0)
-  x = jax.block_until_ready(op(x))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    x = jax.block_until_ready(op(x))
-    times.append(time.perf_counter() - start)
-  return 2 * n_bytes / min(times) / 1e9
 
 
 def loss_fn(params, ids, x, y):
