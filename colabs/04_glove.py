@@ -33,17 +33,8 @@ import subprocess
 import sys
 
 if "google.colab" in sys.modules:
-  subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "pip",
-      "install",
-      "-q",
-      "optax-blockada[examples] @ git+https://github.com/optax-blockada/optax-blockada",
-    ],
-    check=True,
-  )
+  package = "optax-blockada[examples] @ git+https://github.com/optax-blockada/optax-blockada"
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", package], check=True)
 
 # %% tags=["parameters"]
 import os
