@@ -305,7 +305,9 @@ for name, times in step_ms.items():
 # `B d`) both ways cost about the same and the dense step can even be a little faster (no sort of
 # the ids); from a few tens of thousands of rows on, the sparse step wins by a factor that grows
 # with `V` (on this project's 2-core CPU, the README's benchmark measures about 360x at `2^22`
-# rows). The sparse lines may still rise a little at the largest tables because random rows of a
+# rows). A GPU streams a dense table far faster (an H100 updates a 1 GiB table in about 3 ms),
+# so there the sparse step wins later, from about `2^20` rows (on an H100: 7x at `2^22`), while
+# its line stays just as flat, about 0.4 ms up to `2^24` rows. The sparse lines may still rise a little at the largest tables because random rows of a
 # table that no longer fits in the caches cost memory and TLB misses. Timings on a shared machine,
 # such as a CI runner, are noisy.
 #
