@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -17,8 +21,10 @@ import optax_blockada as ob
 __all__ = [
   "dense_update_step",
   "device_copy_bandwidth_gbs",
+  "machine_facts",
   "median_seconds",
   "numpy_copy_bandwidth_gbs",
+  "write_report",
 ]
 
 
@@ -84,3 +90,26 @@ def dense_update_step(
     jax.block_until_ready(carry["params"])
 
   return run, n_state
+
+
+def machine_facts(**extra: Any) -> dict[str, Any]:
+  """The machine and versions a benchmark ran on, plus ``extra`` entries (for the JSON)."""
+  return {
+    "platform": platform.platform(),
+    "processor": platform.processor() or platform.machine(),
+    "cpu_count": os.cpu_count(),
+    "jax": jax.__version__,
+    "optax": optax.__version__,
+    "backend": jax.default_backend(),
+    "devices": [str(d) for d in jax.devices()],
+    **extra,
+  }
+
+
+def write_report(out: str | Path, payload: Mapping[str, Any], lines: Sequence[str]) -> None:
+  """Writes ``payload`` to ``<out>.json`` and ``lines`` to ``<out>.md``, and prints the lines."""
+  out = Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
+  out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+  print("\n".join(lines))

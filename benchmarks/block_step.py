@@ -22,18 +22,14 @@ writes ``<out>.json`` and ``<out>.md``. ``--quick`` runs a small configuration (
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _common import dense_update_step, median_seconds
+from _common import dense_update_step, machine_facts, median_seconds, write_report
 from tqdm.auto import tqdm
 
 import optax_blockada as ob
@@ -131,21 +127,8 @@ def main(argv=None) -> None:
       f"state {n_state:,} B"
     )
 
-  machine = {
-    "platform": platform.platform(),
-    "processor": platform.processor() or platform.machine(),
-    "cpu_count": os.cpu_count(),
-    "jax": jax.__version__,
-    "optax": optax.__version__,
-    "backend": jax.default_backend(),
-    "devices": [str(d) for d in jax.devices()],
-  }
-  out = Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
+  machine = machine_facts()
   settings = {"rows": args.rows, "active": args.active, "dims": args.dims, "repeats": args.repeats}
-  out.with_suffix(".json").write_text(
-    json.dumps({"machine": machine, "settings": settings, "results": results}, indent=2)
-  )
   lines = [
     f"Dense step on a ({args.rows}, d) float32 table with {args.active} rows carrying non-zero "
     f"gradients; median of up to {args.repeats} after warm-up (fewer for slow cases, "
@@ -160,8 +143,7 @@ def main(argv=None) -> None:
       f"| {r['dim']} | {r['optimizer']} | {r['median_ms']:.2f} | "
       f"{r['ratio_vs_optax_adagrad']:.2f} | {r['state_bytes']:,} |"
     )
-  out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  write_report(args.out, {"machine": machine, "settings": settings, "results": results}, lines)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,6 @@ writes ``<out>.json`` and ``<out>.md``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +32,10 @@ import optax
 from _common import (
   dense_update_step,
   device_copy_bandwidth_gbs,
+  machine_facts,
   median_seconds,
   numpy_copy_bandwidth_gbs,
+  write_report,
 )
 
 import optax_blockada as ob
@@ -156,23 +154,11 @@ def main(argv=None) -> None:
         flush=True,
       )
 
-  machine = {
-    "platform": platform.platform(),
-    "processor": platform.processor() or platform.machine(),
-    "cpu_count": os.cpu_count(),
-    "jax": jax.__version__,
-    "optax": optax.__version__,
-    "backend": jax.default_backend(),
-    "devices": [str(d) for d in jax.devices()],
-    "copy_bandwidth_gbs": copy_gbs,
-    "numpy_copy_bandwidth_gbs": host_copy_gbs,
-    "torch": has_torch,
-    "torch_device": torch_device() if has_torch else None,
-  }
-  out = Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.with_suffix(".json").write_text(
-    json.dumps({"machine": machine, "results": results}, indent=2)
+  machine = machine_facts(
+    copy_bandwidth_gbs=copy_gbs,
+    numpy_copy_bandwidth_gbs=host_copy_gbs,
+    torch=has_torch,
+    torch_device=torch_device() if has_torch else None,
   )
   lines = [
     f"Dense step on a (V, {args.dim}) float32 table, median of {args.repeats} after warm-up, "
@@ -190,8 +176,7 @@ def main(argv=None) -> None:
       f"{r['ratio_vs_optax_adagrad']:.2f} | {r['achieved_gbs']:.1f} | "
       f"{100 * r['fraction_of_copy_bandwidth']:.0f} | {r['state_bytes']:,} |"
     )
-  out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  write_report(args.out, {"machine": machine, "results": results}, lines)
 
 
 if __name__ == "__main__":

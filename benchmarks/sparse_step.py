@@ -40,9 +40,6 @@ writes ``<out>.json`` and ``<out>.md``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -51,7 +48,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _common import device_copy_bandwidth_gbs, numpy_copy_bandwidth_gbs
+from _common import (
+  device_copy_bandwidth_gbs,
+  machine_facts,
+  numpy_copy_bandwidth_gbs,
+  write_report,
+)
 
 import optax_blockada as ob
 from optax_blockada import sparse
@@ -280,26 +282,12 @@ def main(argv=None) -> None:
     r["speedup_vs_dense_optax_adagrad"] = base["median_ms"] / r["median_ms"]
   targets = _targets(results, args.log2_rows)
 
-  machine = {
-    "platform": platform.platform(),
-    "processor": platform.processor() or platform.machine(),
-    "cpu_count": os.cpu_count(),
-    "jax": jax.__version__,
-    "optax": optax.__version__,
-    "backend": backend,
-    "devices": [str(d) for d in jax.devices()],
-    "copy_bandwidth_gbs": copy_gbs,
-    "numpy_copy_bandwidth_gbs": host_copy_gbs,
-    "torch": has_torch,
-  }
-  settings = {"dim": args.dim, "batch": args.batch, "repeats": args.repeats, "quick": args.quick}
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.with_suffix(".json").write_text(
-    json.dumps(
-      {"machine": machine, "settings": settings, "results": results, "targets": targets}, indent=2
-    )
-    + "\n"
+  machine = machine_facts(
+    copy_bandwidth_gbs=copy_gbs,
+    numpy_copy_bandwidth_gbs=host_copy_gbs,
+    torch=has_torch,
   )
+  settings = {"dim": args.dim, "batch": args.batch, "repeats": args.repeats, "quick": args.quick}
   lines = [
     f"Training step on a (V, {args.dim}) float32 table, {args.batch} uniform random ids per "
     f"step, median of {args.repeats} after warm-up, donated buffers; {backend} "
@@ -319,8 +307,8 @@ def main(argv=None) -> None:
     )
   lines += ["", "| target | value |", "| --- | ---: |"]
   lines += [f"| {k} | {v:.2f} |" for k, v in targets.items()]
-  out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  payload = {"machine": machine, "settings": settings, "results": results, "targets": targets}
+  write_report(out, payload, lines)
 
 
 if __name__ == "__main__":
