@@ -154,6 +154,10 @@ def _trace(m: jax.Array) -> jax.Array:
   return jnp.trace(m, axis1=-2, axis2=-1)
 
 
+def _finite(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  return jnp.all(jnp.isfinite(x), axis=axes)
+
+
 def _lead(x: jax.Array, rank: int) -> jax.Array:
   """Prepends size-1 axes so that a per-leaf ``x`` broadcasts against per-row arrays."""
   return x.reshape((1,) * (rank - x.ndim) + x.shape)
@@ -177,10 +181,10 @@ def _shared_sum(g: jax.Array) -> jax.Array:
 
 
 def _maybe_cached(refresh, compute, cached):
-  """``compute()`` on refresh steps, else the cached value (always ``compute()`` if None)."""
+  """``compute()`` on refresh steps, else ``cached()`` (always ``compute()`` if None)."""
   if refresh is None:
     return compute()
-  return jax.lax.cond(refresh, compute, lambda: cached)
+  return jax.lax.cond(refresh, compute, cached)
 
 
 def _normalized_eigh(c: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -208,12 +212,14 @@ def _shared_step(leaf, g, hp):
   """'shared': per-leaf ``C += sum_r g_r g_r^T``; ``u_r = (C + lam I)^(-1/2) g_r``."""
   c = leaf["shared_sums"] + _shared_sum(g)
   lam = _roots.damping(c, hp["eps"], hp["relative_eps"])
-  root = _maybe_cached(
+  root, ok = _maybe_cached(
     hp["refresh"],
-    lambda: _roots.inverse_sqrt(c, lam, method=hp["method"], iterations=hp["iterations"])[0],
-    leaf["shared_root"],
+    lambda: _roots.inverse_sqrt(c, lam, method=hp["method"], iterations=hp["iterations"]),
+    lambda: (leaf["shared_root"], _finite(leaf["shared_root"], (-2, -1))),
   )
-  ok = _lead(jnp.all(jnp.isfinite(root), axis=(-2, -1)), g.ndim - 1)
+  # The statistics are checked on cached steps too, so the flag is the same on every
+  # backend whatever a decomposition makes of non-finite input.
+  ok = _lead(ok & _finite(c, (-2, -1)), g.ndim - 1)
   u = _matvec(_lead(root, g.ndim + 1), g)
   fallback = _isotropic_step(g, _lead(_trace(c) / g.shape[-1], g.ndim - 1), _lead(lam, g.ndim - 1))
   new = {"shared_sums": c}
@@ -243,9 +249,10 @@ def _rows_x_shared_step(leaf, g, hp):
   phi = jnp.where(eigenvalues > 0, jax.lax.rsqrt(eigenvalues + lam[..., None]), 0)
   q = _lead(basis, g.ndim + 1)
   u = _matvec(q, phi * _matvec(jnp.swapaxes(q, -1, -2), g))
-  ok = _lead(
-    jnp.all(jnp.isfinite(basis), axis=(-2, -1)) & jnp.all(jnp.isfinite(spectrum), -1), s.ndim
-  )
+  # The decomposition and its input: on GPU a non-finite C was seen to decompose into
+  # finite values, so the input is checked as well as the output.
+  shared_ok = _finite(basis, (-2, -1)) & _finite(spectrum, (-1,)) & _finite(c, (-2, -1))
+  ok = _lead(shared_ok, s.ndim) & jnp.isfinite(s)
   new = {"row_sums": s, "shared_sums": c}
   if hp["refresh"] is not None:
     new["shared_basis"], new["shared_spectrum"] = basis, spectrum

@@ -25,9 +25,10 @@ batch of ``k x k`` matrices ``H`` (shape ``(..., k, k)``) with a damping ``lam``
   be clamped, and a direction with :math:`A`'s eigenvalue 0 gets a large finite root
   (gradients have no component there).
 
-Both return, per matrix, whether the root is finite; callers fall back to a row-wise step
-where it is not. The damping :math:`\lambda = \epsilon + \epsilon_{rel} \operatorname{tr}(H)`
-(see :func:`damping`) is rotation-invariant, so is the root.
+Both return, per matrix, whether the input, the decomposition and the root are finite;
+callers fall back to a row-wise step where they are not, on every backend alike. The
+damping :math:`\lambda = \epsilon + \epsilon_{rel} \operatorname{tr}(H)` (see
+:func:`damping`) is rotation-invariant, so is the root.
 """
 
 from __future__ import annotations
@@ -163,11 +164,17 @@ def eigh(matrices: jax.Array) -> tuple[jax.Array, jax.Array]:
   return w.reshape((*batch_shape, k)), q.reshape(matrices.shape)
 
 
-def _eigh_root(matrices: jax.Array, lam: jax.Array) -> jax.Array:
+def _all_finite(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  return jnp.all(jnp.isfinite(x), axis=axes)
+
+
+def _eigh_root(matrices: jax.Array, lam: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The root through ``eigh``, and whether the decomposition is finite."""
   w, q = eigh(matrices)
   shifted = jnp.maximum(w, 0) + lam[..., None]
   scale = jnp.where(shifted > 0, jax.lax.rsqrt(shifted), 0)
-  return matmul(q * scale[..., None, :], jnp.swapaxes(q, -1, -2))
+  ok = _all_finite(w, (-1,)) & _all_finite(q, (-2, -1))
+  return matmul(q * scale[..., None, :], jnp.swapaxes(q, -1, -2)), ok
 
 
 def _newton_schulz_root(matrices: jax.Array, lam: jax.Array, iterations: int) -> jax.Array:
@@ -198,8 +205,12 @@ def inverse_sqrt(
   either method.
 
   Returns:
-    ``(roots, ok)``: roots ``(..., k, k)``, and ``ok`` ``(...)`` boolean, True where every
-    entry of the root is finite.
+    ``(roots, ok)``: roots ``(..., k, k)``, and ``ok`` ``(...)`` boolean, True where the
+    input (:math:`H` and :math:`\lambda`), the decomposition (``eigh``'s eigenvalues and
+    eigenvectors) and the root are all finite. The input is checked too because what a
+    decomposition returns for a non-finite matrix depends on the backend: LAPACK on CPU
+    gives NaN, the GPU solvers were seen to give finite values (a zero root), which
+    would silently stop the block from learning instead of falling back.
 
   Example:
     >>> import jax.numpy as jnp
@@ -218,13 +229,14 @@ def inverse_sqrt(
       f"inverse_sqrt: method must be 'eigh' or 'newton_schulz', got {method!r}; "
       "resolve 'auto' with resolve_root_method first."
     )
+  ok = _all_finite(matrices, (-2, -1)) & jnp.broadcast_to(jnp.isfinite(lam), matrices.shape[:-2])
   if matrices.shape[-1] == 1:  # 1 x 1 blocks: the closed form, as diagonal Adagrad.
     h = jnp.maximum(matrices, 0)
     roots = jnp.where(h > 0, jax.lax.rsqrt(h + lam[..., None, None]), 0)
   elif method == "eigh":
-    roots = _eigh_root(matrices, lam)
+    roots, decomposed = _eigh_root(matrices, lam)
+    ok = ok & decomposed
   else:
     n = DEFAULT_NEWTON_SCHULZ_ITERATIONS if iterations is None else iterations
     roots = _newton_schulz_root(matrices, lam, n)
-  ok = jnp.all(jnp.isfinite(roots), axis=(-2, -1))
-  return roots, ok
+  return roots, ok & _all_finite(roots, (-2, -1))

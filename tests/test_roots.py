@@ -77,6 +77,21 @@ def test_batched_roots_and_flags():
       np.testing.assert_allclose(roots[i, j], _reference(h[i, j], 1e-3), rtol=1e-4, atol=1e-5)
 
 
+def test_non_finite_input_is_flagged_even_when_eigh_returns_finite_values(gpu_like_eigh):
+  # On GPU a non-finite matrix decomposes into finite values (a zero root): the flag
+  # must come from the input and the decomposition, not from the root alone.
+  rng = np.random.default_rng(1)
+  h = np.stack([_spd(rng, 6, 10.0) for _ in range(4)])
+  h[1, 0, 1] = h[1, 1, 0] = np.inf
+  h[2, 3, 3] = np.nan
+  lam = np.full(4, 1e-3, np.float32)
+  lam[3] = np.inf  # a non-finite damping is bad input too
+  roots, ok = _roots.inverse_sqrt(jnp.asarray(h), jnp.asarray(lam), method="eigh")
+  assert bool(jnp.all(jnp.isfinite(roots[:3])))  # the garbage is finite
+  np.testing.assert_array_equal(ok, [True, False, False, False])
+  np.testing.assert_allclose(roots[0], _reference(h[0], 1e-3), rtol=1e-4, atol=1e-5)
+
+
 def test_one_by_one_blocks_use_optax_guard():
   h = jnp.array([0.0, 4.0, 9.0]).reshape(3, 1, 1)
   for method in ("eigh", "newton_schulz"):
