@@ -223,18 +223,47 @@ def _valid_ids(ids: Any, num_rows: int, name: str, checked: bool) -> jax.Array:
   return jnp.where(valid, ids.astype(index_dtype), num_rows)
 
 
-def _unique(ids: jax.Array, num_rows: int) -> tuple[jax.Array, jax.Array]:
-  """Sorted unique ids padded with ``num_rows`` to a static size, and the inverse map."""
+def _default_inverse_by() -> str:
+  return "search" if jax.default_backend() == "cpu" else "permutation"
+
+
+def _unique(
+  ids: jax.Array, num_rows: int, *, inverse_by: str | None = None
+) -> tuple[jax.Array, jax.Array]:
+  """Sorted unique ids padded with ``num_rows`` to a static size, and the inverse map.
+
+  The same result as ``jnp.unique(ids, size=n, fill_value=num_rows,
+  return_inverse=True)``: a sort, a prefix sum that numbers the distinct ids, a scatter
+  of the distinct ids into their slots, then the inverse map (each id's slot) by one of
+  two routes, chosen by ``inverse_by`` (``None``: by the backend at trace time):
+
+  * ``'permutation'`` (GPU, TPU): the sort carries each id's position along, and one
+    scatter sends every slot back to its position through that permutation. A fixed
+    handful of kernels: no loop.
+  * ``'search'`` (CPU): a one-operand sort, then a binary search of every id in the
+    unique ids, which ``jnp.searchsorted`` runs as a loop of ``log2 n`` steps. On CPU
+    a key-value sort costs 3-4x a one-operand sort (measured 1.07 ms against 0.28 ms
+    for the whole of this function at 4,096 ids), so the search is faster there; on a
+    GPU the loop's steps are kernels launched one after another (12 steps of several
+    kernels each in a profile of the step on an H200).
+  """
   n = ids.shape[0]
   if n == 0:
     return ids, ids
-  # Same result as jnp.unique(ids, size=n, fill_value=num_rows, return_inverse=True),
-  # about 4x faster on CPU: a one-operand sort and a binary search instead of an argsort.
-  ids_sorted = jnp.sort(ids)
+  if inverse_by is None:
+    inverse_by = _default_inverse_by()
+  if inverse_by == "permutation":
+    positions = jax.lax.iota(ids.dtype, n)
+    ids_sorted, order = jax.lax.sort((ids, positions), num_keys=1, is_stable=False)
+  else:
+    ids_sorted = jnp.sort(ids)
   first = jnp.concatenate([jnp.ones((1,), bool), ids_sorted[1:] != ids_sorted[:-1]])
-  slot = jnp.cumsum(first) - 1
+  slot = jnp.cumsum(first, dtype=ids.dtype) - 1
   unique = jnp.full((n,), num_rows, ids.dtype).at[slot].set(ids_sorted, indices_are_sorted=True)
-  inverse = jnp.searchsorted(unique, ids).astype(ids.dtype)
+  if inverse_by == "permutation":
+    inverse = jnp.zeros((n,), ids.dtype).at[order].set(slot, unique_indices=True)
+  else:
+    inverse = jnp.searchsorted(unique, ids).astype(ids.dtype)
   return unique, inverse
 
 

@@ -186,8 +186,12 @@ TRANSFORMS = {  # (word, ctx, bias, dense)
 }
 
 
+@pytest.mark.parametrize("inverse_by", ["search", "permutation"])
 @pytest.mark.parametrize("name", list(TRANSFORMS))
-def test_sparse_equals_dense_over_30_steps(name):
+def test_sparse_equals_dense_over_30_steps(name, inverse_by, monkeypatch):
+  # Each backend compiles one route of the deduplication (CPU: search; GPU, TPU:
+  # permutation); both are checked here whatever the backend.
+  monkeypatch.setattr(sparse, "_default_inverse_by", lambda: inverse_by)
   params, data = make_params(), batches()
   p_dense, s_dense = dense_run(TRANSFORMS[name](), params, data)
   p_sparse, s_sparse = sparse_run(TRANSFORMS[name](), params, data)
@@ -215,6 +219,28 @@ def test_low_level_row_gradients_with_duplicates_equal_dense():
   p_sparse, s_sparse = sparse_run(TRANSFORMS[name](), params, data, low_level=True)
   assert_close(p_sparse, p_dense)
   assert_close(s_sparse, s_dense)
+
+
+@pytest.mark.parametrize("inverse_by", ["search", "permutation"])
+@pytest.mark.parametrize("n", [1, 7, 4096])
+def test_unique_and_inverse_equal_numpy_on_either_route(inverse_by, n):
+  # Both routes run on every backend; each backend uses one by default (CPU: search).
+  rng = np.random.default_rng(n)
+  num_rows = 50 if n < 100 else 1 << 20
+  for ids in (
+    rng.integers(0, num_rows, n),
+    rng.integers(0, 3, n),  # mostly duplicates
+    np.full(n, num_rows),  # every id dropped (out of range becomes num_rows)
+    np.arange(n)[::-1] % num_rows,
+  ):
+    unique, inverse = jax.jit(
+      functools.partial(sparse._unique, num_rows=num_rows, inverse_by=inverse_by)
+    )(jnp.asarray(ids, jnp.int32))
+    want = np.unique(ids)
+    expected = np.full(n, num_rows)
+    expected[: want.size] = want
+    np.testing.assert_array_equal(unique, expected)
+    np.testing.assert_array_equal(inverse, np.searchsorted(want, ids))
 
 
 def test_sparse_grad_duplicates_are_summed_like_autodiff():
