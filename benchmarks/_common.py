@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +23,7 @@ import optax_blockada as ob
 __all__ = [
   "dense_update_step",
   "device_copy_bandwidth_gbs",
+  "kernel_counts",
   "machine_facts",
   "median_seconds",
   "numpy_copy_bandwidth_gbs",
@@ -90,6 +93,62 @@ def dense_update_step(
     jax.block_until_ready(carry["params"])
 
   return run, n_state
+
+
+# HLO instructions that launch no kernel of their own.
+_NOT_KERNELS = frozenset({"parameter", "constant", "tuple", "get-tuple-element", "bitcast"})
+
+
+def kernel_counts(hlo_text: str) -> dict[str, int]:
+  """Kernels a compiled XLA executable launches per call, from its optimized HLO text.
+
+  Walks the entry computation; a ``call`` is followed into its computation and a
+  ``while`` loop's body is counted once per iteration when XLA knows the trip count
+  (once otherwise). Every other instruction but parameters, constants, tuples and
+  bitcasts counts as one kernel (a fusion, a copy, a custom call such as a sort or a
+  matmul library call). XLA may still split one fusion into several launches (large
+  sorts), so this is a lower bound of the launches.
+
+  Args:
+    hlo_text: ``jax.jit(f).lower(*args).compile().as_text()``.
+
+  Returns:
+    ``{'kernels': total launches, 'loops': while loops, <opcode>: count, ...}``.
+  """
+  computations: dict[str, list[str]] = {}
+  entry, current = None, None
+  for line in hlo_text.splitlines():
+    header = re.match(r"^(ENTRY )?%?([\w.-]+) .*\{$", line)
+    if header:
+      current = header.group(2)
+      computations[current] = []
+      entry = current if header.group(1) else entry
+    elif current is not None and line.startswith("  "):
+      computations[current].append(line)
+  counts: collections.Counter[str] = collections.Counter()
+
+  def walk(name: str, times: int) -> None:
+    for line in computations[name]:
+      m = re.match(r"\s*(?:ROOT )?%?\S+ = .*? ([a-z][\w-]*)\(", line)
+      if not m or m.group(1) in _NOT_KERNELS:
+        continue
+      op = m.group(1)
+      if op == "while":
+        trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+        counts["loops"] += times
+        walk(
+          re.search(r"body=%?([\w.-]+)", line).group(1), times * int(trips.group(1) if trips else 1)
+        )
+      elif op == "call":
+        walk(re.search(r"to_apply=%?([\w.-]+)", line).group(1), times)
+      else:
+        counts[op] += times
+        counts["kernels"] += times
+
+  if entry is None:
+    raise ValueError("kernel_counts: no ENTRY computation in the HLO text")
+  walk(entry, 1)
+  return {"kernels": counts.pop("kernels", 0), "loops": counts.pop("loops", 0), **counts}
 
 
 def machine_facts(**extra: Any) -> dict[str, Any]:
