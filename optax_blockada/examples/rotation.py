@@ -298,7 +298,8 @@ def train(
 
   Returns:
     ``(final_params, losses)`` where ``losses[t]`` is :func:`glove_loss` at
-    the parameters *before* step ``t`` (float32, shape ``(steps,)``).
+    the parameters *before* step ``t`` (shape ``(steps,)``, in the params' dtype:
+    float32, or float64 for float64 params under ``jax.enable_x64``).
 
   Example:
     >>> import optax
@@ -313,6 +314,10 @@ def train(
   steps = _check_int("steps", steps, 1)
   weight, log_cooc, nonzero = _prepare(cooc)
   _check_params(params, weight.shape[0])
+  # The data follows the params' dtype, so float64 params (under jax.enable_x64) train
+  # in float64 throughout: the tests' reference for float32 rounding.
+  dtype = jnp.result_type(params["word"])
+  weight, log_cooc, nonzero = (a.astype(dtype) for a in (weight, log_cooc, nonzero))
 
   def step(carry, _):
     p, state = carry
@@ -375,6 +380,10 @@ def drift_over_steps(
   steps = _check_int("steps", steps, 1)
   weight, log_cooc, nonzero = _prepare(cooc)
   _check_params(params, weight.shape[0])
+  # The data follows the params' dtype, so float64 params (under jax.enable_x64) train
+  # in float64 throughout: the tests' reference for float32 rounding.
+  dtype = jnp.result_type(params["word"])
+  weight, log_cooc, nonzero = (a.astype(dtype) for a in (weight, log_cooc, nonzero))
   dim = np.shape(params["word"])[1]
   rotation = jnp.asarray(rotation, jnp.float32)
   if rotation.shape != (dim, dim):
