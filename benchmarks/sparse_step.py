@@ -42,7 +42,7 @@ on CPU (c)/(f) at 2^22 <= 1.2.
 Usage::
 
     python benchmarks/sparse_step.py [--log2-rows 14 17 20 22 24] [--dim 64]
-        [--batch 4096] [--large 22] [--repeats 20] [--steps 50]
+        [--batch 4096] [--large 22] [--repeats 20] [--steps 50] [--only '(c)' '(f)']
         [--out benchmarks/results/sparse_step_<backend>]
     python benchmarks/sparse_step.py --quick   # small V and batches, a few repeats
 
@@ -376,6 +376,12 @@ def main(argv=None) -> None:
   parser.add_argument("--repeats", type=int, default=20)
   parser.add_argument("--steps", type=int, default=50)
   parser.add_argument(
+    "--only",
+    nargs="+",
+    default=None,
+    help="run only the steps whose names start with these, e.g. --only '(c)' '(f)' torch",
+  )
+  parser.add_argument(
     "--quick", action="store_true", help="V in 2^12, 2^14; B = 1024; large at 2^14; 5 steps"
   )
   parser.add_argument(
@@ -411,6 +417,8 @@ def main(argv=None) -> None:
   if args.large is not None:
     configs.append((args.large, 128, 65536))
   names = list(CANDIDATES) + ([TORCH] if torch_device else [])
+  if args.only:
+    names = [n for n in names if n.startswith(tuple(args.only))]
   jobs = [(config, name) for config in configs for name in names]
   results, skipped = [], []
   for (log2, dim, batch), name in tqdm(jobs, desc="sparse_step"):
