@@ -82,10 +82,16 @@ def _relative(a, b, rotation=None):
   return float(np.sqrt(num / sum(np.sum(np.asarray(a[k], np.float64) ** 2) for k in back)))
 
 
-FLOAT64_OPTIMIZERS = {  # the same learning rates as in ``drifts``
-  "block_rows": lambda: ob.block_adagrad(0.1 * np.sqrt(DIM)),
-  "block_rows_damped": lambda: ob.block_adagrad(0.1 * np.sqrt(DIM), relative_eps=1e-3),
-  "block_blocks": lambda: ob.block_adagrad(0.1 * 2.0, structure="blocks", block_size=DIM // 4),
+FLOAT64_OPTIMIZERS = {  # name: (optimizer, steps); the learning rates of ``drifts``
+  "block_rows_damped": (
+    lambda: ob.block_adagrad(0.1 * np.sqrt(DIM), relative_eps=1e-3),
+    STEPS,
+  ),
+  # The control needs no long run: it drifts by 0.93 after 20 steps (0.99 after 200).
+  "block_blocks": (
+    lambda: ob.block_adagrad(0.1 * 2.0, structure="blocks", block_size=DIM // 4),
+    20,
+  ),
 }
 
 
@@ -99,13 +105,13 @@ def float64_runs() -> dict[str, dict[str, object]]:
   q, _ = np.linalg.qr(np.asarray(r32, np.float64))
   r64 = q * np.sign(np.sum(q * np.asarray(r32, np.float64), axis=0))
   out = {"r64": r64}
-  for name, make in FLOAT64_OPTIMIZERS.items():
+  for name, (make, steps) in FLOAT64_OPTIMIZERS.items():
     with jax.enable_x64(True):
       p64 = {k: jnp.asarray(v, jnp.float64) for k, v in params.items()}
       rotated64 = {**p64, "word": p64["word"] @ r64, "context": p64["context"] @ r64}
       out[name] = {
-        "64": rot.train(make(), p64, cooc, STEPS)[0],
-        "64_rotated": rot.train(make(), rotated64, cooc, STEPS)[0],
+        "64": rot.train(make(), p64, cooc, steps)[0],
+        "64_rotated": rot.train(make(), rotated64, cooc, steps)[0],
       }
     assert out[name]["64"]["word"].dtype == np.float64
     if name == "block_rows_damped":
@@ -114,11 +120,10 @@ def float64_runs() -> dict[str, dict[str, object]]:
   return out
 
 
-@pytest.mark.parametrize("name", ["block_rows", "block_rows_damped"])
-def test_block_adagrad_rows_is_equivariant_in_float64(float64_runs, name):
-  # The invariance itself, free of float32 rounding: measured 3e-9 (default damping,
-  # condition numbers up to 1e5) and 6e-13 (relative_eps=1e-3).
-  runs = float64_runs[name]
+def test_block_adagrad_rows_is_equivariant_in_float64(float64_runs):
+  # The invariance itself, free of float32 rounding: measured 6e-13 (and 3e-9 with the
+  # default damping, whose condition numbers reach 1e5; not run here to save time).
+  runs = float64_runs["block_rows_damped"]
   assert _relative(runs["64"], runs["64_rotated"], float64_runs["r64"]) < 1e-7
 
 
