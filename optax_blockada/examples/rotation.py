@@ -380,10 +380,6 @@ def drift_over_steps(
   steps = _check_int("steps", steps, 1)
   weight, log_cooc, nonzero = _prepare(cooc)
   _check_params(params, weight.shape[0])
-  # The data follows the params' dtype, so float64 params (under jax.enable_x64) train
-  # in float64 throughout: the tests' reference for float32 rounding.
-  dtype = jnp.result_type(params["word"])
-  weight, log_cooc, nonzero = (a.astype(dtype) for a in (weight, log_cooc, nonzero))
   dim = np.shape(params["word"])[1]
   rotation = jnp.asarray(rotation, jnp.float32)
   if rotation.shape != (dim, dim):
