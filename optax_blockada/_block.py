@@ -154,10 +154,6 @@ def _trace(m: jax.Array) -> jax.Array:
   return jnp.trace(m, axis1=-2, axis2=-1)
 
 
-def _finite(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-  return jnp.all(jnp.isfinite(x), axis=axes)
-
-
 def _lead(x: jax.Array, rank: int) -> jax.Array:
   """Prepends size-1 axes so that a per-leaf ``x`` broadcasts against per-row arrays."""
   return x.reshape((1,) * (rank - x.ndim) + x.shape)
@@ -215,11 +211,11 @@ def _shared_step(leaf, g, hp):
   root, ok = _maybe_cached(
     hp["refresh"],
     lambda: _roots.inverse_sqrt(c, lam, method=hp["method"], iterations=hp["iterations"]),
-    lambda: (leaf["shared_root"], _finite(leaf["shared_root"], (-2, -1))),
+    lambda: (leaf["shared_root"], _roots.all_finite(leaf["shared_root"], (-2, -1))),
   )
   # The statistics are checked on cached steps too, so the flag is the same on every
   # backend whatever a decomposition makes of non-finite input.
-  ok = _lead(ok & _finite(c, (-2, -1)), g.ndim - 1)
+  ok = _lead(ok & _roots.all_finite(c, (-2, -1)), g.ndim - 1)
   u = _matvec(_lead(root, g.ndim + 1), g)
   fallback = _isotropic_step(g, _lead(_trace(c) / g.shape[-1], g.ndim - 1), _lead(lam, g.ndim - 1))
   new = {"shared_sums": c}
@@ -251,7 +247,8 @@ def _rows_x_shared_step(leaf, g, hp):
   u = _matvec(q, phi * _matvec(jnp.swapaxes(q, -1, -2), g))
   # The decomposition and its input: on GPU a non-finite C was seen to decompose into
   # finite values, so the input is checked as well as the output.
-  shared_ok = _finite(basis, (-2, -1)) & _finite(spectrum, (-1,)) & _finite(c, (-2, -1))
+  finite = _roots.all_finite
+  shared_ok = finite(basis, (-2, -1)) & finite(spectrum, (-1,)) & finite(c, (-2, -1))
   ok = _lead(shared_ok, s.ndim) & jnp.isfinite(s)
   new = {"row_sums": s, "shared_sums": c}
   if hp["refresh"] is not None:

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 __all__ = [
   "DEFAULT_NEWTON_SCHULZ_ITERATIONS",
   "ROOT_METHODS",
+  "all_finite",
   "damping",
   "eigh",
   "inverse_sqrt",
@@ -164,7 +165,15 @@ def eigh(matrices: jax.Array) -> tuple[jax.Array, jax.Array]:
   return w.reshape((*batch_shape, k)), q.reshape(matrices.shape)
 
 
-def _all_finite(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+def all_finite(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  """Whether every entry of ``x`` along ``axes`` is finite (the fallback flags).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_blockada._roots import all_finite
+    >>> print(all_finite(jnp.array([[1.0, 2.0], [3.0, jnp.inf]]), (-1,)))
+    [ True False]
+  """
   return jnp.all(jnp.isfinite(x), axis=axes)
 
 
@@ -173,7 +182,7 @@ def _eigh_root(matrices: jax.Array, lam: jax.Array) -> tuple[jax.Array, jax.Arra
   w, q = eigh(matrices)
   shifted = jnp.maximum(w, 0) + lam[..., None]
   scale = jnp.where(shifted > 0, jax.lax.rsqrt(shifted), 0)
-  ok = _all_finite(w, (-1,)) & _all_finite(q, (-2, -1))
+  ok = all_finite(w, (-1,)) & all_finite(q, (-2, -1))
   return matmul(q * scale[..., None, :], jnp.swapaxes(q, -1, -2)), ok
 
 
@@ -229,7 +238,7 @@ def inverse_sqrt(
       f"inverse_sqrt: method must be 'eigh' or 'newton_schulz', got {method!r}; "
       "resolve 'auto' with resolve_root_method first."
     )
-  ok = _all_finite(matrices, (-2, -1)) & jnp.broadcast_to(jnp.isfinite(lam), matrices.shape[:-2])
+  ok = all_finite(matrices, (-2, -1)) & jnp.broadcast_to(jnp.isfinite(lam), matrices.shape[:-2])
   if matrices.shape[-1] == 1:  # 1 x 1 blocks: the closed form, as diagonal Adagrad.
     h = jnp.maximum(matrices, 0)
     roots = jnp.where(h > 0, jax.lax.rsqrt(h + lam[..., None, None]), 0)
@@ -239,4 +248,4 @@ def inverse_sqrt(
   else:
     n = DEFAULT_NEWTON_SCHULZ_ITERATIONS if iterations is None else iterations
     roots = _newton_schulz_root(matrices, lam, n)
-  return roots, ok & _all_finite(roots, (-2, -1))
+  return roots, ok & all_finite(roots, (-2, -1))
