@@ -164,16 +164,18 @@ def _isotropic_step(g: jax.Array, mean_eigenvalue: jax.Array, lam: jax.Array) ->
   return g * inverse_root(mean_eigenvalue, lam, True)[..., None]
 
 
-def _shared_sum(g: jax.Array) -> jax.Array:
+def _shared_sum(g: jax.Array, path: Any) -> jax.Array:
   flat = g.reshape((-1, *g.shape[-2:]))
-  # Explicit sharding mode: the rows may be sharded; their sum is replicated.
-  return jnp.einsum(
+  # Explicit sharding mode: the rows may be sharded; their sum is replicated. Inside the
+  # routed sparse step each device holds some rows: their sums are psum-ed.
+  local = jnp.einsum(
     "rbi,rbj->bij",
     flat,
     flat,
     precision=jax.lax.Precision.HIGHEST,
     out_sharding=_geometry.replicated_sharding(flat),
   )
+  return _geometry.sum_over_rows(local, path)
 
 
 def _maybe_cached(refresh, compute, cached):
@@ -206,7 +208,7 @@ def _block_step(leaf, g, hp):
 
 def _shared_step(leaf, g, hp):
   """'shared': per-leaf ``C += sum_r g_r g_r^T``; ``u_r = (C + lam I)^(-1/2) g_r``."""
-  c = leaf["shared_sums"] + _shared_sum(g)
+  c = leaf["shared_sums"] + _shared_sum(g, hp["path"])
   lam = _roots.damping(c, hp["eps"], hp["relative_eps"])
   root, ok = _maybe_cached(
     hp["refresh"],
@@ -228,7 +230,7 @@ def _rows_x_shared_step(leaf, g, hp):
   """'rows_x_shared': ``H_r = s_r * k C / tr(C)`` rooted through one eigh of ``C``."""
   k = g.shape[-1]
   s = leaf["row_sums"] + jnp.mean(g * g, axis=-1)
-  c = leaf["shared_sums"] + _shared_sum(g)
+  c = leaf["shared_sums"] + _shared_sum(g, hp["path"])
   if hp["refresh"] is None:
     basis, spectrum = _normalized_eigh(c)
   else:
@@ -510,12 +512,13 @@ def scale_by_block_adagrad(
           )
       dtype = (leaf["block_sums"] if leaf["block_sums"] is not None else leaf["shared_sums"]).dtype
       gb = _to_blocks(g.astype(dtype), layout)
-      u, ok, fallback, new = step(leaf, gb, hp)
+      u, ok, fallback, new = step(leaf, gb, {**hp, "path": path})
       ok = ok & jnp.all(jnp.isfinite(u), axis=-1)
       nonzero = jnp.any(gb != 0, axis=-1)
       u = jnp.where(nonzero[..., None], jnp.where(ok[..., None], u, fallback), 0)
       new_updates.append(_from_blocks(u, tuple(g.shape), layout).astype(g.dtype))
-      new["fallbacks"] = leaf["fallbacks"] + jnp.sum(nonzero & ~ok, dtype=jnp.int32)
+      failed = _geometry.sum_over_rows(jnp.sum(nonzero & ~ok, dtype=jnp.int32), path)
+      new["fallbacks"] = leaf["fallbacks"] + failed
       for f in _TREE_FIELDS:
         new_fields[f].append(new.get(f, leaf[f]))
     new_state = BlockAdagradState(

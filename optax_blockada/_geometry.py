@@ -20,8 +20,10 @@ to give per-leaf axes to a tuple-structured parameter tree.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import jax
@@ -304,3 +306,37 @@ def per_row_fields(node: Any) -> tuple[str, ...] | None:
   if isinstance(node, tuple) and hasattr(type(node), "_fields"):
     return getattr(type(node), "PER_ROW_FIELDS", None)
   return None
+
+
+# Inside the owner-routed sparse step (optax_blockada.routed) every device updates the
+# rows of its own shard of a table; a statistic summed over all the rows of a leaf (block
+# Adagrad's shared matrices, its fallback counters) must then be summed over the mesh axes
+# the rows are split over. Keyed by the leaf's key path (``jax.tree_util.keystr``), which
+# optax.chain, optax.partition, optax.masked and optax.inject_hyperparams keep.
+_SPLIT_ROWS: contextvars.ContextVar[Mapping[str, tuple[str, ...]] | None] = contextvars.ContextVar(
+  "optax_blockada_split_rows", default=None
+)
+
+
+@contextlib.contextmanager
+def rows_split_over(axes_by_path: Mapping[str, tuple[str, ...]]) -> Iterator[None]:
+  """Within this context, the rows of the leaf at each key path are split over mesh axes.
+
+  Used while tracing a transform's ``update`` inside ``shard_map``, where each device
+  holds some rows of those leaves: :func:`sum_over_rows` then ``psum``-s over the axes.
+  """
+  token = _SPLIT_ROWS.set(dict(axes_by_path))
+  try:
+    yield
+  finally:
+    _SPLIT_ROWS.reset(token)
+
+
+def sum_over_rows(x: jax.Array, path: Any) -> jax.Array:
+  """``x``, a sum over the local rows of the leaf at ``path``, summed over all its rows.
+
+  The identity unless the leaf's rows are split over mesh axes (see
+  :func:`rows_split_over`), where the devices' partial sums are ``psum``-ed.
+  """
+  axes = (_SPLIT_ROWS.get() or {}).get(jax.tree_util.keystr(tuple(path)))
+  return x if not axes else jax.lax.psum(x, axes)
