@@ -5,7 +5,7 @@ and stores as much state as the tables; row-wise Adagrad keeps one accumulator p
 feature vector and is equivariant under rotations of that space.
 """
 
-from optax_blockada import presets, sharding, sparse
+from optax_blockada import presets, routed, sharding, sparse
 from optax_blockada._block import (
   BlockAdagradState,
   block_adagrad,
@@ -39,6 +39,7 @@ __all__ = (
   "find_adagrad_states",
   "presets",
   "renormalize_rows",
+  "routed",
   "rowwise_adagrad",
   "scale_by_block_adagrad",
   "scale_by_diagonal_adagrad",

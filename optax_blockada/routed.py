@@ -174,7 +174,8 @@ def _resolve_row_axes(row_axes: Any, mesh: Any) -> tuple[str, ...]:
   names = tuple(mesh.axis_names)
   if row_axes is None:
     return names
-  axes = (row_axes,) if isinstance(row_axes, str) else tuple(row_axes)
+  axes = (row_axes,) if isinstance(row_axes, str) else row_axes
+  axes = tuple(axes) if isinstance(axes, (tuple, list)) else ()
   if not axes or not all(isinstance(a, str) for a in axes) or len(set(axes)) != len(axes):
     raise TypeError(
       f"routed: row_axes must be a mesh axis name or a tuple of distinct names, got {row_axes!r}."
@@ -569,6 +570,11 @@ def _routed_step(loss_fn, tx, *, mesh, row_axes, capacity, reduction, checked):
         for leaf in jax.tree.leaves(ids[g.key]):
           if not isinstance(leaf, jax.core.Tracer):
             sparse._valid_ids(leaf, g.num_rows, name, checked)
+    # The state's checks (a transform that is not lazily exact, a state made for other
+    # params) before anything is traced per device.
+    rows = {i: g.num_rows for g in plan.groups for i in g.members}
+    leaves = plan.treedef.flatten_up_to(params)
+    sparse._state_plan(tx, opt_state, leaves, plan.treedef, rows, list(plan.names))
     param_specs = _param_specs(plan, params)
     state_specs = sharding.state_partition_specs(opt_state, params, param_specs)
     replicated = PartitionSpec()
@@ -733,19 +739,20 @@ def nnx_update(
     >>> ids = {'embed': jnp.arange(8 * n) % 3}
     >>> for _ in range(30):
     ...   loss, stats = step(model, optimizer, ids, jnp.ones(8 * n))
-    >>> print(f"{loss:.4f}", model.embed.embedding.shape)
-    0.0000 (8192, 8)
+    >>> print(f"{loss:.4f}", model.embed.embedding.shape == (1024 * n, 8))
+    0.0000 True
   """
   from flax import nnx
 
   wrt = optimizer.wrt
   graph_kw = {"graph": optimizer.graph} if getattr(optimizer, "graph", None) is not None else {}
   graphdef, params, rest = nnx.split(model, wrt, ..., **graph_kw)
+  params, rest = nnx.as_pure(params), nnx.as_pure(rest)
 
   def pure_loss(small, local_ids, rest, *args):
     m = nnx.merge(graphdef, small, rest)
     value = loss_fn(m, local_ids, *args)
-    return value, nnx.state(m, nnx.Not(wrt), **graph_kw)
+    return value, nnx.as_pure(nnx.state(m, nnx.Not(wrt), **graph_kw))
 
   step = _routed_step(
     pure_loss,

@@ -166,7 +166,7 @@ def test_20_steps_equal_the_dense_single_device_steps(name, mesh_name):
   reduction = "sum" if name == "rowwise_sum" else "mean"
   mesh = make_mesh(mesh_name)
   _, row_axes = MESHES[mesh_name]
-  shards = math.prod(mesh.shape[a] for a in (row_axes,) if a) if row_axes else N
+  shards = mesh.shape["rows"] if row_axes else N
   tx = TRANSFORMS[name]()
   # The same batches for both meshes (shards 4 or 8: step 5 stays on one shard of either).
   batches = make_batches(4)
@@ -332,3 +332,164 @@ def test_out_of_range_ids_are_dropped_or_raise_on_every_shard():
   err, _ = jax.jit(checkify.checkify(step))(params, state, ids, f, y)
   with pytest.raises(checkify.JaxRuntimeError, match=r"must lie in \[0, 128\)"):
     err.throw()
+
+
+# --- Checkpoint on 8 devices, restore on 4 --------------------------------------------
+
+
+def test_checkpoint_on_8_devices_restores_on_4_and_continues(tmp_path):
+  ocp = pytest.importorskip("orbax.checkpoint")
+  tx = ob.block_adagrad(0.3, structure="rows_x_shared")  # per-row and shared state
+  batches = make_batches(8)[:12]
+  mesh8 = jax.make_mesh((8,), ("rows",), axis_types=(AxisType.Auto,))
+  mesh4 = jax.make_mesh((4,), ("rows",), axis_types=(AxisType.Auto,), devices=jax.devices()[:4])
+  step8 = jax.jit(routed.value_and_update(loss_fn, tx, mesh=mesh8, capacity=CAPACITY))
+  params, state = place(tx, make_params(), mesh8, None)
+  ckpt = ocp.StandardCheckpointer()
+  for t, batch in enumerate(batches):
+    if t == 6:
+      ckpt.save(tmp_path / "ckpt", {"params": params, "state": state})
+      ckpt.wait_until_finished()
+      saved_state = state
+    _, params, state, _ = step8(params, state, *batch)
+  full_params, full_state = params, state
+
+  abstract = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), make_params())
+  param_sh4 = param_shardings(mesh4, None)
+  state_sh4 = ob.sharding.state_shardings(tx, abstract, param_sh4)
+  with_sharding = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+  target = {
+    "params": jax.tree.map(with_sharding, abstract, param_sh4),
+    "state": jax.tree.map(with_sharding, jax.eval_shape(tx.init, abstract), state_sh4),
+  }
+  restored = ckpt.restore(tmp_path / "ckpt", target)
+  chex.assert_trees_all_equal(restored["state"], saved_state)
+  row_sums = restored["state"][0].row_sums["ctx"]
+  assert row_sums.sharding.shard_shape(row_sums.shape) == (V // 4, 1, 1)
+  # Four devices: each now holds a quarter of the rows and a quarter of the batch.
+  step4 = jax.jit(routed.value_and_update(loss_fn, tx, mesh=mesh4, capacity=CAPACITY))
+  params, state = restored["params"], restored["state"]
+  for batch in batches[6:]:
+    _, params, state, _ = step4(params, state, *batch)
+  assert len(params["ctx"].sharding.device_set) == 4
+  assert_close(params, full_params)
+  assert_close(state, full_state)
+
+
+# --- Capacity --------------------------------------------------------------------------
+
+
+def test_suggested_capacity_is_the_largest_load_with_headroom():
+  mesh = make_mesh("1x8")
+  rng = np.random.default_rng(5)
+  batches = [rng.integers(-3, V + 3, (B, 2)) for _ in range(6)]  # out-of-range ids too
+  most = 0
+  for batch in batches:
+    for part in np.split(batch, N):
+      ids = {int(r) for r in part.reshape(-1) if 0 <= r < V}
+      most = max(most, *(sum(1 for r in ids if r // (V // N) == s) for s in range(N)))
+  assert routed.suggest_capacity(batches, V, mesh, headroom=1.0) == 8 * math.ceil(most / 8)
+  assert routed.suggest_capacity(batches, V, mesh) == 8 * math.ceil(1.25 * most / 8)
+  # Tables split over 'rows' only (4 shards), and a pytree of ids per batch.
+  four = routed.suggest_capacity(
+    [{"a": b[:, 0], "b": b[:, 1]} for b in batches], V, make_mesh("2x4"), "rows"
+  )
+  assert four >= routed.suggest_capacity(batches, V, mesh, headroom=1.0)
+  # Never above the local ids, which cannot overflow.
+  assert routed.suggest_capacity([np.arange(B)], V, make_mesh("1x8"), headroom=8.0) == LOCAL
+  assert routed.default_capacity(LOCAL, 8) == 8 and routed.default_capacity(LOCAL, 1) == LOCAL
+
+
+# --- Flax NNX -----------------------------------------------------------------------------
+
+
+def test_nnx_update_equals_dense_nnx_steps():
+  nnx = pytest.importorskip("flax.nnx")
+
+  class Glove(nnx.Module):
+    def __init__(self, params):
+      self.emb = nnx.Dict(w=nnx.Param(params["emb"]["w"]), b=nnx.Param(params["emb"]["b"]))
+      self.ctx = nnx.Param(params["ctx"])
+      self.scale = nnx.Param(params["scale"])
+      self.calls = nnx.Variable(jnp.zeros((), jnp.int32))  # not trained; written
+
+    def __call__(self, ids):
+      self.calls[...] += 1
+      dot = jnp.sum(self.emb["w"][ids["emb"]] * self.ctx[ids["ctx"]], axis=-1)
+      return self.scale[...] * dot + self.emb["b"][ids["emb"]]
+
+  def model_loss(model, ids, f, y):
+    return jnp.mean(f * (model(ids) - y) ** 2)
+
+  batches = make_batches(8)[:8]
+  tx = ob.rowwise_adagrad(0.2)
+  dense = Glove(make_params())
+  dense_opt = nnx.Optimizer(dense, tx, wrt=nnx.Param)
+
+  @nnx.jit
+  def dense_step(model, optimizer, ids, f, y):
+    loss, grads = nnx.value_and_grad(model_loss)(model, ids, f, y)
+    optimizer.update(model, grads)
+    return loss
+
+  mesh = make_mesh("1x8")
+  params, _ = place(tx, make_params(), mesh, None)
+  model = Glove(params)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer, ids, f, y):
+    return routed.nnx_update(model, optimizer, model_loss, ids, f, y, mesh=mesh)
+
+  for batch in batches:
+    want = dense_step(dense, dense_opt, *batch)
+    loss, _ = step(model, optimizer, *batch)
+    np.testing.assert_allclose(float(loss), float(want), rtol=2e-5)
+  assert_close(nnx.state(model, nnx.Param), nnx.state(dense, nnx.Param))
+  assert_close(nnx.state(optimizer.opt_state), nnx.state(dense_opt.opt_state))
+  assert int(model.calls[...]) == int(dense.calls[...]) == len(batches)
+  assert int(optimizer.step[...]) == len(batches)
+  assert model.ctx[...].sharding.shard_shape((V, D)) == (V // 8, D)
+
+
+# --- Clear errors -------------------------------------------------------------------------
+
+
+def test_bad_arguments_are_clear_errors():
+  tx = ob.rowwise_adagrad(0.1)
+  mesh = make_mesh("1x8")
+  params, state = place(tx, make_params(), mesh, None)
+  ids, f, y = make_batches(8)[0]
+  with pytest.raises(ValueError, match=r"reduction must be one of \('mean', 'sum'\).*'avg'"):
+    routed.value_and_update(loss_fn, tx, reduction="avg")
+  for bad in (0, 2.5, True):
+    with pytest.raises(ValueError, match="capacity must be a positive int"):
+      routed.value_and_update(loss_fn, tx, capacity=bad)
+  with pytest.raises(TypeError, match=r"tx must be an optax\.GradientTransformation"):
+    routed.value_and_update(loss_fn, "adagrad")
+  run = lambda params=params, ids=ids, f=f, y=y, tx=tx, state=state, **kw: routed.value_and_update(
+    loss_fn, tx, **{"mesh": mesh, **kw}
+  )(params, state, ids, f, y)
+  with pytest.raises(ValueError, match=r"row_axes 'model' names \['model'\], not axes of the mesh"):
+    run(row_axes="model")
+  with pytest.raises(TypeError, match="row_axes must be a mesh axis name"):
+    run(row_axes=3)
+  with pytest.raises(ValueError, match="no mesh: pass mesh="):
+    run(mesh=None)
+  with pytest.raises(ValueError, match=r"ids\['ctx'\] has shape \(12,\).*multiple of 8"):
+    run(ids={**ids, "ctx": ids["ctx"][:12]})
+  odd = {**make_params(), "ctx": jnp.zeros((V + 4, D))}
+  with pytest.raises(ValueError, match="the table ctx has 132 rows, not divisible by its 8 shards"):
+    run(params=odd, state=tx.init(odd))
+  adam = optax.adam(0.1)
+  with pytest.raises(ValueError, match=r"momentum, EMAs"):
+    run(tx=adam, state=adam.init(make_params()))
+  with pytest.raises(ValueError, match="headroom must be at least 1"):
+    routed.suggest_capacity([np.arange(B)], V, mesh, headroom=0.5)
+  # Explicit mode: a table split along another axis than row_axes.
+  explicit = make_mesh("2x4", explicit=True)
+  with jax.set_mesh(explicit):
+    specs = jax.tree.map(lambda s: s.spec, param_shardings(explicit, "rows"))
+    placed = jax.device_put(make_params(), specs)
+    with pytest.raises(ValueError, match=r"params\['ctx'\] is sharded as P\('rows', None\)"):
+      routed.value_and_update(loss_fn, tx, row_axes="data")(placed, tx.init(placed), ids, f, y)
