@@ -525,7 +525,9 @@ print(f"max |sharded - single device|: params {params_diff:.1e}, state {state_di
 # table and their biases, trained on a planted co-occurrence matrix), on a two-axis mesh: batches
 # split over `data`, tables and state split over `rows` (2 x 4 on eight devices). Its
 # `train_sharded` builds the shardings exactly as above; `sparse_rows=True` combines sharding with
-# the sparse row updates of Part 1. Each run is compared with `train_single_device`, the same steps
+# the sparse row updates of Part 1, routing each id to the device that owns its row
+# (`optax_blockada.routed`: every device then gathers and updates only rows of its own shard, for
+# the ids of the whole batch split over all devices). Each run is compared with `train_single_device`, the same steps
 # on one device: every leaf of the params and of the state must agree to `1e-4` relative to its
 # largest entry (the example's `RTOL`).
 #
@@ -549,7 +551,7 @@ for label, optimizer, sparse_rows in [
 ]:
   tx_glove = sg.make_optimizer(optimizer, learning_rate=GLOVE_LR)
   start = time.perf_counter()
-  p_sh, s_sh, losses_sh = sg.train_sharded(
+  p_sh, s_sh, losses_sh, _ = sg.train_sharded(
     tx_glove, glove_params0, glove_batches, glove_mesh, sparse_rows=sparse_rows
   )
   p_1, s_1, losses_1 = sg.train_single_device(tx_glove, glove_params0, glove_batches)

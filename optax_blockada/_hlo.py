@@ -21,6 +21,8 @@ _ARRAY = re.compile(r"\b(?P<dtype>pred|[a-z]+\d+)\[(?P<dims>[\d,]*)\]")
 _BITS = {"pred": 8}
 _GROUPS_IOTA = re.compile(r"replica_groups=\[(?P<dims>[\d,]+)\]<=")
 _GROUPS_LIST = re.compile(r"replica_groups=\{\{(?P<first>[\d,]*)\}")
+# replica_groups=mesh['x'=2,'y'=4] {'y'}: groups along the named axes.
+_GROUPS_MESH = re.compile(r"replica_groups=mesh\[(?P<axes>[^\]]*)\]\s*\{(?P<along>[^}]*)\}")
 _BRANCH = re.compile(r"/branch_(?P<index>\d+)_fun/")
 
 
@@ -70,6 +72,10 @@ def collectives(hlo_text: str) -> list[Collective]:
     ...         'replica_groups=[1,8]<=[8], dimensions={0}')
     >>> collectives(line)
     [Collective(kind='all-gather', shapes=((8, 16),), result_bytes=512, group_size=8, branch=None)]
+    >>> line = ("%ag = f32[8]{0} all-gather(%x), replica_groups=mesh['a'=2,'b'=4] {'b'}, "
+    ...         "dimensions={0}")
+    >>> collectives(line)[0].group_size
+    4
   """
   out = []
   for line in hlo_text.splitlines():
@@ -89,6 +95,9 @@ def collectives(hlo_text: str) -> list[Collective]:
       group = int(g["dims"].split(",")[-1])
     elif g := _GROUPS_LIST.search(rest):
       group = len([x for x in g["first"].split(",") if x])
+    elif g := _GROUPS_MESH.search(rest):
+      sizes = dict(re.findall(r"'([^']+)'=(\d+)", g["axes"]))
+      group = math.prod(int(sizes[a]) for a in re.findall(r"'([^']+)'", g["along"]))
     else:
       group = 0
     branch = _BRANCH.search(rest)

@@ -557,7 +557,11 @@ SMALL = ["--vocab-size", "64", "--dim", "8", "--steps", "3", "--batch-size", "32
 
 @pytest.mark.parametrize(
   "flags",
-  [["--mode", "explicit"], ["--sparse", "--optimizer", "diagonal"]],
+  [
+    ["--mode", "explicit"],
+    ["--sparse", "--optimizer", "diagonal", "--capacity", "2"],
+    ["--sparse", "--mode", "explicit", "--spread-ids"],
+  ],
 )
 def test_sharded_glove_example_equals_its_single_device_run(flags, tmp_path, capsys):
   from optax_blockada.examples import sharded_glove
@@ -571,13 +575,24 @@ def test_sharded_glove_example_equals_its_single_device_run(flags, tmp_path, cap
   assert shards["params['word']"] == (16, 8)
   row_state = (16, 8) if "diagonal" in flags else (16, 1)  # row-wise by default
   assert shards["state[0].sum_of_squares['word']"] == row_state
-  assert "equals the single-device run" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "equals the single-device run" in out
+  if "--sparse" in flags:
+    routing = result["routing"]
+    assert f"capacity {routing['capacity']} ids per shard per device" in out
+    # A step overflows when a device has more distinct ids for a shard than the capacity.
+    assert (routing["overflowed_steps"] > 0) == (routing["max_load"] > routing["capacity"])
+    if "--capacity" in flags:  # 4 pairs per device, at most 2 ids to a shard: overflows
+      assert routing["capacity"] == 2 and routing["overflowed_steps"] >= 1
+  else:
+    assert result["routing"] is None
 
 
 def test_sharded_glove_example_errors():
   from optax_blockada.examples import sharded_glove
 
-  assert sharded_glove.main([*SMALL, "--sparse", "--mode", "explicit"]) == 2
+  assert sharded_glove.main([*SMALL, "--capacity", "8"]) == 2  # only with --sparse
+  assert sharded_glove.main([*SMALL, "--sparse", "--batch-size", "36"]) == 2  # 8 devices
   assert sharded_glove.main([*SMALL, "--devices", "16"]) == 2
   assert sharded_glove.main([*SMALL, "--vocab-size", "66"]) == 2  # not divisible by 4
   with pytest.raises(ValueError, match="optimizer must be one of"):

@@ -13,6 +13,15 @@ devices form a ``data x rows`` mesh (``2 x 4`` on 8 devices):
 * each batch of pairs is split over ``data``; JAX's SPMD partitioner inserts the
   collectives of the lookups and of the gradient.
 
+With ``--sparse`` the step reads and writes only the rows the batch looks up, routed to
+the devices that own them (:mod:`optax_blockada.routed`): each batch is split over all
+eight devices, every device sends its distinct ids to the ``rows`` shard that owns them
+(``all_to_all``, ``--capacity`` ids per shard), gets the rows back, computes its part of
+the loss and sends the row gradients back to the owners, which update their rows and
+their rows of the state. The two replicas of each shard along ``data`` apply the same
+updates. The script reports how many steps overflowed the capacity (those run with the
+full capacity: exact, but as costly as the replicated path).
+
 The same steps are then run on one device, and the script checks that both runs end
 at the same parameters up to float32 rounding.
 
@@ -21,7 +30,8 @@ Run it on CPU with 8 simulated devices::
     XLA_FLAGS=--xla_force_host_platform_device_count=8 \\
         python -m optax_blockada.examples.sharded_glove [--mode auto|explicit]
         [--optimizer rowwise|diagonal|block] [--steps 200] [--vocab-size 2048]
-        [--dim 32] [--batch-size 1024] [--data-parallel 2] [--json results.json]
+        [--dim 32] [--batch-size 1024] [--data-parallel 2] [--sparse [--capacity N]]
+        [--json results.json]
 
 ``--mode auto`` (default) builds the state with ``jax.jit(tx.init,
 out_shardings=...)`` and passes the shardings to the step's ``in_shardings`` and
@@ -47,7 +57,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optax_blockada as ob
-from optax_blockada import sparse
+from optax_blockada import routed
 from optax_blockada.examples._cli import int_at_least
 from optax_blockada.examples.planted import planted_cooccurrence
 from optax_blockada.examples.rotation import ALPHA, X_MAX, init_params
@@ -61,6 +71,8 @@ __all__ = [
   "make_optimizer",
   "pair_loss",
   "shard_report",
+  "spread_ids",
+  "suggest_capacity",
   "train_sharded",
   "train_single_device",
 ]
@@ -75,6 +87,7 @@ PARAM_SPECS = {
 
 _OPTIMIZERS = ("rowwise", "diagonal", "block")
 _PLANTED_RANK = 8
+_CAPACITY_SAMPLE = 20
 # Float32 rounding: the sharded run sums the batch and the gradients in another order.
 RTOL, ATOL = 1e-4, 1e-6
 
@@ -222,14 +235,16 @@ def _ids_loss(params, ids, weight, log_x, gather_spec=None):
   return 0.5 * jnp.sum(weight * (pred - log_x) ** 2)
 
 
-def _step_fn(tx: optax.GradientTransformation, gather_spec: Any = None, sparse_rows=False):
-  if sparse_rows:  # Only the looked-up rows are read and written (optax_blockada.sparse).
+def _step_fn(
+  tx: optax.GradientTransformation, gather_spec: Any = None, routing: dict | None = None
+):
+  if routing is not None:  # Only the looked-up rows, routed to their owners.
+    update = routed.value_and_update(_ids_loss, tx, row_axes="rows", reduction="sum", **routing)
 
     def sparse_step(params, state, batch):
       i, j, weight, log_x = batch
-      loss, grads, touched = sparse.value_and_grad(_ids_loss)(params, _ids(i, j), weight, log_x)
-      params, state = sparse.apply_gradients(tx, grads, state, params, touched)
-      return params, state, loss
+      loss, params, state, stats = update(params, state, _ids(i, j), weight, log_x)
+      return params, state, loss, stats
 
     return sparse_step
 
@@ -280,7 +295,8 @@ def train_sharded(
   mesh: jax.sharding.Mesh,
   *,
   sparse_rows: bool = False,
-) -> tuple[dict[str, jax.Array], Any, list[float]]:
+  capacity: int | None = None,
+) -> tuple[dict[str, jax.Array], Any, list[float], list[dict[str, Any]]]:
   """The same steps with the tables split by rows over ``mesh``'s ``rows`` axis.
 
   Auto mesh axes: the state is built sharded by ``jax.jit(tx.init,
@@ -293,14 +309,19 @@ def train_sharded(
     tx: the optimizer.
     params: the initial params (anywhere; they are placed on ``mesh``).
     batches: the batches, one per step; their size must be divisible by the ``data``
-      axis.
+      axis (by the device count with ``sparse_rows``).
     mesh: a mesh with axes ``('data', 'rows')`` (see :func:`make_mesh`).
-    sparse_rows: update only the rows the batch looks up
-      (:func:`optax_blockada.sparse.value_and_grad` and
-      :func:`optax_blockada.sparse.apply_gradients`); Auto mesh axes only.
+    sparse_rows: update only the rows the batch looks up, routed to the devices that
+      own them (:func:`optax_blockada.routed.value_and_update`); the batch is split
+      over all devices.
+    capacity: with ``sparse_rows``, the ids each device may send to each shard per
+      step (``None``: :func:`optax_blockada.routed.default_capacity`).
 
   Returns:
-    ``(params, state, losses)``, params and state sharded over ``mesh``.
+    ``(params, state, losses, routing)``, params and state sharded over ``mesh``;
+    ``routing`` has, for every step of ``sparse_rows``, whether it overflowed the
+    capacity and the largest load (distinct ids from one device to one shard); it is
+    empty otherwise.
 
   Example:
     >>> import numpy as np
@@ -308,47 +329,58 @@ def train_sharded(
     >>> from optax_blockada.examples.rotation import init_params
     >>> mesh = sg.make_mesh(1)
     >>> rows = mesh.shape['rows']
-    >>> batches = sg.make_batches(np.ones((2 * rows, 2 * rows)), 4, steps=2)
-    >>> params, state, _ = sg.train_sharded(
-    ...   sg.make_optimizer('rowwise'), init_params(2 * rows, 3), batches, mesh)
+    >>> batches = sg.make_batches(np.ones((2 * rows, 2 * rows)), 4 * rows, steps=2)
+    >>> params, state, _, routing = sg.train_sharded(
+    ...   sg.make_optimizer('rowwise'), init_params(2 * rows, 3), batches, mesh,
+    ...   sparse_rows=True)
     >>> state[0].sum_of_squares['word'].sharding.shard_shape((2 * rows, 1))
     (2, 1)
+    >>> routing[0]['overflowed']
+    False
   """
   explicit = all(t == AxisType.Explicit for t in mesh.axis_types)
-  if explicit and sparse_rows:
-    raise ValueError(
-      "sparse_rows needs a mesh with Auto axes: the sparse step's gathers and scatters "
-      "carry no Explicit-mode output shardings."
-    )
-  batch_spec = P("data")
-  losses = []
+  routing = {"capacity": capacity, "mesh": mesh} if sparse_rows else None
+  # The routed step splits the batch over all devices; the dense one over 'data'.
+  batch_spec = P(("data", "rows")) if sparse_rows else P("data")
+  losses, log = [], []
   if explicit:
+    gather_spec = None if sparse_rows else "data"
     with jax.set_mesh(mesh):
       params = jax.device_put(params, PARAM_SPECS)
       state = tx.init(params)
-      step = jax.jit(_step_fn(tx, gather_spec="data"))
+      step = jax.jit(_step_fn(tx, gather_spec=gather_spec, routing=routing))
+      put = lambda batch: jax.device_put(batch, batch_spec)
       for batch in batches:
-        params, state, loss = step(params, state, jax.device_put(batch, batch_spec))
-        losses.append(float(loss) / batch[0].shape[0])
-    return params, state, losses
+        params, state, *out = step(params, state, put(batch))
+        _record(batch, out, losses, log)
+    return params, state, losses, log
 
   param_sh = {k: NamedSharding(mesh, s) for k, s in PARAM_SPECS.items()}
   batch_sh = NamedSharding(mesh, batch_spec)
+  replicated = NamedSharding(mesh, P())
   # A copy (may_alias=False): the steps donate their inputs, and on one device device_put
   # would otherwise hand back the caller's own buffers, which a GPU then deletes.
   params = jax.device_put(params, param_sh, may_alias=False)
   state_sh = state_shardings(tx, params, param_sh)
   state = jax.jit(tx.init, out_shardings=state_sh)(params)
   step = jax.jit(
-    _step_fn(tx, sparse_rows=sparse_rows),
+    _step_fn(tx, routing=routing),
     in_shardings=(param_sh, state_sh, batch_sh),
-    out_shardings=(param_sh, state_sh, NamedSharding(mesh, P())),
+    out_shardings=(param_sh, state_sh) + (replicated,) * (2 if sparse_rows else 1),
     donate_argnums=(0, 1),
   )
   for batch in batches:
-    params, state, loss = step(params, state, jax.device_put(batch, batch_sh))
-    losses.append(float(loss) / batch[0].shape[0])
-  return params, state, losses
+    params, state, *out = step(params, state, jax.device_put(batch, batch_sh))
+    _record(batch, out, losses, log)
+  return params, state, losses, log
+
+
+def _record(batch: Batch, out: list[Any], losses: list[float], log: list[dict[str, Any]]):
+  """Appends a step's loss per pair and, for the routed step, its routing statistics."""
+  losses.append(float(out[0]) / batch[0].shape[0])
+  if len(out) > 1:
+    stats = out[1]
+    log.append({"overflowed": bool(stats.overflowed), "max_load": int(stats.max_load)})
 
 
 def shard_report(tree: Any, name: str) -> list[dict[str, Any]]:
@@ -410,6 +442,74 @@ def _allclose(a: Any, b: Any) -> bool:
   )
 
 
+def spread_ids(batches: Sequence[Batch], vocab_size: int, seed: int = 0) -> list[Batch]:
+  """The batches with the words relabelled by a random permutation of the vocabulary.
+
+  Tables split along rows give each device a contiguous range of rows. With a
+  vocabulary sorted by frequency (as GloVe's and word2vec's are, and as the planted
+  counts are) the first shard then owns the frequent words and receives most of the ids
+  of every batch; a fixed random relabelling spreads them evenly over the shards. It
+  changes no result but which row holds which word.
+
+  Args:
+    batches: batches from :func:`make_batches`.
+    vocab_size: the number of words.
+    seed: numpy seed of the permutation.
+
+  Returns:
+    The batches with ``i`` and ``j`` relabelled.
+
+  Example:
+    >>> import numpy as np
+    >>> from optax_blockada.examples.sharded_glove import make_batches, spread_ids
+    >>> batches = make_batches(np.array([[0, 10.0], [10.0, 0]]), 4, steps=1)
+    >>> i, j, _, _ = spread_ids(batches, 2)[0]
+    >>> bool(((i == 0) | (i == 1)).all())
+    True
+  """
+  perm = jnp.asarray(np.random.default_rng(seed).permutation(vocab_size), jnp.int32)
+  return [(perm[i], perm[j], weight, log_x) for i, j, weight, log_x in batches]
+
+
+def suggest_capacity(batches: Sequence[Batch], vocab_size: int, mesh: jax.sharding.Mesh) -> int:
+  """The routing capacity for the batches' words and contexts, as
+  :func:`optax_blockada.routed.suggest_capacity` suggests it (the larger of the two).
+
+  Args:
+    batches: sample batches.
+    vocab_size: the number of words.
+    mesh: the ``data x rows`` mesh (tables split over ``rows``).
+
+  Returns:
+    The capacity.
+
+  Example:
+    >>> import numpy as np
+    >>> from optax_blockada.examples import sharded_glove as sg
+    >>> mesh = sg.make_mesh(1)
+    >>> n = mesh.size
+    >>> batches = sg.make_batches(np.ones((4 * n, 4 * n)), 8 * n, steps=3)
+    >>> 1 <= sg.suggest_capacity(batches, 4 * n, mesh) <= 8
+    True
+  """
+  return max(
+    routed.suggest_capacity([b[k] for b in batches], vocab_size, mesh, "rows") for k in (0, 1)
+  )
+
+
+def _routing_summary(
+  routing: list[dict[str, Any]], capacity: int | None, local_ids: int
+) -> dict[str, int] | None:
+  if not routing:
+    return None
+  return {
+    "capacity": capacity,
+    "local_ids": local_ids,
+    "max_load": max(r["max_load"] for r in routing),
+    "overflowed_steps": sum(r["overflowed"] for r in routing),
+  }
+
+
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m optax_blockada.examples.sharded_glove",
@@ -422,7 +522,21 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument(
     "--sparse",
     action="store_true",
-    help="update only the looked-up rows (optax_blockada.sparse; auto mode only)",
+    help="update only the looked-up rows, routed to the devices that own them "
+    "(optax_blockada.routed)",
+  )
+  parser.add_argument(
+    "--spread-ids",
+    action="store_true",
+    help="relabel the words by a random permutation, so that the frequent ones are "
+    "spread over the shards",
+  )
+  parser.add_argument(
+    "--capacity",
+    type=int_at_least(1),
+    default=None,
+    help="with --sparse: ids each device may send to each shard per step (default: "
+    f"suggested from the first {_CAPACITY_SAMPLE} batches)",
   )
   parser.add_argument("--optimizer", choices=_OPTIMIZERS, default="rowwise")
   parser.add_argument("--learning-rate", type=float, default=0.05)
@@ -461,26 +575,35 @@ def main(argv: Sequence[str] | None = None) -> int:
       file=sys.stderr,
     )
     return 2
-  if args.sparse and args.mode == "explicit":
-    print("--sparse runs in --mode auto only.", file=sys.stderr)
+  if args.capacity is not None and not args.sparse:
+    print("--capacity applies to --sparse only.", file=sys.stderr)
     return 2
   mesh = make_mesh(args.data_parallel, explicit=args.mode == "explicit")
   rows, data = mesh.shape["rows"], mesh.shape["data"]
-  if args.vocab_size % rows or args.batch_size % data:
+  # The routed sparse step splits each batch over all devices, the dense one over 'data'.
+  batch_split = data * rows if args.sparse else data
+  if args.vocab_size % rows or args.batch_size % batch_split:
     print(
-      f"--vocab-size must be divisible by the rows axis ({rows}) and --batch-size by the "
-      f"data axis ({data}).",
+      f"--vocab-size must be divisible by the rows axis ({rows}) and --batch-size by "
+      f"{batch_split} (the {'devices' if args.sparse else 'data axis'}).",
       file=sys.stderr,
     )
     return 2
 
   cooc = planted_cooccurrence(args.vocab_size, _PLANTED_RANK, seed=args.seed)
   batches = make_batches(cooc, args.batch_size, args.steps, seed=args.seed + 1)
+  if args.spread_ids:
+    batches = spread_ids(batches, args.vocab_size, seed=args.seed + 2)
+  capacity = args.capacity
+  if args.sparse and capacity is None:
+    capacity = suggest_capacity(batches[:_CAPACITY_SAMPLE], args.vocab_size, mesh)
   params0 = init_params(args.vocab_size, args.dim, seed=args.seed)
   tx = make_optimizer(args.optimizer, args.learning_rate)
 
   start = time.perf_counter()
-  params, state, losses = train_sharded(tx, params0, batches, mesh, sparse_rows=args.sparse)
+  params, state, losses, routing = train_sharded(
+    tx, params0, batches, mesh, sparse_rows=args.sparse, capacity=capacity
+  )
   sharded_seconds = time.perf_counter() - start
   start = time.perf_counter()
   ref_params, ref_state, ref_losses = train_single_device(tx, params0, batches)
@@ -493,7 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   print(
     f"GloVe, V={args.vocab_size}, d={args.dim}, {args.steps} steps of {args.batch_size} "
-    f"pairs, {args.optimizer} Adagrad{' (sparse rows)' if args.sparse else ''}; mesh "
+    f"pairs, {args.optimizer} Adagrad{' (routed sparse rows)' if args.sparse else ''}; mesh "
     f"data={data} x rows={rows} ({args.mode} mode), jax {jax.__version__} on "
     f"{jax.default_backend()}."
   )
@@ -513,6 +636,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     f"the sharded run {verdict} the single-device run (rtol {RTOL}, atol {ATOL}); "
     f"{sharded_seconds:.1f} s sharded, {single_seconds:.1f} s on one device."
   )
+  summary = _routing_summary(routing, capacity, args.batch_size // (data * rows))
+  if summary is not None:
+    how = "given" if args.capacity is not None else "suggested from the first batches"
+    print(
+      f"routing: capacity {summary['capacity']} ids per shard per device ({how}; "
+      f"{summary['local_ids']} ids per device); the largest load was "
+      f"{summary['max_load']}; {summary['overflowed_steps']} of {args.steps} steps "
+      "overflowed and ran with the full capacity."
+    )
 
   if args.json is not None:
     payload = {
@@ -526,6 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       "max_relative_difference": {"params": params_diff, "state": state_diff},
       "equal": equal,
       "seconds": {"sharded": sharded_seconds, "single_device": single_seconds},
+      "routing": summary,
     }
     with open(args.json, "w", encoding="utf-8") as f:
       json.dump(payload, f, indent=2)
