@@ -25,6 +25,11 @@ bound by kernel launches, not bytes, so the merge uses a fixed handful of kernel
 loop there (see ``_unique``): XLA compiles a row-wise Adagrad step for an H100 into 16
 kernels (``benchmarks/step_kernels.py``).
 
+On tables sharded along rows over many devices this step is correct under ``jax.jit``,
+but every device then handles the rows of the global batch; :mod:`optax_blockada.routed`
+routes each id to the shard that owns its row, so each device's work follows its local
+batch.
+
 Layout: tables have their **rows along axis 0** (``(V, d)``, ``(V,)``, ``(V, k, d)``);
 the transform's feature axes for a table must not include axis 0 (checked for stateful
 transforms through the shape of their per-row state).

@@ -8,7 +8,7 @@ import jax
 import pytest
 
 import optax_blockada as ob
-from optax_blockada import presets, sharding, sparse
+from optax_blockada import presets, routed, sharding, sparse
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Type aliases carry no docstring of their own; they are documented in _geometry.
@@ -19,7 +19,7 @@ def _public_objects():
   for name in ob.__all__:
     if name not in NOT_DOCUMENTED_OBJECTS:
       yield f"optax_blockada.{name}", getattr(ob, name)
-  for module in (presets, sparse, sharding):
+  for module in (presets, sparse, routed, sharding):
     for name in module.__all__:
       yield f"{module.__name__}.{name}", getattr(module, name)
 
