@@ -30,8 +30,8 @@ Run it on CPU with 8 simulated devices::
     XLA_FLAGS=--xla_force_host_platform_device_count=8 \\
         python -m optax_blockada.examples.sharded_glove [--mode auto|explicit]
         [--optimizer rowwise|diagonal|block] [--steps 200] [--vocab-size 2048]
-        [--dim 32] [--batch-size 1024] [--data-parallel 2] [--sparse [--capacity N]]
-        [--json results.json]
+        [--dim 32] [--batch-size 1024] [--data-parallel 2]
+        [--sparse [--capacity N] [--spread-ids]] [--json results.json]
 
 ``--mode auto`` (default) builds the state with ``jax.jit(tx.init,
 out_shardings=...)`` and passes the shardings to the step's ``in_shardings`` and
