@@ -451,6 +451,7 @@ def value_and_update(
   row_axes: str | Sequence[str] | None = None,
   capacity: int | None = None,
   reduction: str = "mean",
+  has_aux: bool = False,
   checked: bool = False,
 ) -> Callable[..., tuple[Any, Any, optax.OptState, RoutingStats]]:
   r"""A sparse training step for tables sharded along rows, routing ids to their owners.
@@ -474,14 +475,18 @@ def value_and_update(
       :class:`RoutingStats`).
     reduction: ``'mean'`` if the global loss is the mean of the devices' losses (a loss
       that averages over its batch, equal slices), ``'sum'`` if it is their sum.
+    has_aux: ``loss_fn`` returns ``(loss, aux)``; each device's ``aux`` (any pytree of
+      arrays) comes back stacked along a new leading axis, one entry per device in the
+      mesh's order.
     checked: raise on ids outside ``[0, V)`` (as in :func:`optax_blockada.sparse.gather`);
       ``False`` drops them.
 
   Returns:
-    ``step(params, opt_state, ids, *args) -> (loss, params, opt_state, stats)``. The
-    ids (a dict ``{table path: ids}``) and every array in ``args`` are the global batch,
-    split along axis 0 over all devices; scalars in ``args`` are replicated. ``loss`` is
-    the global batch's. Jit it, donating params and state, for updates in place.
+    ``step(params, opt_state, ids, *args) -> (loss, params, opt_state, stats)``, or
+    ``((loss, aux), params, opt_state, stats)`` with ``has_aux``. The ids (a dict
+    ``{table path: ids}``) and every array in ``args`` are the global batch, split
+    along axis 0 over all devices; scalars in ``args`` are replicated. ``loss`` is the
+    global batch's. Jit it, donating params and state, for updates in place.
 
   Example:
     >>> import functools
@@ -506,19 +511,27 @@ def value_and_update(
     >>> print(f"{value:.4f}", bool(stats.overflowed))
     0.0000 False
   """
+
+  def with_aux(params, ids, shared, *args):
+    if not has_aux:
+      return loss_fn(params, ids, *args), None
+    value, aux = loss_fn(params, ids, *args)
+    return value, jax.tree.map(lambda x: jnp.expand_dims(x, 0), aux)
+
   step = _routed_step(
-    lambda params, ids, shared, *args: (loss_fn(params, ids, *args), None),
+    with_aux,
     tx,
     mesh=mesh,
     row_axes=row_axes,
     capacity=capacity,
     reduction=reduction,
     checked=checked,
+    stacked_aux=has_aux,
   )
 
   def value_and_update_step(params, opt_state, ids, *args):
-    value, _, params, opt_state, stats = step(params, opt_state, ids, None, *args)
-    return value, params, opt_state, stats
+    value, aux, params, opt_state, stats = step(params, opt_state, ids, None, *args)
+    return (value, aux) if has_aux else value, params, opt_state, stats
 
   return value_and_update_step
 
@@ -552,11 +565,12 @@ def _explicit_inputs(mesh: Any, tree: Any, specs: Any, what: str, *, reshard: bo
   return jax.tree_util.tree_map_with_path(fix, tree, specs)
 
 
-def _routed_step(loss_fn, tx, *, mesh, row_axes, capacity, reduction, checked):
+def _routed_step(loss_fn, tx, *, mesh, row_axes, capacity, reduction, checked, stacked_aux=False):
   """``step(params, opt_state, ids, shared, *args) -> (value, aux, params, state, stats)``.
 
-  ``loss_fn(small_params, local_ids, shared, *args) -> (value, aux)``; ``shared`` and
-  ``aux`` are replicated (the same on every device).
+  ``loss_fn(small_params, local_ids, shared, *args) -> (value, aux)``; ``shared`` is
+  replicated, and so is ``aux`` unless ``stacked_aux`` (then each device's ``aux``,
+  with a leading axis of size 1, is concatenated over the devices).
   """
   sparse._check_tx(tx)
   _check_options(reduction, capacity)
@@ -600,7 +614,7 @@ def _routed_step(loss_fn, tx, *, mesh, row_axes, capacity, reduction, checked):
       ),
       out_specs=(
         replicated,
-        replicated,
+        PartitionSpec(_spec_entry(plan.all_axes)) if stacked_aux else replicated,
         param_specs,
         state_specs,
         RoutingStats(replicated, replicated),

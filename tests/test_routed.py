@@ -207,10 +207,26 @@ def test_explicit_mode_and_the_default_capacity():
     )
     state = tx.init(params)  # Explicit mode: sharded like the params by itself
     types = jax.tree.map(jax.typeof, state)
-    step = jax.jit(routed.value_and_update(loss_fn, tx, row_axes="rows"))
+    # has_aux: each device's loss and batch size, stacked in the mesh's device order.
+    aux_loss = lambda params, ids, f, y: (
+      loss_fn(params, ids, f, y),
+      {"loss": loss_fn(params, ids, f, y), "n": jnp.asarray(f.shape[0])},
+    )
+    step = jax.jit(routed.value_and_update(aux_loss, tx, row_axes="rows", has_aux=True))
     for batch in batches:  # a batch on one device is split over all eight
-      _, params, state, stats = step(params, state, *batch)
+      before = jax.device_get(params)
+      (value, aux), params, state, stats = step(params, state, *batch)
       assert jax.tree.map(jax.typeof, state) == types
+  # The last step's aux: device k's loss is the loss of the k-th slice of the batch.
+  ids, f, y = jax.device_get(batches[-1])
+  part = lambda x, k: x[k * LOCAL : (k + 1) * LOCAL]
+  want = [
+    loss_fn(before, {key: part(v, k) for key, v in ids.items()}, part(f, k), part(y, k))
+    for k in range(N)
+  ]
+  np.testing.assert_allclose(np.asarray(aux["loss"]), np.asarray(want), rtol=1e-5)
+  np.testing.assert_array_equal(aux["n"], [LOCAL] * N)
+  np.testing.assert_allclose(float(value), float(np.mean(want)), rtol=1e-5)
   # default_capacity(16, 4) = 8: only the skewed step (16 distinct ids to shard 0) overflows.
   assert bool(stats.overflowed) is False
   assert_close(params, ref_params)
