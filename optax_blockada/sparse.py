@@ -873,18 +873,21 @@ def nnx_update(
   graph_kw = {"graph": optimizer.graph} if getattr(optimizer, "graph", None) is not None else {}
   params = nnx.as_pure(nnx.state(model, wrt, **graph_kw))
   small, local, touched = gather(params, ids, checked=checked)
+  # The model holds the gathered rows while the loss runs. If anything raises before the
+  # new rows are written (the loss, or apply_gradients rejecting the transform), the
+  # model gets its tables back and the optimizer is left untouched.
   nnx.update(model, small)
   try:
     value, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=has_aux)(
       model, local, *args
     )
+    grads = nnx.as_pure(nnx.state(grads, wrt, **graph_kw))
+    new_params, new_state = apply_gradients(
+      optimizer.tx, grads, nnx.as_pure(optimizer.opt_state), params, touched
+    )
   except BaseException:
     nnx.update(model, params)
     raise
-  grads = nnx.as_pure(nnx.state(grads, wrt, **graph_kw))
-  new_params, new_state = apply_gradients(
-    optimizer.tx, grads, nnx.as_pure(optimizer.opt_state), params, touched
-  )
   nnx.update(model, new_params)
   nnx.update(optimizer.opt_state, nnx.state(new_state, **graph_kw))
   optimizer.step[...] += 1

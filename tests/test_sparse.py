@@ -554,17 +554,31 @@ def test_nnx_glove_model_sparse_equals_dense_optimizer():
   np.testing.assert_array_equal(table[25:], init[25:])
 
 
-def test_nnx_update_restores_the_tables_when_the_loss_fails():
+@pytest.mark.parametrize("jitted", [False, True])
+@pytest.mark.parametrize("failure", ["loss", "transform"])
+def test_nnx_update_leaves_model_and_optimizer_as_they_were_when_it_fails(failure, jitted):
   nnx = pytest.importorskip("flax.nnx")
   model = nnx.Embed(10, 2, rngs=nnx.Rngs(0))
-  optimizer = nnx.Optimizer(model, ob.rowwise_adagrad(0.1), wrt=nnx.Param)
+  # A transform that is not lazily exact: apply_gradients rejects it after the loss ran.
+  tx = optax.adam(0.1) if failure == "transform" else ob.rowwise_adagrad(0.1)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  before = jax.tree.map(np.asarray, (nnx.state(model), nnx.state(optimizer)))
 
-  def bad_loss(model, ids):
-    raise RuntimeError("boom")
+  def loss_fn(model, ids):
+    if failure == "loss":
+      raise RuntimeError("boom")
+    return jnp.sum(model(ids["embedding"]) ** 2)
 
-  with pytest.raises(RuntimeError, match="boom"):
-    sparse.nnx_update(model, optimizer, bad_loss, {"embedding": jnp.array([1])})
+  def step(model, optimizer, ids):
+    return sparse.nnx_update(model, optimizer, loss_fn, ids)
+
+  step = nnx.jit(step) if jitted else step
+  with pytest.raises(RuntimeError if failure == "loss" else ValueError, match=r"boom|momentum"):
+    step(model, optimizer, {"embedding": jnp.array([1, 4])})
+  # The tables are whole again, and nothing moved.
   assert model.embedding[...].shape == (10, 2)
+  after = jax.tree.map(np.asarray, (nnx.state(model), nnx.state(optimizer)))
+  chex.assert_trees_all_equal(after, before)
 
 
 # ---------------------------------------------------------------------------------------
