@@ -94,6 +94,7 @@ class _Layout(NamedTuple):
 
 
 def _layout(path: Any, shape: tuple[int, ...], axes: tuple[int, ...], block_size, name: str):
+  _geometry.check_row_size(path, shape, axes, name)
   d = math.prod(shape[a] for a in axes)
   rows = _geometry.row_shape(shape, axes)
   if block_size is None or d <= block_size:
@@ -455,6 +456,7 @@ def scale_by_block_adagrad(
 
   def init_fn(params):
     _validation.check_float_leaves(params, f"{name}: params")
+    params = _validation.as_arrays(params)
     with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
     fields = {f: [] for f in _TREE_FIELDS}
     for (path, p), layout in zip(with_path, layouts(params), strict=True):
@@ -485,8 +487,10 @@ def scale_by_block_adagrad(
 
   def update_fn(updates, state, params=None):
     del params
+    _validation.check_state(state, BlockAdagradState, name)
     _validation.check_same_structure(updates, state.fallbacks, name)
     _validation.check_float_leaves(updates, f"{name}: updates")
+    updates = _validation.as_arrays(updates)
     with_path, treedef = jax.tree_util.tree_flatten_with_path(updates)
     fields = {f: treedef.flatten_up_to(getattr(state, f)) for f in _TREE_FIELDS}
     hp = {

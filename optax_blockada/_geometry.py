@@ -171,6 +171,23 @@ def resolve_axis_names(
   return out
 
 
+def check_row_size(path: Any, shape: Sequence[int], axes: tuple[int, ...], name: str) -> None:
+  """Raises ``ValueError`` for a leaf with rows but empty feature axes (e.g. ``(8, 0)``).
+
+  Such rows hold no coordinates: a row statistic would be a mean over nothing (NaN)
+  and a block of size 0 has no root.
+  """
+  if axes and math.prod(shape[a] for a in axes) == 0 and math.prod(shape) == 0:
+    rows = math.prod(s for i, s in enumerate(shape) if i not in axes)
+    if rows:
+      raise ValueError(
+        f"{name}: the leaf at {path_str(path)} has shape {tuple(shape)}: its {rows} rows "
+        f"along feature axes {axes} are empty, and Adagrad has no statistic for an empty "
+        "row. Remove the leaf, or keep it out of this transform with optax.masked or "
+        "optax.partition."
+      )
+
+
 def row_shape(shape: Sequence[int], axes: tuple[int, ...]) -> tuple[int, ...]:
   """The per-row state shape: ``shape`` with the feature axes set to 1 (keepdims)."""
   return tuple(1 if i in axes else s for i, s in enumerate(shape))

@@ -138,8 +138,12 @@ def _scale_by_scalar_adagrad(
 
   def init_fn(params):
     _validation.check_float_leaves(params, f"{name}: params")
-    leaves, treedef = jax.tree.flatten(params)
+    params = _validation.as_arrays(params)
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+    leaves = [p for _, p in with_path]
     axes = _geometry.resolve_feature_axes(feature_axes, params)
+    for (path, p), ax in zip(with_path, axes, strict=True):
+      _geometry.check_row_size(path, p.shape, ax, name)
     sums = [
       _geometry.row_state_full(
         p,
@@ -153,14 +157,17 @@ def _scale_by_scalar_adagrad(
 
   def update_fn(updates, state, params=None):
     del params
+    _validation.check_state(state, state_cls, name)
     _validation.check_same_structure(updates, state.sum_of_squares, name)
     _validation.check_float_leaves(updates, f"{name}: updates")
+    updates = _validation.as_arrays(updates)
     with_path, treedef = jax.tree_util.tree_flatten_with_path(updates)
     sums = treedef.flatten_up_to(state.sum_of_squares)
     axes = _geometry.resolve_feature_axes(feature_axes, updates)
     names = _geometry.resolve_axis_names(axis_name, updates)
     new_updates, new_sums = [], []
     for (path, g), s, ax, nm in zip(with_path, sums, axes, names, strict=True):
+      _geometry.check_row_size(path, g.shape, ax, name)
       expected = _geometry.row_shape(g.shape, ax)
       if tuple(s.shape) != expected:
         raise ValueError(

@@ -120,3 +120,35 @@ def static_int(name: str, value: Any, *, minimum: int = 1) -> int:
   if value < minimum:
     raise ValueError(f"{name} must be >= {minimum}, got {value}.")
   return int(value)
+
+
+def check_state(state: Any, state_cls: type, name: str) -> None:
+  """Raises ``TypeError`` unless ``state`` is this transform's own ``state_cls``.
+
+  A state of a chain or alias around the transform (``rowwise_adagrad``'s pair of
+  states, an ``optax.chain``), of another transform, or ``None`` would otherwise fail
+  deep inside with an ``AttributeError``.
+  """
+  if isinstance(state, state_cls):
+    return
+  found = [
+    x
+    for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, state_cls))
+    if isinstance(x, state_cls)
+  ]
+  hint = (
+    f" It contains a {state_cls.__name__}: pass the state of the transform that made "
+    "it (e.g. state[0] of rowwise_adagrad(...)'s state, which also holds optax.scale's), "
+    "or call update on the chain."
+    if found
+    else " Initialise it with this transform's init(params)."
+  )
+  raise TypeError(
+    f"{name}: the optimizer state must be the {state_cls.__name__} made by {name}'s "
+    f"init, got {type(state).__name__}.{hint}"
+  )
+
+
+def as_arrays(tree: Any) -> Any:
+  """``tree`` with Python and numpy scalars as arrays (optax accepts them as params)."""
+  return jax.tree.map(lambda x: x if hasattr(x, "shape") else jnp.asarray(x), tree)

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import optax
 
+from optax_blockada import _validation
 from optax_blockada._block import BlockAdagradState, block_effective_learning_rates
 from optax_blockada._scalar import DiagonalAdagradState, RowwiseAdagradState, inverse_root
 
@@ -115,6 +116,7 @@ def effective_learning_rates(
     [[0.02828]
      [0.     ]]
   """
+  _validation.check_nonnegative("effective_learning_rates: eps", eps)
   states = find_adagrad_states(opt_state)
   if not states:
     raise ValueError(
@@ -161,11 +163,14 @@ def state_bytes(tree: Any) -> int:
     4000
   """
   total = 0
-  for leaf in jax.tree.leaves(tree):
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     shape = getattr(leaf, "shape", None)
     dtype = getattr(leaf, "dtype", None)
     if shape is None or dtype is None:
-      arr = np.asarray(leaf)
-      shape, dtype = arr.shape, arr.dtype
+      raise TypeError(
+        f"state_bytes: the leaf at {jax.tree_util.keystr(path) or '<root>'} is a "
+        f"{type(leaf).__name__}, not an array or jax.ShapeDtypeStruct; pass an optimizer "
+        "state (or jax.eval_shape(tx.init, params))."
+      )
     total += math.prod(shape) * np.dtype(dtype).itemsize
   return total

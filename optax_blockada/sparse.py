@@ -25,8 +25,10 @@ bound by kernel launches, not bytes, so the merge uses a fixed handful of kernel
 loop there (see ``_unique``): XLA compiles a row-wise Adagrad step for an H100 into 16
 kernels (``benchmarks/step_kernels.py``).
 
-On tables sharded along rows over many devices this step is correct under ``jax.jit``,
-but every device then handles the rows of the global batch; :mod:`optax_blockada.routed`
+On tables sharded along rows over many devices this step is correct under ``jax.jit``
+(in JAX's Auto and Explicit sharding modes: in Explicit mode the ids are merged and the
+touched rows gathered replicated, and the tables keep their sharding types), but every
+device then handles the rows of the global batch; :mod:`optax_blockada.routed`
 routes each id to the shard that owns its row, so each device's work follows its local
 batch.
 
@@ -213,7 +215,11 @@ def _valid_ids(ids: Any, num_rows: int, name: str, checked: bool) -> jax.Array:
       shown = ", ".join(f"{host[i]} at {i}" for i in bad[:5])
       more = f" and {bad.size - 5} more" if bad.size > 5 else ""
       raise ValueError(_bad_ids_message(name, num_rows, f"{shown}{more} (flat positions)"))
-  ids = jnp.asarray(ids).reshape(-1)
+  ids = jnp.asarray(ids)
+  replicated = _geometry.replicated_sharding(ids)
+  if replicated is not None:  # Explicit sharding mode: the merge sorts all the ids.
+    ids = jax.reshard(ids, replicated)
+  ids = ids.reshape(-1)
   index_dtype = _index_dtype(num_rows)
   valid = ids >= 0
   if num_rows <= jnp.iinfo(ids.dtype).max:
@@ -276,13 +282,22 @@ def _unique(
 
 
 def _take_rows(x: jax.Array, rows: jax.Array, mode: str) -> jax.Array:
+  # In Explicit sharding mode the gathered rows of a sharded table are replicated (the
+  # small table is what the loss and the transform see on every device).
+  out = _geometry.replicated_sharding(x)
   if mode == "fill":
-    return x.at[rows].get(mode="fill", fill_value=0, indices_are_sorted=True)
-  return x.at[rows].get(mode="clip", indices_are_sorted=True)
+    return x.at[rows].get(mode="fill", fill_value=0, indices_are_sorted=True, out_sharding=out)
+  return x.at[rows].get(mode="clip", indices_are_sorted=True, out_sharding=out)
 
 
 def _put_rows(x: jax.Array, rows: jax.Array, values: jax.Array) -> jax.Array:
-  return x.at[rows].set(values.astype(x.dtype), mode="drop", indices_are_sorted=True)
+  # Explicit sharding mode: the table keeps its sharding.
+  return x.at[rows].set(
+    values.astype(x.dtype),
+    mode="drop",
+    indices_are_sorted=True,
+    out_sharding=_geometry._explicit_sharding(x),
+  )
 
 
 def _row_mask(rows: jax.Array, num_rows: int, ndim: int) -> jax.Array:
@@ -407,6 +422,12 @@ def gather(params: Any, ids: Mapping[Any, Any], *, checked: bool = False):
     name = ", ".join(names[i] for i in members)
     if not id_leaves:
       raise ValueError(f"sparse: ids[{key!r}] holds no array of ids.")
+    if any(isinstance(a, (int, np.integer)) for a in id_leaves):
+      raise TypeError(
+        f"sparse: ids[{key!r}] holds Python ints (a list or tuple of ids?), which would be "
+        f"read as separate lookups of single rows. Pass an integer array: "
+        f"jnp.asarray(ids[{key!r}], jnp.int32)."
+      )
     flat = [_valid_ids(a, num_rows, name, checked) for a in id_leaves]
     sizes = [a.shape[0] for a in flat]
     unique, inverse = _unique(jnp.concatenate(flat) if len(flat) > 1 else flat[0], num_rows)

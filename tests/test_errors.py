@@ -152,3 +152,85 @@ def test_unknown_weight_decay_mode():
 def test_negative_weight_decay():
   with pytest.raises(ValueError, match="weight_decay must be finite and >= 0"):
     presets.torch_adagrad(weight_decay=-1.0)
+
+
+# --- States, leaves and ids that used to fail deep inside (AttributeError, ZeroDivision) ---
+
+SCALE_BY = {
+  "diagonal": (ob.scale_by_diagonal_adagrad, "DiagonalAdagradState"),
+  "rowwise": (ob.scale_by_rowwise_adagrad, "RowwiseAdagradState"),
+  "block": (ob.scale_by_block_adagrad, "BlockAdagradState"),
+}
+
+
+@pytest.mark.parametrize("name", list(SCALE_BY))
+def test_a_state_of_another_transform_is_a_clear_error(name):
+  make, state_name = SCALE_BY[name]
+  w = jnp.ones((6, 4))
+  others = {
+    "None": None,
+    "adam": optax.adam(0.1).init(w),
+    "another Adagrad": (
+      ob.scale_by_block_adagrad if name != "block" else ob.scale_by_rowwise_adagrad
+    )().init(w),
+  }
+  for state in others.values():
+    with pytest.raises(TypeError, match=rf"must be the {state_name} made by .*init.*Initialise"):
+      make().update(w, state)
+  # The state of the alias around it (scale_by_..., then optax.scale): a hint to unwrap it.
+  alias = {
+    "diagonal": ob.diagonal_adagrad,
+    "rowwise": ob.rowwise_adagrad,
+    "block": ob.block_adagrad,
+  }[name]
+  with pytest.raises(
+    TypeError, match=rf"It contains a {state_name}: pass the state of the transform"
+  ):
+    make().update(w, alias(0.1).init(w))
+
+
+@pytest.mark.parametrize("name", ["rowwise", "block", "block_shared"])
+def test_empty_rows_are_a_clear_error(name):
+  make = {
+    "rowwise": ob.scale_by_rowwise_adagrad,
+    "block": ob.scale_by_block_adagrad,
+    "block_shared": lambda: ob.scale_by_block_adagrad(structure="shared"),
+  }[name]
+  with pytest.raises(ValueError, match=r"\['w'\] has shape \(8, 0\): its 8 rows .* are empty"):
+    make().init({"w": jnp.zeros((8, 0))})
+  # No rows at all, or one-coordinate rows of an empty leaf, are fine.
+  tx = make()
+  assert tx.update(jnp.zeros((0, 3)), tx.init(jnp.zeros((0, 3))))[0].shape == (0, 3)
+  diag = ob.scale_by_diagonal_adagrad()
+  assert diag.update(jnp.zeros((8, 0)), diag.init(jnp.zeros((8, 0))))[0].shape == (8, 0)
+
+
+@pytest.mark.parametrize("make", [ob.rowwise_adagrad, ob.diagonal_adagrad, ob.block_adagrad])
+def test_python_float_params_work_as_in_optax(make):
+  params = {"scale": 1.0, "table": jnp.ones((3, 2))}
+  grads = jax.grad(lambda p: p["scale"] ** 2 + jnp.sum(p["table"]))(params)
+  want = optax.apply_updates(
+    params, optax.adagrad(0.1).update(grads, optax.adagrad(0.1).init(params))[0]
+  )
+  tx = make(0.1, relative_eps=0.0) if make is ob.block_adagrad else make(0.1)
+  got = optax.apply_updates(params, tx.update(grads, tx.init(params), params)[0])
+  # Block Adagrad sums squares per row: on the (3, 2) table it is row-wise 'sum'; the
+  # scalar's 1 x 1 block is optax's diagonal Adagrad exactly.
+  np.testing.assert_allclose(got["scale"], want["scale"], rtol=1e-6)
+  if make is not ob.block_adagrad:
+    np.testing.assert_allclose(got["table"], want["table"], rtol=1e-6)
+
+
+def test_state_bytes_of_non_arrays_and_negative_eps_of_effective_learning_rates():
+  with pytest.raises(TypeError, match=r"state_bytes: the leaf at \['a'\] is a float"):
+    ob.state_bytes({"a": 1.0, "b": jnp.zeros(3)})
+  state = ob.rowwise_adagrad(0.1).init(jnp.ones((6, 4)))
+  with pytest.raises(ValueError, match=r"eps must be finite and >= 0, got -5\.0"):
+    ob.effective_learning_rates(state, eps=-5.0)
+
+
+def test_a_python_list_of_ids_is_a_clear_error():
+  from optax_blockada import sparse
+
+  with pytest.raises(TypeError, match=r"ids\['t'\] holds Python ints .*jnp\.asarray"):
+    sparse.gather({"t": jnp.ones((16, 2))}, {"t": [1, 2, 3]})

@@ -329,6 +329,40 @@ def test_explicit_mode_types_stable_and_20_steps_equal_single_device(name):
   assert_close(state, ref_state)
 
 
+def test_explicit_mode_sparse_step_equals_single_device_and_keeps_types():
+  from optax_blockada import sparse
+
+  tx = TRANSFORMS["rowwise"]()
+  params, batches = make_params(), make_batches(steps=5)
+
+  def step(params, state, batch):
+    i, j, y, f = batch
+    ids = {"w": i, "bw": i, "c": j, "bc": j}
+
+    def loss(small, local):
+      pred = small["scale"] * jnp.sum(small["w"][local["w"]] * small["c"][local["c"]], axis=-1)
+      pred = pred + small["bw"][local["bw"]] + small["bc"][local["bc"]]
+      return jnp.mean(f * (pred - y) ** 2)
+
+    _, grads, touched = sparse.value_and_grad(loss)(params, ids)
+    return sparse.apply_gradients(tx, grads, state, params, touched)
+
+  ref_params, ref_state = params, tx.init(params)
+  for batch in batches:
+    ref_params, ref_state = jax.jit(step)(ref_params, ref_state, batch)
+  mesh = jax.make_mesh((2, 4), ("data", "rows"))
+  with jax.set_mesh(mesh):
+    params = jax.device_put(params, PARAM_SPECS)
+    state = tx.init(params)
+    types = jax.tree.map(jax.typeof, (params, state))
+    sharded_step = jax.jit(step)
+    for batch in batches:
+      params, state = sharded_step(params, state, jax.device_put(batch, P("data")))
+      assert jax.tree.map(jax.typeof, (params, state)) == types
+  assert_close(params, ref_params)
+  assert_close(state, ref_state)
+
+
 def test_explicit_mode_eager_init_without_mesh_context_keeps_the_sharding():
   mesh = jax.make_mesh((8,), ("rows",))
   w = jax.device_put(jnp.ones((V, D)), NamedSharding(mesh, P("rows", None)))
@@ -594,6 +628,7 @@ def test_sharded_glove_example_errors():
   assert sharded_glove.main([*SMALL, "--capacity", "8"]) == 2  # only with --sparse
   assert sharded_glove.main([*SMALL, "--sparse", "--batch-size", "36"]) == 2  # 8 devices
   assert sharded_glove.main([*SMALL, "--devices", "16"]) == 2
+  assert sharded_glove.main([*SMALL, "--data-parallel", "3"]) == 2  # 3 does not divide 8
   assert sharded_glove.main([*SMALL, "--vocab-size", "66"]) == 2  # not divisible by 4
   with pytest.raises(ValueError, match="optimizer must be one of"):
     sharded_glove.make_optimizer("adam")

@@ -578,7 +578,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.capacity is not None and not args.sparse:
     print("--capacity applies to --sparse only.", file=sys.stderr)
     return 2
-  mesh = make_mesh(args.data_parallel, explicit=args.mode == "explicit")
+  try:
+    mesh = make_mesh(args.data_parallel, explicit=args.mode == "explicit")
+  except ValueError as e:
+    print(f"--data-parallel: {e}", file=sys.stderr)
+    return 2
   rows, data = mesh.shape["rows"], mesh.shape["data"]
   # The routed sparse step splits each batch over all devices, the dense one over 'data'.
   batch_split = data * rows if args.sparse else data
