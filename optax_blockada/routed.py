@@ -58,7 +58,9 @@ counters. Transforms of optax that reduce over all rows, such as
 on tables here.
 
 Ids out of range are dropped (``checked=False``) or raise (``checked=True``, through
-``checkify`` inside ``jit``) on every shard, as in :mod:`optax_blockada.sparse`.
+``checkify`` inside ``jit``) on every shard, as in :mod:`optax_blockada.sparse`. Pass
+64-bit host ids through :func:`optax_blockada.sparse.as_ids` first: with x64 off JAX
+truncates them to 32 bits where they enter the step.
 """
 
 from __future__ import annotations

@@ -69,7 +69,10 @@ shared state advance as in the dense step.
 **Ids out of range** (``id < 0`` or ``id >= V``). With ``checked=False`` (the fast
 mode, default) such an id is dropped: its lookup reads a row of zeros and its gradient
 is discarded, so no row of the table or of the state is written for it (negative ids
-do *not* wrap around as in numpy indexing). With ``checked=True`` concrete ids are
+do *not* wrap around as in numpy indexing). A 64-bit host id is judged in its own dtype,
+before JAX sees it: with x64 off JAX truncates ``2**32 + 7`` to ``7`` where it enters a
+device or a jitted function, so pass such ids through :func:`as_ids` before a jitted
+step (outside ``jit`` the sparse functions do it). With ``checked=True`` concrete ids are
 checked on the host and raise a ``ValueError``; traced ids (inside ``jax.jit``) are
 checked with :func:`jax.experimental.checkify.check`, so the jitted step must be
 wrapped in ``checkify.checkify`` and ``err.throw()`` raises; the outputs are then those
@@ -92,6 +95,7 @@ __all__ = [
   "SparseGrad",
   "TouchedRows",
   "apply_gradients",
+  "as_ids",
   "gather",
   "nnx_update",
   "value_and_grad",
@@ -198,6 +202,67 @@ def _bad_ids_message(name: str, num_rows: int, what: str) -> str:
   )
 
 
+def _host_ids_in_range(ids: Any, num_rows: int) -> Any:
+  """Host ids that JAX would truncate (64-bit with x64 off), out-of-range ones set to V.
+
+  ``jnp.asarray``, ``jax.device_put`` and ``jax.jit`` turn a host ``int64`` id
+  ``2**32 + 7`` into the ``int32`` 7 when x64 is off, silently. The range is decided on
+  the host, in the ids' own dtype, before that happens. Device arrays and tracers pass
+  through (their dtype is already what JAX holds).
+  """
+  if isinstance(ids, (jax.Array, jax.core.Tracer)) or jax.config.jax_enable_x64:
+    return ids
+  host = np.asarray(ids)
+  if host.dtype.itemsize <= 4:
+    return host
+  valid = (host >= 0) & (host < num_rows)
+  return np.where(valid, host, num_rows).astype(np.int32)
+
+
+def as_ids(ids: Any, num_rows: int, *, checked: bool = False) -> jax.Array:
+  r"""Host ids of any integer dtype as a device array, out-of-range ids mapped to ``V``.
+
+  With ``jax_enable_x64`` off (JAX's default), JAX truncates 64-bit integers to 32 bits
+  where they enter a jitted function or a device: a hashed id ``2**32 + 7`` becomes
+  ``7``, silently, and would update row 7. The sparse functions check host ids before
+  that happens when called outside ``jit``; a jitted step only sees the truncated ids.
+  Pass 64-bit host ids through ``as_ids`` before the jitted step: ids outside
+  ``[0, V)`` become ``V``, which the sparse step drops (or raise with ``checked``).
+
+  Args:
+    ids: integer ids (numpy or JAX arrays, lists), any shape.
+    num_rows: the table's rows :math:`V`.
+    checked: raise a ``ValueError`` naming the first ids outside ``[0, V)``.
+
+  Returns:
+    A JAX integer array of the same shape (int32 with x64 off).
+
+  Example:
+    >>> import numpy as np
+    >>> from optax_blockada import sparse
+    >>> sparse.as_ids(np.array([2**32 + 7, 3, -1]), 10)
+    Array([10,  3, 10], dtype=int32)
+  """
+  host = np.asarray(ids)
+  if not np.issubdtype(host.dtype, np.integer):
+    raise TypeError(
+      f"as_ids: ids must be integers, got dtype {host.dtype}. Cast them with ids.astype(np.int64)."
+    )
+  if checked:
+    flat = host.reshape(-1)
+    bad = np.flatnonzero((flat < 0) | (flat >= num_rows))
+    if bad.size:
+      shown = ", ".join(f"{flat[i]} at {i}" for i in bad[:5])
+      more = f" and {bad.size - 5} more" if bad.size > 5 else ""
+      raise ValueError(
+        f"as_ids: ids must lie in [0, {num_rows}), got {shown}{more} (flat positions). Fix "
+        "the ids, or pass checked=False to map them to the dropped id num_rows."
+      )
+  if jax.config.jax_enable_x64:
+    return jnp.asarray(np.where((host >= 0) & (host < num_rows), host, num_rows))
+  return jnp.asarray(_host_ids_in_range(host.astype(np.int64), num_rows))
+
+
 def _valid_ids(ids: Any, num_rows: int, name: str, checked: bool) -> jax.Array:
   """Flat ids in the index dtype, with out-of-range ids replaced by ``num_rows``."""
   dtype = getattr(ids, "dtype", None)
@@ -215,6 +280,7 @@ def _valid_ids(ids: Any, num_rows: int, name: str, checked: bool) -> jax.Array:
       shown = ", ".join(f"{host[i]} at {i}" for i in bad[:5])
       more = f" and {bad.size - 5} more" if bad.size > 5 else ""
       raise ValueError(_bad_ids_message(name, num_rows, f"{shown}{more} (flat positions)"))
+  ids = _host_ids_in_range(ids, num_rows)
   ids = jnp.asarray(ids)
   replicated = _geometry.replicated_sharding(ids)
   if replicated is not None:  # Explicit sharding mode: the merge sorts all the ids.

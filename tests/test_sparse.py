@@ -603,3 +603,44 @@ def test_sparse_glove_example_runs_and_matches_dense(tmp_path, capsys):
   assert r["max_loss_difference"] < 1e-5
   sparse_losses = np.asarray(r["losses"]["sparse"])
   assert sparse_losses[-20:].mean() < 0.8 * sparse_losses[:20].mean()
+
+
+# ---------------------------------------------------------------------------------------
+# 64-bit host ids: judged in their own dtype, never wrapped to 32 bits.
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+def test_64_bit_host_ids_out_of_range_are_dropped_not_wrapped(dtype):
+  params = {"t": jnp.arange(20.0, dtype=jnp.float32).reshape(10, 2)}
+  tx = ob.rowwise_adagrad(0.1)
+  bad = 2**32 + 7 if dtype is np.int64 else 2**63 + 7
+  ids = np.array([bad, 3, 3], dtype)
+  # What JAX itself does with x64 off: the id becomes 7 where it enters jit.
+  assert int(jax.jit(lambda x: x)(ids)[0]) == 7
+
+  def loss(small, local):
+    return jnp.sum(small["t"][local["t"]] ** 2)
+
+  def step(params, state, ids):
+    small, local, touched = sparse.gather(params, ids)
+    grads = jax.grad(loss)(small, local)
+    return sparse.apply_gradients(tx, grads, state, params, touched)[0]
+
+  # The reference: the same step without the bad id (row 3 twice).
+  want = step(params, tx.init(params), {"t": np.array([3, 3])})
+  assert not np.allclose(want["t"][3], params["t"][3])
+  eager = step(params, tx.init(params), {"t": ids})  # checked on the host
+  jitted = jax.jit(step)(params, tx.init(params), {"t": sparse.as_ids(ids, 10)})
+  for got in (eager, jitted):
+    np.testing.assert_array_equal(got["t"][7], params["t"][7])
+    np.testing.assert_allclose(got["t"], want["t"], rtol=1e-6)
+  match = f"{bad} at 0"
+  with pytest.raises(ValueError, match=match):
+    sparse.gather(params, {"t": ids}, checked=True)
+  with pytest.raises(ValueError, match=match):
+    sparse.as_ids(ids, 10, checked=True)
+  # With x64 on, 64-bit ids on the device are compared in 64 bits and dropped too.
+  with jax.enable_x64(True):
+    touched = sparse.gather(params, {"t": jnp.asarray(ids)})[2]
+    np.testing.assert_array_equal(touched.rows["t"], [3, 10, 10])
+    np.testing.assert_array_equal(sparse.as_ids(ids, 10), [10, 3, 3])
