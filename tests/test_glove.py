@@ -294,6 +294,24 @@ def test_cli_resume_continues_the_saved_runs(tiny_corpus, tmp_path, capsys):
   assert "already holds checkpoints" in capsys.readouterr().err
   assert glove.main([*args, "--resume", "--seed", "1"]) == 2
   assert "seed differ" in capsys.readouterr().err
+  # Damaged or missing settings, and checkpoints that are all damaged: a clear exit 2.
+  settings = ckpt / "settings.json"
+  saved = settings.read_text()
+  settings.write_text(saved[: len(saved) // 2])
+  assert glove.main([*args, "--resume"]) == 2
+  assert "settings.json' is damaged" in capsys.readouterr().err
+  settings.unlink()
+  assert glove.main([*args, "--resume"]) == 2
+  assert "settings.json' is missing" in capsys.readouterr().err
+  settings.write_text(saved)
+  steps = [d for d in ckpt.rglob("*") if d.is_dir() and d.name.isdigit()]
+  assert steps
+  for step in steps:
+    for f in step.rglob("*"):
+      if f.is_file():
+        f.write_bytes(b"")
+  assert glove.main([*args, "--resume"]) == 2
+  assert "no intact checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -7,17 +7,57 @@ when complete, so an interrupted save never leaves a half-written checkpoint beh
 Resuming from step ``s`` and training to ``T`` gives the same result as training to
 ``T`` without interruption, as long as everything the loop depends on (data order,
 random keys) is either in the state or a function of the step.
+
+Every checkpoint also stores a SHA-256 checksum of each array (its dtype, shape and
+bytes). A restore recomputes them: a checkpoint whose data changed on disk, or that
+cannot be read at all, is reported and the next older one is tried; if none is intact,
+:class:`CheckpointError` names every step tried and what was wrong with it. Training
+never resumes silently from changed data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpointer"]
+__all__ = ["CheckpointError", "Checkpointer", "checksums"]
+
+
+class CheckpointError(RuntimeError):
+  """No intact checkpoint to resume from: every one is damaged or unreadable."""
+
+
+def checksums(state: Any) -> dict[str, str]:
+  """A SHA-256 of every array leaf of ``state`` (dtype, shape and bytes), by key path.
+
+  Args:
+    state: a pytree of arrays.
+
+  Returns:
+    ``{jax.tree_util.keystr(path): hex digest}``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_blockada.examples._checkpoint import checksums
+    >>> sums = checksums({"w": jnp.ones(3)})
+    >>> list(sums), len(sums["['w']"])
+    (["['w']"], 64)
+    >>> checksums({"w": jnp.ones(3)}) == checksums({"w": jnp.ones(3).at[1].set(2.0)})
+    False
+  """
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    array = np.ascontiguousarray(jax.device_get(leaf))
+    digest = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
+    digest.update(array.tobytes())
+    out[jax.tree_util.keystr(path)] = digest.hexdigest()
+  return out
 
 
 class Checkpointer:
@@ -68,12 +108,18 @@ class Checkpointer:
       return False
     if step in self._manager.all_steps():
       return False
-    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    args = ocp.args.Composite(
+      state=ocp.args.StandardSave(state), checksums=ocp.args.JsonSave(checksums(state))
+    )
+    self._manager.save(step, args=args, force=True)
     self._manager.wait_until_finished()
     return True
 
   def restore_latest(self, like: Any) -> tuple[int, Any]:
-    """Restores the newest checkpoint into the structure, shapes and dtypes of ``like``.
+    """Restores the newest intact checkpoint into the structure, shapes and dtypes of ``like``.
+
+    A checkpoint that cannot be read, or whose arrays do not match the checksums saved
+    with them, is reported on standard error and the next older one is tried.
 
     Args:
       like: a pytree with the structure of the saved state (arrays or
@@ -84,14 +130,47 @@ class Checkpointer:
 
     Raises:
       FileNotFoundError: if the directory holds no checkpoint.
+      CheckpointError: if no checkpoint is intact (every step tried is named).
     """
-    step = self.latest_step()
-    if step is None:
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
       raise FileNotFoundError(
         f"no checkpoint to resume from in {self.directory!r}; run without --resume first."
       )
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    return step, self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    problems = []
+    for step in steps:
+      where = os.path.join(self.directory, str(step))
+      try:
+        restored = self._manager.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), checksums=ocp.args.JsonRestore()
+          ),
+        )
+      except Exception as e:  # orbax raises many kinds of errors for damaged files
+        problems.append(f"step {step} ({where}) cannot be read: {type(e).__name__}: {e}")
+        continue
+      saved, state = restored.checksums or {}, restored.state
+      changed = sorted(k for k, v in checksums(state).items() if saved.get(k) != v)
+      if changed:
+        problems.append(
+          f"step {step} ({where}) has changed on disk: the checksums of {', '.join(changed)} "
+          "do not match those saved with it"
+        )
+        continue
+      if problems:
+        print(
+          f"warning: resuming from step {step}; newer checkpoints are damaged: "
+          + "; ".join(problems),
+          file=sys.stderr,
+        )
+      return step, state
+    raise CheckpointError(
+      f"no intact checkpoint in {self.directory!r}: "
+      + "; ".join(problems)
+      + ". Delete the damaged steps to start over from an older one, or rerun without --resume."
+    )
 
   def close(self) -> None:
     """Waits for pending writes and releases the manager."""

@@ -64,7 +64,7 @@ from tqdm.auto import tqdm
 import optax_blockada as ob
 from optax_blockada.examples import rotation as rot
 from optax_blockada.examples import text, word_eval
-from optax_blockada.examples._checkpoint import Checkpointer
+from optax_blockada.examples._checkpoint import Checkpointer, CheckpointError
 from optax_blockada.examples._cli import float_in, int_at_least
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES, make_optimizer
 
@@ -1203,20 +1203,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
 
-  rows = compare_optimizers(
-    data,
-    vocab.words,
-    optimizers=names,
-    learning_rates=rates,
-    dim=settings["dim"],
-    epochs=settings["epochs"],
-    batch_size=args.batch_size,
-    seed=args.seed,
-    checkpoint_dir=args.checkpoint_dir,
-    checkpoint_every=args.checkpoint_every,
-    resume=args.resume,
-    progress=not args.no_progress,
-  )
+  try:
+    rows = compare_optimizers(
+      data,
+      vocab.words,
+      optimizers=names,
+      learning_rates=rates,
+      dim=settings["dim"],
+      epochs=settings["epochs"],
+      batch_size=args.batch_size,
+      seed=args.seed,
+      checkpoint_dir=args.checkpoint_dir,
+      checkpoint_every=args.checkpoint_every,
+      resume=args.resume,
+      progress=not args.no_progress,
+    )
+  except CheckpointError as e:
+    print(f"error: --resume: {e}", file=sys.stderr)
+    return 2
   seconds = time.perf_counter() - start
   header = (
     f"GloVe on {corpus}: {tokens:,} tokens, {len(vocab.words):,} words (min count "
@@ -1310,8 +1314,21 @@ def prepare_checkpoint_dir(args: argparse.Namespace, run_settings: Mapping[str, 
   if args.resume:
     if not _has_checkpoints(directory):
       raise UsageError(f"--resume: no checkpoint in {directory!r}; run without --resume.")
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
+    try:
+      with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    except FileNotFoundError:
+      raise UsageError(
+        f"--resume: {path!r} is missing, so the checkpoints in {directory!r} cannot be "
+        "checked against this run's settings; restore the file, or start anew in an "
+        "empty directory."
+      ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise UsageError(
+        f"--resume: {path!r} is damaged ({e}); restore it, or start anew in an empty directory."
+      ) from None
+    if not isinstance(saved, dict):
+      raise UsageError(f"--resume: {path!r} does not hold the settings of a run.")
     if saved != wanted:
       changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
       raise UsageError(

@@ -75,7 +75,7 @@ from flax import nnx
 
 import optax_blockada as ob
 from optax_blockada.examples import movielens
-from optax_blockada.examples._checkpoint import Checkpointer
+from optax_blockada.examples._checkpoint import Checkpointer, CheckpointError
 from optax_blockada.examples._cli import float_in, int_at_least
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES, make_optimizer
 
@@ -1168,22 +1168,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     f"10 ratings per user held out, seed {args.seed}); {args.features} features."
   )
   start = time.perf_counter()
-  rows = run_comparison(
-    data,
-    optimizers=optimizers,
-    losses=losses,
-    learning_rates=learning_rates,
-    epochs=epochs,
-    dim=args.dim,
-    batch_size=args.batch_size,
-    k=args.k,
-    bpr_negatives=args.bpr_negatives,
-    seed=args.seed,
-    checkpoint_dir=args.checkpoint_dir,
-    checkpoint_every=args.checkpoint_every,
-    resume=args.resume,
-    progress=True,
-  )
+  try:
+    rows = run_comparison(
+      data,
+      optimizers=optimizers,
+      losses=losses,
+      learning_rates=learning_rates,
+      epochs=epochs,
+      dim=args.dim,
+      batch_size=args.batch_size,
+      k=args.k,
+      bpr_negatives=args.bpr_negatives,
+      seed=args.seed,
+      checkpoint_dir=args.checkpoint_dir,
+      checkpoint_every=args.checkpoint_every,
+      resume=args.resume,
+      progress=True,
+    )
+  except CheckpointError as e:
+    print(f"error: --resume: {e}", file=sys.stderr)
+    return 2
   seconds = time.perf_counter() - start
   print(
     f"LightFM-style model, d={args.dim}, {epochs} epochs, batch {args.batch_size}, "
