@@ -74,7 +74,8 @@ class BlockAdagradState(NamedTuple):
   # 'rows_x_shared' with update_root_every > 1: cached eigenvalues of d*C/tr(C), (n_b, k).
   shared_spectrum: optax.Updates
   # int32 scalar per leaf: block updates (non-zero gradient) that fell back to the
-  # row-wise step because the matrix root was not finite.
+  # row-wise step because the matrix root was not finite, or ('shared',
+  # 'rows_x_shared') were skipped because their gradient's square was not finite.
   fallbacks: optax.Updates
 
   # Fields holding per-row state (see ``_geometry.per_row_fields``).
@@ -165,7 +166,21 @@ def _isotropic_step(g: jax.Array, mean_eigenvalue: jax.Array, lam: jax.Array) ->
   return g * inverse_root(mean_eigenvalue, lam, True)[..., None]
 
 
+def _unusable(g: jax.Array) -> jax.Array:
+  """Per row block: its squared norm is not finite (a NaN or inf, or an overflow)."""
+  return ~jnp.isfinite(jnp.sum(g * g, axis=-1))
+
+
+def _skip_unusable(g: jax.Array, ok: jax.Array, fallback: jax.Array):
+  """Row blocks the shared statistic left out: a zero step, counted as a fallback."""
+  bad = _unusable(g)
+  return ok & ~bad, jnp.where(bad[..., None], 0, fallback)
+
+
 def _shared_sum(g: jax.Array, path: Any) -> jax.Array:
+  """``sum_r g_r g_r^T`` over the row blocks that are usable: one bad row must not
+  poison the statistic every other row is scaled by."""
+  g = jnp.where(_unusable(g)[..., None], 0, g)
   flat = g.reshape((-1, *g.shape[-2:]))
   # Explicit sharding mode: the rows may be sharded; their sum is replicated. Inside the
   # routed sparse step each device holds some rows: their sums are psum-ed.
@@ -221,6 +236,7 @@ def _shared_step(leaf, g, hp):
   ok = _lead(ok & _roots.all_finite(c, (-2, -1)), g.ndim - 1)
   u = _matvec(_lead(root, g.ndim + 1), g)
   fallback = _isotropic_step(g, _lead(_trace(c) / g.shape[-1], g.ndim - 1), _lead(lam, g.ndim - 1))
+  ok, fallback = _skip_unusable(g, ok, fallback)
   new = {"shared_sums": c}
   if hp["refresh"] is not None:
     new["shared_root"] = root
@@ -256,7 +272,8 @@ def _rows_x_shared_step(leaf, g, hp):
   new = {"row_sums": s, "shared_sums": c}
   if hp["refresh"] is not None:
     new["shared_basis"], new["shared_spectrum"] = basis, spectrum
-  return u, ok, _isotropic_step(g, s, lam), new
+  ok, fallback = _skip_unusable(g, ok, _isotropic_step(g, s, lam))
+  return u, ok, fallback, new
 
 
 _STEPS = {
@@ -349,6 +366,14 @@ def scale_by_block_adagrad(
   takes the row-wise step :math:`g\,[m > 0] / \sqrt{m + \lambda}` with
   :math:`m = \operatorname{tr}(H)/k` instead, and ``fallbacks`` counts it (only for
   blocks with a non-zero gradient, so a sparse run counts the same).
+
+  Non-finite gradients: as in ``optax.adagrad``, a NaN, an inf or an entry whose square
+  overflows poisons the statistics it enters. For ``'rows'`` and ``'blocks'`` that is
+  the row's own :math:`H`. ``'shared'`` and ``'rows_x_shared'`` leave such a row block
+  out of the shared :math:`C`, give it a zero step and count it in ``fallbacks``, so it
+  cannot freeze or degrade the other rows (its own :math:`s_r` in ``'rows_x_shared'``
+  is still poisoned). To skip whole steps with a non-finite gradient, wrap the
+  optimizer in ``optax.apply_if_finite``.
 
   Lazy exactness: a block whose gradient is zero gets a zero update and keeps its
   per-row state; ``'shared'`` sums add nothing for it. Running the transform on a

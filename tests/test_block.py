@@ -483,3 +483,35 @@ def test_state_for_other_params_is_a_clear_error():
     ob.scale_by_block_adagrad().update({"v": jnp.zeros((4, 8))}, state)
   with pytest.raises(TypeError, match="real floating-point leaves"):
     ob.scale_by_block_adagrad().init({"ids": jnp.zeros(3, jnp.int32)})
+
+
+@pytest.mark.parametrize(
+  ("structure", "bad"),
+  [
+    ("shared", 3e19),
+    ("shared", 1e30),
+    ("shared", np.nan),
+    ("rows_x_shared", np.nan),
+    ("rows_x_shared", 3e19),
+    ("rows_x_shared", np.inf),
+  ],
+)
+def test_one_unusable_row_does_not_touch_the_shared_statistic(structure, bad):
+  # Before, one entry of 3e19 in 'shared' froze every row (C overflowed: all steps 0) and
+  # one NaN in 'rows_x_shared' sent every row to the fallback forever.
+  rng = np.random.default_rng(0)
+  tx = ob.scale_by_block_adagrad(structure=structure)
+  w = jnp.zeros((1000, 8), jnp.float32)
+  grads = [jnp.asarray(rng.normal(size=(1000, 8)), jnp.float32) for _ in range(3)]
+  others = np.arange(1000) != 17
+  state, ref_state = tx.init(w), tx.init(w)
+  for t, g in enumerate(grads):
+    # Step 0: row 17 holds the bad entry; the reference has a zero gradient there.
+    got, state = tx.update(g.at[17, 3].set(bad) if t == 0 else g, state)
+    want, ref_state = tx.update(g.at[17].set(0.0) if t == 0 else g, ref_state)
+    np.testing.assert_array_equal(np.asarray(got)[others], np.asarray(want)[others])
+    assert np.abs(np.asarray(got)[others]).min() > 0
+    if t == 0:
+      np.testing.assert_array_equal(got[17], 0.0)  # skipped
+  np.testing.assert_array_equal(state.shared_sums, ref_state.shared_sums)
+  assert int(state.fallbacks) >= 1  # the skipped block is counted
