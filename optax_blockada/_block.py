@@ -167,20 +167,17 @@ def _isotropic_step(g: jax.Array, mean_eigenvalue: jax.Array, lam: jax.Array) ->
 
 
 def _unusable(g: jax.Array) -> jax.Array:
-  """Per row block: its squared norm is not finite (a NaN or inf, or an overflow)."""
+  """Per row block: its squared norm is not finite (a NaN or inf, or an overflow).
+
+  Such blocks are left out of the shared statistic (one bad row must not poison the
+  matrix every other row is scaled by) and get a zero step, counted as a fallback.
+  """
   return ~jnp.isfinite(jnp.sum(g * g, axis=-1))
 
 
-def _skip_unusable(g: jax.Array, ok: jax.Array, fallback: jax.Array):
-  """Row blocks the shared statistic left out: a zero step, counted as a fallback."""
-  bad = _unusable(g)
-  return ok & ~bad, jnp.where(bad[..., None], 0, fallback)
-
-
-def _shared_sum(g: jax.Array, path: Any) -> jax.Array:
-  """``sum_r g_r g_r^T`` over the row blocks that are usable: one bad row must not
-  poison the statistic every other row is scaled by."""
-  g = jnp.where(_unusable(g)[..., None], 0, g)
+def _shared_sum(g: jax.Array, unusable: jax.Array, path: Any) -> jax.Array:
+  """``sum_r g_r g_r^T`` over the usable row blocks."""
+  g = jnp.where(unusable[..., None], 0, g)
   flat = g.reshape((-1, *g.shape[-2:]))
   # Explicit sharding mode: the rows may be sharded; their sum is replicated. Inside the
   # routed sparse step each device holds some rows: their sums are psum-ed.
@@ -224,7 +221,8 @@ def _block_step(leaf, g, hp):
 
 def _shared_step(leaf, g, hp):
   """'shared': per-leaf ``C += sum_r g_r g_r^T``; ``u_r = (C + lam I)^(-1/2) g_r``."""
-  c = leaf["shared_sums"] + _shared_sum(g, hp["path"])
+  bad = _unusable(g)
+  c = leaf["shared_sums"] + _shared_sum(g, bad, hp["path"])
   lam = _roots.damping(c, hp["eps"], hp["relative_eps"])
   root, ok = _maybe_cached(
     hp["refresh"],
@@ -236,7 +234,7 @@ def _shared_step(leaf, g, hp):
   ok = _lead(ok & _roots.all_finite(c, (-2, -1)), g.ndim - 1)
   u = _matvec(_lead(root, g.ndim + 1), g)
   fallback = _isotropic_step(g, _lead(_trace(c) / g.shape[-1], g.ndim - 1), _lead(lam, g.ndim - 1))
-  ok, fallback = _skip_unusable(g, ok, fallback)
+  ok, fallback = ok & ~bad, jnp.where(bad[..., None], 0, fallback)
   new = {"shared_sums": c}
   if hp["refresh"] is not None:
     new["shared_root"] = root
@@ -247,7 +245,8 @@ def _rows_x_shared_step(leaf, g, hp):
   """'rows_x_shared': ``H_r = s_r * k C / tr(C)`` rooted through one eigh of ``C``."""
   k = g.shape[-1]
   s = leaf["row_sums"] + jnp.mean(g * g, axis=-1)
-  c = leaf["shared_sums"] + _shared_sum(g, hp["path"])
+  bad = _unusable(g)
+  c = leaf["shared_sums"] + _shared_sum(g, bad, hp["path"])
   if hp["refresh"] is None:
     basis, spectrum = _normalized_eigh(c)
   else:
@@ -272,8 +271,8 @@ def _rows_x_shared_step(leaf, g, hp):
   new = {"row_sums": s, "shared_sums": c}
   if hp["refresh"] is not None:
     new["shared_basis"], new["shared_spectrum"] = basis, spectrum
-  ok, fallback = _skip_unusable(g, ok, _isotropic_step(g, s, lam))
-  return u, ok, fallback, new
+  fallback = jnp.where(bad[..., None], 0, _isotropic_step(g, s, lam))
+  return u, ok & ~bad, fallback, new
 
 
 _STEPS = {

@@ -280,25 +280,24 @@ class _Local(NamedTuple):
   """A group's local ids after dedup: which slot of the send buffer each unique id takes."""
 
   unique: jax.Array  # (n,) sorted unique ids, padded with V
-  inverse: jax.Array  # (n,) position of each id in unique
   dest: jax.Array  # (n,) owning shard (S for padding and dropped ids)
   pos: jax.Array  # (n,) rank among the unique ids sent to the same shard
   load: jax.Array  # () most unique ids sent to one shard
 
 
-def _dedup(plan: _Plan, group: _Group, id_leaves: list[jax.Array], checked: bool) -> _Local:
+def _dedup(
+  plan: _Plan, group: _Group, id_leaves: list[jax.Array], checked: bool
+) -> tuple[_Local, list[jax.Array]]:
+  """The group's local unique ids and their destinations, and the ids remapped into them."""
   name = ", ".join(plan.names[i] for i in group.members)
-  flat = [sparse._valid_ids(a, group.num_rows, name, checked) for a in id_leaves]
-  unique, inverse = sparse._unique(
-    jnp.concatenate(flat) if len(flat) > 1 else flat[0], group.num_rows
-  )
+  unique, local_ids = sparse._merge_ids(id_leaves, group.num_rows, name, checked)
   dest = (unique // group.shard_rows).astype(jnp.int32)  # V -> S
   counts = jax.ops.segment_sum(
     jnp.ones_like(dest), dest, num_segments=plan.shards + 1, indices_are_sorted=True
   )
   starts = jnp.cumsum(counts) - counts
   pos = jnp.arange(group.num_ids, dtype=jnp.int32) - starts[dest]
-  return _Local(unique, inverse, dest, pos, jnp.max(counts[: plan.shards]))
+  return _Local(unique, dest, pos, jnp.max(counts[: plan.shards])), local_ids
 
 
 def _all_to_all(plan: _Plan, x: jax.Array) -> jax.Array:
@@ -333,14 +332,8 @@ def _device_step(plan, loss_fn, tx, reduction, checked, params, state, ids, shar
   local_ids = {}
   for g in plan.groups:
     id_leaves, id_def = jax.tree.flatten(ids[g.key])
-    loc = _dedup(plan, g, id_leaves, checked)
-    sizes = [math.prod(np.shape(a)) for a in id_leaves]
-    parts = (
-      jnp.split(loc.inverse, np.cumsum(sizes)[:-1].tolist()) if len(sizes) > 1 else [loc.inverse]
-    )
-    local_ids[g.key] = id_def.unflatten(
-      [p.reshape(np.shape(a)) for p, a in zip(parts, id_leaves, strict=True)]
-    )
+    loc, local_leaves = _dedup(plan, g, id_leaves, checked)
+    local_ids[g.key] = id_def.unflatten(local_leaves)
     locals_.append(loc)
   loads = jax.lax.pmax(jnp.stack([loc.load for loc in locals_]), plan.all_axes)
   capacities = tuple(g.capacity for g in plan.groups)

@@ -347,6 +347,18 @@ def _unique(
   return unique, inverse
 
 
+def _merge_ids(
+  id_leaves: list[Any], num_rows: int, name: str, checked: bool
+) -> tuple[jax.Array, list[jax.Array]]:
+  """The sorted unique ids of a table group's id arrays (padded with ``num_rows``), and
+  each array's ids remapped to their positions in them (same shapes)."""
+  flat = [_valid_ids(a, num_rows, name, checked) for a in id_leaves]
+  sizes = [a.shape[0] for a in flat]
+  unique, inverse = _unique(jnp.concatenate(flat) if len(flat) > 1 else flat[0], num_rows)
+  parts = jnp.split(inverse, np.cumsum(sizes)[:-1].tolist()) if len(flat) > 1 else [inverse]
+  return unique, [p.reshape(np.shape(a)) for p, a in zip(parts, id_leaves, strict=True)]
+
+
 def _take_rows(x: jax.Array, rows: jax.Array, mode: str) -> jax.Array:
   # In Explicit sharding mode the gathered rows of a sharded table are replicated (the
   # small table is what the loss and the transform see on every device).
@@ -494,13 +506,8 @@ def gather(params: Any, ids: Mapping[Any, Any], *, checked: bool = False):
         f"read as separate lookups of single rows. Pass an integer array: "
         f"jnp.asarray(ids[{key!r}], jnp.int32)."
       )
-    flat = [_valid_ids(a, num_rows, name, checked) for a in id_leaves]
-    sizes = [a.shape[0] for a in flat]
-    unique, inverse = _unique(jnp.concatenate(flat) if len(flat) > 1 else flat[0], num_rows)
-    parts = jnp.split(inverse, np.cumsum(sizes)[:-1].tolist()) if len(flat) > 1 else [inverse]
-    local[key] = id_def.unflatten(
-      [p.reshape(np.shape(a)) for p, a in zip(parts, id_leaves, strict=True)]
-    )
+    unique, local_leaves = _merge_ids(id_leaves, num_rows, name, checked)
+    local[key] = id_def.unflatten(local_leaves)
     for i in members:
       small[i] = _take_rows(small[i], unique, "fill")
     uniques.append(unique)

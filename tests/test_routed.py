@@ -286,7 +286,7 @@ def test_collectives_follow_the_local_batch_not_v_nor_the_global_batch():
   two_by_four = jax.make_mesh((2, 4), ("data", "rows"), axis_types=(AxisType.Auto,) * 2)
   four = jax.make_mesh((4,), ("rows",), axis_types=(AxisType.Auto,), devices=jax.devices()[:4])
   base = compiled_collectives(one_by_eight, None, 4096, 8 * local)
-  cap = routed.default_capacity(local, 8)  # 64: 8 x 64 = 2 x 256 ids per all-to-all
+  cap = 64  # the default: 2 x 256 local ids over 8 shards
   a2a = [c for c in normal_branch(base) if c.kind == "all-to-all"]
   # ids out, rows back, gradients back: (1, cap) per shard, as one tuple of 8 arrays.
   assert [c.shapes for c in a2a] == [((1, cap),) * 8, ((1, cap, dim),) * 8, ((1, cap, dim),) * 8]
@@ -305,7 +305,7 @@ def test_collectives_follow_the_local_batch_not_v_nor_the_global_batch():
   # Rows over 'rows' only, two replicas along 'data': the same all-to-alls over 4 shards,
   # and the owners gather the row ids and gradients of the other replica.
   replicas = normal_branch(compiled_collectives(two_by_four, "rows", 4096, 8 * local))
-  cap4 = routed.default_capacity(local, 4)
+  cap4 = 128  # the default: 2 x 256 local ids over 4 shards
   assert [c.shapes for c in replicas if c.kind == "all-to-all"] == [
     ((1, cap4),) * 4,
     ((1, cap4, dim),) * 4,
