@@ -5,7 +5,7 @@ and stores as much state as the tables; row-wise Adagrad keeps one accumulator p
 feature vector and is equivariant under rotations of that space.
 """
 
-from optax_blockada import presets, routed, sharding, sparse
+from optax_blockada import diagnostics, presets, routed, sharding, sparse
 from optax_blockada._block import (
   BlockAdagradState,
   block_adagrad,
@@ -13,6 +13,7 @@ from optax_blockada._block import (
   scale_by_block_adagrad,
 )
 from optax_blockada._geometry import FeatureAxesSpec
+from optax_blockada._nonfinite import SkipNonfiniteRowsState, skip_nonfinite_rows
 from optax_blockada._rows import add_decayed_weights_to_touched_rows, renormalize_rows
 from optax_blockada._scalar import (
   DiagonalAdagradState,
@@ -22,7 +23,12 @@ from optax_blockada._scalar import (
   scale_by_diagonal_adagrad,
   scale_by_rowwise_adagrad,
 )
-from optax_blockada.diagnostics import effective_learning_rates, find_adagrad_states, state_bytes
+from optax_blockada.diagnostics import (
+  counters,
+  effective_learning_rates,
+  find_adagrad_states,
+  state_bytes,
+)
 
 __version__ = "0.1.0"
 
@@ -31,9 +37,12 @@ __all__ = (
   "DiagonalAdagradState",
   "FeatureAxesSpec",
   "RowwiseAdagradState",
+  "SkipNonfiniteRowsState",
   "add_decayed_weights_to_touched_rows",
   "block_adagrad",
   "block_effective_learning_rates",
+  "counters",
+  "diagnostics",
   "diagonal_adagrad",
   "effective_learning_rates",
   "find_adagrad_states",
@@ -45,6 +54,7 @@ __all__ = (
   "scale_by_diagonal_adagrad",
   "scale_by_rowwise_adagrad",
   "sharding",
+  "skip_nonfinite_rows",
   "sparse",
   "state_bytes",
 )

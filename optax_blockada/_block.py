@@ -371,8 +371,9 @@ def scale_by_block_adagrad(
   the row's own :math:`H`. ``'shared'`` and ``'rows_x_shared'`` leave such a row block
   out of the shared :math:`C`, give it a zero step and count it in ``fallbacks``, so it
   cannot freeze or degrade the other rows (its own :math:`s_r` in ``'rows_x_shared'``
-  is still poisoned). To skip whole steps with a non-finite gradient, wrap the
-  optimizer in ``optax.apply_if_finite``.
+  is still poisoned). To skip such rows instead (zero step, state kept, counted), wrap
+  the optimizer in :func:`skip_nonfinite_rows` (or pass ``skip_nonfinite_rows=True`` to
+  :func:`block_adagrad`); to skip whole steps, in ``optax.apply_if_finite``.
 
   Lazy exactness: a block whose gradient is zero gets a zero update and keeps its
   per-row state; ``'shared'`` sums add nothing for it. Running the transform on a
@@ -572,6 +573,7 @@ def block_adagrad(
   feature_axes: FeatureAxesSpec = None,
   accumulator_dtype: Any | None = None,
   max_state_bytes: int | float | None = None,
+  skip_nonfinite_rows: bool = False,
 ) -> optax.GradientTransformation:
   r"""Block-diagonal Adagrad: :func:`scale_by_block_adagrad` then ``-learning_rate``.
 
@@ -595,6 +597,9 @@ def block_adagrad(
     accumulator_dtype: ``None`` promotes the param dtype to at least float32.
     max_state_bytes: per-leaf state limit checked by ``init`` (``None``: 1 GiB;
       ``math.inf``: none).
+    skip_nonfinite_rows: wrap the optimizer in :func:`skip_nonfinite_rows`, which
+      skips (and counts) the rows whose gradient is not finite instead of letting
+      them poison their accumulators. Default ``False`` (optax's behaviour). Static.
 
   Returns:
     An :class:`optax.GradientTransformation`.
@@ -629,6 +634,8 @@ def block_adagrad(
       max_state_bytes=max_state_bytes,
     ),
     learning_rate,
+    skip_nonfinite_rows=skip_nonfinite_rows,
+    feature_axes=feature_axes,
   )
 
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_blockada import _geometry, _validation
+from optax_blockada import _geometry, _nonfinite, _validation
 from optax_blockada._geometry import AxisNameSpec, FeatureAxesSpec
 
 __all__ = [
@@ -193,7 +193,11 @@ _MATHS_COMMON = r"""
   (optax's ``where(G > 0, ...)``) makes the step zero where nothing has been
   accumulated. With ``use_old_accumulator=True`` the step divides by the accumulator
   *before* this step's squared gradient is added, :math:`u_t = g_t \phi(G_{t-1})`, as
-  GloVe's ``glove.c`` and LightFM do."""
+  GloVe's ``glove.c`` and LightFM do.
+
+  A NaN, an inf or an entry whose square overflows poisons the accumulator it enters for
+  good, as in ``optax.adagrad``. Wrap the optimizer in :func:`skip_nonfinite_rows` to skip
+  (and count) such rows, or in ``optax.apply_if_finite`` to skip whole steps."""
 
 
 def scale_by_diagonal_adagrad(
@@ -373,11 +377,23 @@ scale_by_rowwise_adagrad.__doc__ = scale_by_rowwise_adagrad.__doc__.replace(
 
 
 def with_learning_rate(
-  scaling: optax.GradientTransformation, learning_rate: optax.ScalarOrSchedule
+  scaling: optax.GradientTransformation,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  skip_nonfinite_rows: bool = False,
+  feature_axes: FeatureAxesSpec = None,
+  axis_name: AxisNameSpec = None,
 ) -> optax.GradientTransformation:
-  """``chain(scaling, scale_by_learning_rate(learning_rate))`` with a checked rate."""
+  """``chain(scaling, scale_by_learning_rate(learning_rate))`` with a checked rate.
+
+  With ``skip_nonfinite_rows`` the chain is wrapped in
+  :func:`optax_blockada.skip_nonfinite_rows` with the given rows.
+  """
   _validation.check_learning_rate(learning_rate)
-  return optax.chain(scaling, optax.scale_by_learning_rate(learning_rate))
+  tx = optax.chain(scaling, optax.scale_by_learning_rate(learning_rate))
+  if _validation.static_bool("skip_nonfinite_rows", skip_nonfinite_rows):
+    return _nonfinite.skip_nonfinite_rows(tx, feature_axes=feature_axes, axis_name=axis_name)
+  return tx
 
 
 def diagonal_adagrad(
@@ -388,6 +404,7 @@ def diagonal_adagrad(
   eps_in_sqrt: bool = True,
   use_old_accumulator: bool = False,
   accumulator_dtype: Any | None = None,
+  skip_nonfinite_rows: bool = False,
 ) -> optax.GradientTransformation:
   r"""Per-coordinate Adagrad: :func:`scale_by_diagonal_adagrad` then ``-learning_rate``.
 
@@ -401,6 +418,9 @@ def diagonal_adagrad(
     eps_in_sqrt: ``sqrt(G + eps)`` if True, ``sqrt(G) + eps`` otherwise.
     use_old_accumulator: divide by the accumulator before adding this step's gradient.
     accumulator_dtype: ``None`` promotes the param dtype to at least float32.
+    skip_nonfinite_rows: wrap the optimizer in :func:`skip_nonfinite_rows`, which
+      skips (and counts) the coordinates whose gradient is not finite instead of letting
+      them poison their accumulators. Default ``False`` (optax's behaviour). Static.
 
   Returns:
     An :class:`optax.GradientTransformation`.
@@ -428,6 +448,8 @@ def diagonal_adagrad(
       accumulator_dtype=accumulator_dtype,
     ),
     learning_rate,
+    skip_nonfinite_rows=skip_nonfinite_rows,
+    feature_axes=(),
   )
 
 
@@ -442,6 +464,7 @@ def rowwise_adagrad(
   feature_axes: FeatureAxesSpec = None,
   accumulator_dtype: Any | None = None,
   axis_name: AxisNameSpec = None,
+  skip_nonfinite_rows: bool = False,
 ) -> optax.GradientTransformation:
   r"""Row-wise Adagrad: :func:`scale_by_rowwise_adagrad` then ``-learning_rate``.
 
@@ -459,6 +482,9 @@ def rowwise_adagrad(
     accumulator_dtype: ``None`` promotes the param dtype to at least float32.
     axis_name: mesh axes the feature axes are split over inside ``shard_map``; the
       row statistic is ``psum``-ed over them (see :func:`scale_by_rowwise_adagrad`).
+    skip_nonfinite_rows: wrap the optimizer in :func:`skip_nonfinite_rows`, which
+      skips (and counts) the rows whose gradient is not finite instead of letting
+      them poison their accumulators. Default ``False`` (optax's behaviour). Static.
 
   Returns:
     An :class:`optax.GradientTransformation`.
@@ -490,4 +516,7 @@ def rowwise_adagrad(
       axis_name=axis_name,
     ),
     learning_rate,
+    skip_nonfinite_rows=skip_nonfinite_rows,
+    feature_axes=feature_axes,
+    axis_name=axis_name,
   )

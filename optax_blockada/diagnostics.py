@@ -1,4 +1,4 @@
-"""Looking inside optimizer states: effective learning rates and state size."""
+"""Looking inside optimizer states: effective learning rates, counters and state size."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 from optax_blockada import _validation
 from optax_blockada._block import BlockAdagradState, block_effective_learning_rates
+from optax_blockada._nonfinite import SkipNonfiniteRowsState
 from optax_blockada._scalar import DiagonalAdagradState, RowwiseAdagradState, inverse_root
 
-__all__ = ["effective_learning_rates", "find_adagrad_states", "state_bytes"]
+__all__ = ["counters", "effective_learning_rates", "find_adagrad_states", "state_bytes"]
 
 _ADAGRAD_STATES = (
   DiagonalAdagradState,
@@ -136,6 +138,67 @@ def effective_learning_rates(
     )
 
   return _merge([per_state(s) for s in states])
+
+
+# Counter name -> (state class holding it, field).
+_COUNTERS = {
+  "fallbacks": (BlockAdagradState, "fallbacks"),
+  "skipped_rows": (SkipNonfiniteRowsState, "skipped_rows"),
+}
+
+
+def counters(opt_state: Any) -> dict[str, Any]:
+  r"""The event counters of the states inside ``opt_state``, per params leaf.
+
+  * ``'fallbacks'`` (:class:`BlockAdagradState`): block updates that took the row-wise
+    step because their matrix root was not finite, and (``'shared'``,
+    ``'rows_x_shared'``) row blocks left out of the shared statistic because their
+    squared gradient was not finite;
+  * ``'skipped_rows'`` (:class:`SkipNonfiniteRowsState`, from
+    :func:`skip_nonfinite_rows` or ``skip_nonfinite_rows=True``): gradient rows skipped
+    because they were not finite.
+
+  States anywhere in a chain, partition, mask or injection are found. Where several
+  states of one kind cover a leaf their counts are added; a leaf no state covers counts
+  0. Only the kinds present in ``opt_state`` are returned.
+
+  Args:
+    opt_state: any optimizer state pytree.
+
+  Returns:
+    ``{name: pytree of int32 scalars with the params' structure}``.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax_blockada as ob
+    >>> tx = ob.block_adagrad(0.1, structure='shared', skip_nonfinite_rows=True)
+    >>> params = {'table': jnp.zeros((3, 2))}
+    >>> grads = {'table': jnp.array([[1.0, jnp.inf], [1.0, 2.0], [0.0, 0.0]])}
+    >>> _, state = tx.update(grads, tx.init(params), params)
+    >>> {name: jax.tree.map(int, tree) for name, tree in ob.counters(state).items()}
+    {'fallbacks': {'table': 0}, 'skipped_rows': {'table': 1}}
+  """
+  is_masked = lambda x: isinstance(x, optax.MaskedNode)
+  out = {}
+  for counter, (cls, field) in _COUNTERS.items():
+    is_state = lambda x, cls=cls: isinstance(x, cls)
+    found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
+    if not found:
+      continue
+    trees = [getattr(x, field) for x in found]
+    flat = [jax.tree.flatten(t, is_leaf=is_masked) for t in trees]
+    treedef = flat[0][1]
+    if any(td != treedef for _, td in flat):
+      raise ValueError(
+        f"counters: the {cls.__name__} states in opt_state cover different trees; pass one of them."
+      )
+    total = []
+    for position in zip(*(leaves for leaves, _ in flat), strict=True):
+      present = [x for x in position if not is_masked(x)]
+      total.append(sum(present[1:], present[0]) if present else jnp.zeros((), jnp.int32))
+    out[counter] = treedef.unflatten(total)
+  return out
 
 
 def state_bytes(tree: Any) -> int:

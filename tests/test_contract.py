@@ -15,6 +15,7 @@ TRANSFORMS = {
   "rowwise_mean": lambda: ob.rowwise_adagrad(0.1),
   "rowwise_sum_eps_out": lambda: ob.rowwise_adagrad(0.1, reduction="sum", eps_in_sqrt=False),
   "rowwise_old": lambda: ob.rowwise_adagrad(0.1, 1.0, 0.0, use_old_accumulator=True),
+  "rowwise_skip_nonfinite": lambda: ob.rowwise_adagrad(0.1, skip_nonfinite_rows=True),
   "torch": lambda: presets.torch_adagrad(0.1, lr_decay=0.01, weight_decay=1e-3),
   "fbgemm_rowwise": lambda: presets.fbgemm_rowwise_adagrad(
     0.1, weight_decay=1e-3, weight_decay_mode="decoupled", max_norm=2.0

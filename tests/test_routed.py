@@ -350,6 +350,27 @@ def test_out_of_range_ids_are_dropped_or_raise_on_every_shard():
   assert_close(got_state, want_state)
 
 
+def test_nonfinite_rows_are_skipped_and_counted_as_on_one_device():
+  # A NaN target on device 0 at step 1 and an inf on device 6 at step 2: the rows that
+  # example looks up (one per table) and the dense `scale` get non-finite gradients.
+  tx = ob.skip_nonfinite_rows(ob.rowwise_adagrad(0.2))
+  batches = make_batches(8)[:3]
+  for t, k, value in ((1, 3, np.nan), (2, 6 * LOCAL + 1, np.inf)):
+    ids, f, y = batches[t]
+    batches[t] = (ids, f, y.at[k].set(value))
+  want_params, want_state, _ = dense_run(tx, make_params(), batches)
+  mesh = make_mesh("1x8")
+  params, state = place(tx, make_params(), mesh, None)
+  step = jax.jit(routed.value_and_update(loss_fn, tx, mesh=mesh, capacity=CAPACITY))
+  for batch in batches:
+    _, params, state, _ = step(params, state, *batch)
+  counts = {"emb": {"w": 2, "b": 2}, "ctx": 2, "scale": 2}
+  assert jax.tree.map(int, want_state.skipped_rows) == counts
+  assert jax.tree.map(int, state.skipped_rows) == counts
+  assert_close(params, want_params)
+  assert np.isfinite(np.asarray(params["ctx"])).all()
+
+
 # --- Checkpoint on 8 devices, restore on 4 --------------------------------------------
 
 

@@ -329,6 +329,27 @@ def test_explicit_mode_types_stable_and_20_steps_equal_single_device(name):
   assert_close(state, ref_state)
 
 
+def test_explicit_mode_skips_nonfinite_rows_as_on_one_device():
+  # A NaN target: the rows that example looks up (one per table) and `scale` are skipped.
+  tx = ob.skip_nonfinite_rows(ob.rowwise_adagrad(0.2))
+  params, batches = make_params(), make_batches(steps=3)
+  i, j, y, f = batches[1]
+  batches[1] = (i, j, y.at[5].set(jnp.nan), f)
+  ref_params, ref_state = single_device_run(tx, params, batches)
+  counts = {"w": 1, "bw": 1, "c": 1, "bc": 1, "scale": 1}
+  assert jax.tree.map(int, ref_state.skipped_rows) == counts
+  mesh = jax.make_mesh((2, 4), ("data", "rows"))
+  with jax.set_mesh(mesh):
+    params = jax.device_put(params, PARAM_SPECS)
+    state = tx.init(params)
+    step = jax.jit(make_step(tx, out_spec="data"))
+    for batch in batches:
+      params, state = step(params, state, jax.device_put(batch, P("data")))
+    assert jax.typeof(params["w"]).sharding.spec == P("rows", None)
+  assert jax.tree.map(int, state.skipped_rows) == counts
+  assert_close(params, ref_params)
+
+
 def test_explicit_mode_sparse_step_equals_single_device_and_keeps_types():
   from optax_blockada import sparse
 
