@@ -368,12 +368,10 @@ def scale_by_rowwise_adagrad(
   )
 
 
-scale_by_diagonal_adagrad.__doc__ = scale_by_diagonal_adagrad.__doc__.replace(
-  "{maths}", _MATHS_COMMON
-)
-scale_by_rowwise_adagrad.__doc__ = scale_by_rowwise_adagrad.__doc__.replace(
-  "{maths}", _MATHS_COMMON
-)
+for _fn in (scale_by_diagonal_adagrad, scale_by_rowwise_adagrad):
+  if _fn.__doc__ is not None:  # None under ``python -OO``, which strips docstrings.
+    _fn.__doc__ = _fn.__doc__.replace("{maths}", _MATHS_COMMON)
+del _fn
 
 
 def with_learning_rate(

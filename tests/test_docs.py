@@ -1,11 +1,19 @@
 """Documentation stays true: examples exist for every public name and the README runs."""
 
+import importlib.metadata
 import inspect
 import pathlib
 import re
+import subprocess
+import sys
 
 import jax
 import pytest
+
+try:
+  import tomllib
+except ModuleNotFoundError:  # Python 3.10
+  tomllib = pytest.importorskip("tomli")
 
 import optax_blockada as ob
 from optax_blockada import presets, routed, sharding, sparse
@@ -56,3 +64,32 @@ def test_readme_python_blocks_run(index):
   # under strict promotion everywhere else.
   with jax.numpy_dtype_promotion("standard"):
     exec(compile(code, f"README.md python block {index}", "exec"), {"__name__": "readme"})
+
+
+def test_import_works_under_python_OO():
+  # -OO strips docstrings; nothing may edit or read them at import.
+  modules = ["optax_blockada"] + [
+    f"optax_blockada.examples.{name}"
+    for name in ("glove", "sgns", "recommender", "rotation", "sparse_glove", "sharded_glove")
+  ]
+  code = "; ".join(f"import {m}" for m in modules)
+  result = subprocess.run(
+    [sys.executable, "-OO", "-c", code], capture_output=True, text=True, check=False
+  )
+  assert result.returncode == 0, result.stderr
+
+
+def test_version_is_written_once_and_released_in_the_changelog():
+  pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+  assert "version" not in pyproject["project"]
+  assert pyproject["project"]["dynamic"] == ["version"]
+  assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {
+    "attr": "optax_blockada.__version__"
+  }
+  assert importlib.metadata.version("optax-blockada") == ob.__version__
+  changelog = (ROOT / "CHANGELOG.md").read_text()
+  assert "## [Unreleased]" in changelog
+  assert f"## [{ob.__version__}] - " in changelog
+  license_text = (ROOT / "LICENSE").read_text()
+  assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+  assert pyproject["project"]["license"] == "Apache-2.0"

@@ -315,7 +315,7 @@ def run(
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
   parser.add_argument("--vocab-size", type=int, default=3000)
   parser.add_argument("--dim", type=int, default=64)
   parser.add_argument("--batch-size", type=int, default=1024)
