@@ -551,7 +551,7 @@ def scale_by_block_adagrad(
       for f in _TREE_FIELDS:
         new_fields[f].append(new.get(f, leaf[f]))
     new_state = BlockAdagradState(
-      count=optax.safe_increment(state.count),
+      count=jnp.asarray(optax.safe_increment(state.count)),
       **{f: treedef.unflatten(v) for f, v in new_fields.items()},
     )
     return treedef.unflatten(new_updates), new_state

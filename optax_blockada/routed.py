@@ -612,7 +612,7 @@ def _routed_step(loss_fn, tx, *, mesh, row_axes, capacity, reduction, checked, s
         PartitionSpec(_spec_entry(plan.all_axes)) if stacked_aux else replicated,
         param_specs,
         state_specs,
-        RoutingStats(replicated, replicated),
+        RoutingStats._make((replicated, replicated)),
       ),
     )
     return mapped(params, opt_state, ids, shared, args)

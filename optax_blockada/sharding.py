@@ -41,7 +41,7 @@ from typing import Any
 
 import jax
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec, Sharding
 
 from optax_blockada import _geometry
 
@@ -77,7 +77,9 @@ def _shape(x: Any, what: str, path: Any) -> tuple[int, ...]:
   return tuple(shape)
 
 
-def _param_specs(params: Any, param_shardings: Any, mesh: Mesh | None) -> tuple[Any, Any]:
+def _param_specs(
+  params: Any, param_shardings: Any, mesh: Mesh | AbstractMesh | None
+) -> tuple[Any, Any]:
   """Returns ``(tree of _Param, mesh)`` from the params and their shardings or specs."""
   if param_shardings is None:
     param_shardings = jax.tree.map(lambda p: getattr(p, "sharding", None), params)

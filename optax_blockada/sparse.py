@@ -186,7 +186,7 @@ class TouchedRows:
 def _index_dtype(num_rows: int) -> jnp.dtype:
   if num_rows < np.iinfo(np.int32).max:
     return jnp.dtype(jnp.int32)
-  if not jax.config.jax_enable_x64:
+  if not jax.config.read("jax_enable_x64"):
     raise ValueError(
       f"a table with {num_rows} rows needs 64-bit ids: enable jax_enable_x64 "
       "(jax.config.update('jax_enable_x64', True))."
@@ -210,7 +210,7 @@ def _host_ids_in_range(ids: Any, num_rows: int) -> Any:
   the host, in the ids' own dtype, before that happens. Device arrays and tracers pass
   through (their dtype is already what JAX holds).
   """
-  if isinstance(ids, (jax.Array, jax.core.Tracer)) or jax.config.jax_enable_x64:
+  if isinstance(ids, (jax.Array, jax.core.Tracer)) or jax.config.read("jax_enable_x64"):
     return ids
   host = np.asarray(ids)
   if host.dtype.itemsize <= 4:
@@ -258,7 +258,7 @@ def as_ids(ids: Any, num_rows: int, *, checked: bool = False) -> jax.Array:
         f"as_ids: ids must lie in [0, {num_rows}), got {shown}{more} (flat positions). Fix "
         "the ids, or pass checked=False to map them to the dropped id num_rows."
       )
-  if jax.config.jax_enable_x64:
+  if jax.config.read("jax_enable_x64"):
     return jnp.asarray(np.where((host >= 0) & (host < num_rows), host, num_rows))
   return jnp.asarray(_host_ids_in_range(host.astype(np.int64), num_rows))
 
@@ -336,11 +336,11 @@ def _unique(
     positions = jax.lax.iota(ids.dtype, n)
     ids_sorted, order = jax.lax.sort((ids, positions), num_keys=1, is_stable=False)
   else:
-    ids_sorted = jnp.sort(ids)
+    ids_sorted, order = jnp.sort(ids), None
   first = jnp.concatenate([jnp.ones((1,), bool), ids_sorted[1:] != ids_sorted[:-1]])
   slot = jnp.cumsum(first, dtype=ids.dtype) - 1
   unique = jnp.full((n,), num_rows, ids.dtype).at[slot].set(ids_sorted, indices_are_sorted=True)
-  if inverse_by == "permutation":
+  if order is not None:  # inverse_by == 'permutation'
     inverse = jnp.zeros((n,), ids.dtype).at[order].set(slot, unique_indices=True)
   else:
     inverse = jnp.searchsorted(unique, ids).astype(ids.dtype)
