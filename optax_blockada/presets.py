@@ -1,8 +1,8 @@
 """Other ecosystems' Adagrad numerics, each as a short optax chain.
 
 Every preset reproduces one system's update formula, defaults included, so that a
-model moved to JAX trains as it did there. Formulas are quoted from each project's
-source (see ``CONVENTIONS.md`` in the design docs).
+model moved to JAX trains as it did there. Each preset's docstring quotes the formula
+from that project's source.
 
 All presets return :class:`optax.GradientTransformation`; the ones with weight decay
 or ``max_norm`` need ``params`` in ``update``.

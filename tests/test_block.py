@@ -24,7 +24,7 @@ def np_inverse_sqrt(h, lam):
 
 
 def numpy_block_adagrad(grads, *, structure="rows", k=None, a=0.1, eps=1e-7, rel=1e-5, every=1):
-  """Float64 block Adagrad (DESIGN.md section 2) for a list of (V, d) gradients."""
+  """Float64 block Adagrad (the formulas of docs/design.rst) for a list of (V, d) gradients."""
   v, d = grads[0].shape
   k = d if k is None else k
   nb = d // k

@@ -16,7 +16,7 @@ except ModuleNotFoundError:  # Python 3.10
   tomllib = pytest.importorskip("tomli")
 
 import optax_blockada as ob
-from optax_blockada import presets, routed, sharding, sparse
+from optax_blockada import diagnostics, presets, routed, sharding, sparse
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Type aliases carry no docstring of their own; they are documented in _geometry.
@@ -27,7 +27,7 @@ def _public_objects():
   for name in ob.__all__:
     if name not in NOT_DOCUMENTED_OBJECTS:
       yield f"optax_blockada.{name}", getattr(ob, name)
-  for module in (presets, sparse, routed, sharding):
+  for module in (presets, sparse, routed, sharding, diagnostics):
     for name in module.__all__:
       yield f"{module.__name__}.{name}", getattr(module, name)
 
@@ -93,3 +93,33 @@ def test_version_is_written_once_and_released_in_the_changelog():
   license_text = (ROOT / "LICENSE").read_text()
   assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
   assert pyproject["project"]["license"] == "Apache-2.0"
+
+
+def _documented_names():
+  """``module.name`` of every object the API reference pages document."""
+  names = set()
+  for page in sorted((ROOT / "docs" / "api").glob("*.rst")):
+    module = None
+    for line in page.read_text().splitlines():
+      if m := re.match(r"\.\. currentmodule:: (\S+)", line):
+        module = m.group(1)
+      elif m := re.match(r"\.\. (?:autofunction|autoclass|py:data):: (\S+)", line):
+        names.add(f"{module}.{m.group(1)}")
+      elif m := re.match(r"\.\. automodule:: (\S+)", line):
+        names.add(m.group(1))
+  return names
+
+
+def test_every_public_name_is_in_the_api_reference():
+  documented = _documented_names()
+  missing = []
+  for name, obj in _public_objects():
+    if inspect.ismodule(obj):
+      if obj.__name__ not in documented:
+        missing.append(obj.__name__)
+    elif name not in documented and f"optax_blockada.{name.rsplit('.', 1)[1]}" not in documented:
+      missing.append(name)
+  missing += [
+    f"optax_blockada.{n}" for n in NOT_DOCUMENTED_OBJECTS if f"optax_blockada.{n}" not in documented
+  ]
+  assert not missing, f"not in docs/api/*.rst: {missing}"

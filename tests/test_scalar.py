@@ -14,7 +14,7 @@ STEPS = 30
 
 
 def numpy_adagrad(grads, *, axes, init, eps, eps_in_sqrt, reduction, old):
-  """Float64 reference from DESIGN.md section 2, one leaf, a list of gradients.
+  """Float64 reference from the formulas (docs/design.rst), one leaf, a list of gradients.
 
   Returns the list of updates (without learning rate) and the final accumulator.
   """
@@ -175,7 +175,7 @@ def test_rowwise_feature_axes_match_numpy(shape, axes):
 
 
 def test_mean_and_sum_differ_only_by_rescaling():
-  # DESIGN.md: lr -> lr*sqrt(d), init -> init*d, eps -> eps*d.
+  # docs/design.rst: lr -> lr*sqrt(d), init -> init*d, eps -> eps*d.
   d = 16
   rng = np.random.default_rng(4)
   params = jnp.asarray(rng.normal(size=(8, d)), jnp.float32)
@@ -242,7 +242,7 @@ def test_lazy_exactness(make_tx):
 
 
 def test_conventions_worked_example_first_step_multiplier():
-  # CONVENTIONS.md: |u|/lr for g = 1e-3 on the first step: optax/Keras defaults 0.0032.
+  # |u|/lr for g = 1e-3 on the first step with the optax/Keras defaults (a = 0.1): 0.0032.
   tx = ob.diagonal_adagrad(1.0)
   u, _ = tx.update(jnp.array([1e-3]), tx.init(jnp.zeros(1)))
   np.testing.assert_allclose(-u[0], 1e-3 / np.sqrt(0.1 + 1e-6 + 1e-7), rtol=1e-5)

@@ -176,7 +176,7 @@ def test_gensim_default_corpus():
   pytest.importorskip("gensim")
   docs = text.gensim_corpus()
   tokens = sum(map(len, docs))
-  # DATA.md: ~413K Wikipedia tokens after markup stripping plus ~60K in the Lee corpus
+  # ~413K Wikipedia tokens after markup stripping plus ~60K in the Lee corpus
   # (gensim's tokenizer also drops 1-letter and >15-letter tokens, ours keeps them).
   assert 450_000 < tokens < 600_000
   from gensim.test.utils import datapath
