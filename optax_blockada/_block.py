@@ -425,6 +425,15 @@ def scale_by_block_adagrad(
   With ``optax.inject_hyperparams`` pass the static arguments you set as
   ``static_args`` (e.g. ``('block_size', 'update_root_every')``); ``a``, ``eps`` and
   ``relative_eps`` may be injected.
+
+  References:
+    Duchi, Hazan & Singer, `Adaptive Subgradient Methods for Online Learning and
+    Stochastic Optimization <https://jmlr.org/papers/v12/duchi11a.html>`_, JMLR 2011 (full-matrix
+    Adagrad).
+    McMahan & Streeter, `Adaptive Bound Optimization for Online Convex Optimization
+    <https://arxiv.org/abs/1002.4908>`_, COLT 2010.
+    Gupta, Koren & Singer, `Shampoo: Preconditioned Stochastic Tensor Optimization
+    <https://arxiv.org/abs/1802.09568>`_, ICML 2018 (matrix roots by iteration).
   """
   name = "scale_by_block_adagrad"
   structure = _validation.check_choice("structure", structure, STRUCTURES)

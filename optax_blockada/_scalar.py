@@ -248,6 +248,12 @@ def scale_by_diagonal_adagrad(
 
   With ``optax.inject_hyperparams`` pass ``static_args=('accumulator_dtype',)`` if you
   set ``accumulator_dtype``; booleans are static already.
+
+  References:
+    Duchi, Hazan & Singer, `Adaptive Subgradient Methods for Online Learning and
+    Stochastic Optimization <https://jmlr.org/papers/v12/duchi11a.html>`_, JMLR 2011.
+    McMahan & Streeter, `Adaptive Bound Optimization for Online Convex Optimization
+    <https://arxiv.org/abs/1002.4908>`_, COLT 2010.
   """
   return _scale_by_scalar_adagrad(
     name="scale_by_diagonal_adagrad",
@@ -353,6 +359,15 @@ def scale_by_rowwise_adagrad(
     >>> g = jax.device_put(grads['table'], NamedSharding(mesh, P(None, 'f')))
     >>> print(step(g)[0])
     [1.03305 1.3774 0.    ]
+
+  References:
+    Duchi, Hazan & Singer, `Adaptive Subgradient Methods for Online Learning and
+    Stochastic Optimization <https://jmlr.org/papers/v12/duchi11a.html>`_, JMLR 2011.
+    McMahan & Streeter, `Adaptive Bound Optimization for Online Convex Optimization
+    <https://arxiv.org/abs/1002.4908>`_, COLT 2010.
+    FBGEMM's ``EXACT_ROWWISE_ADAGRAD`` (`fbgemm_gpu
+    <https://github.com/pytorch/FBGEMM/tree/main/fbgemm_gpu>`_) and TorchRec's
+    ``RowWiseAdagrad``: the row-wise accumulator of production recommenders.
   """
   return _scale_by_scalar_adagrad(
     name="scale_by_rowwise_adagrad",

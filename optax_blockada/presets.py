@@ -343,6 +343,11 @@ def glove_adagrad(eta: Any = 0.05, grad_clip_value: Any = 100.0) -> optax.Gradie
     >>> updates, _ = tx.update(grads, tx.init(params), params)
     >>> print(updates['w'][0], updates['b'])  # -eta * g / sqrt(1), -g / sqrt(1)
     [-0.05 -0.05 -0.05] [-1. -1.]
+
+  References:
+    Pennington, Socher & Manning, `GloVe: Global Vectors for Word Representation
+    <https://nlp.stanford.edu/pubs/glove.pdf>`_, EMNLP 2014; ``src/glove.c`` of
+    `stanfordnlp/GloVe <https://github.com/stanfordnlp/GloVe>`_.
   """
   _validation.check_nonnegative("eta", eta)
   if not _validation.is_traced(eta) and float(eta) == 0.0:
@@ -388,6 +393,11 @@ def lightfm_adagrad(learning_rate: Any = 0.05) -> optax.GradientTransformation:
     ...   print(updates)  # -0.05 * 2 / sqrt(1), then / sqrt(1 + 4)
     [-0.1  0. ]
     [-0.04472  0.     ]
+
+  References:
+    Kula, `Metadata Embeddings for User and Item Cold-start Recommendations
+    <https://arxiv.org/abs/1507.08439>`_, 2015; ``lightfm/_lightfm_fast.pyx.template`` of
+    `lyst/lightfm <https://github.com/lyst/lightfm>`_.
   """
   _validation.check_learning_rate(learning_rate)
   return optax.chain(
