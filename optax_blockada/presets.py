@@ -85,7 +85,11 @@ def torch_adagrad(
   As a chain: ``add_decayed_weights(weight_decay)``,
   ``scale_by_diagonal_adagrad(initial_accumulator_value, eps, eps_in_sqrt=False)``,
   ``scale_by_learning_rate`` with the inverse-time schedule. ``t`` counts every
-  ``update`` call, as PyTorch's per-parameter ``step`` does for dense gradients.
+  ``update`` call. PyTorch's per-parameter ``step`` counts the steps in which that
+  parameter had a gradient: a parameter whose ``.grad`` is ``None`` is skipped (its
+  ``step`` does not advance, it is not decayed), where this preset sees a zero gradient,
+  advances ``t`` and, with ``weight_decay``, still decays it. They agree when every
+  parameter gets a gradient every step.
 
   Args:
     learning_rate: ``lr`` (a float or an optax schedule, decayed further by
@@ -264,9 +268,16 @@ def fbgemm_rowwise_adagrad(
     w = c * w - m * g
     if max_norm > 0 and ||w|| > max_norm: w *= max_norm / ||w||
 
-  ``'l2'`` is ``w - m * g'``. Decay and ``max_norm`` touch only rows of the batch;
-  here that means rows with a non-zero gradient (see
-  :func:`add_decayed_weights_to_touched_rows`).
+  ``'l2'`` is ``w - m * g'``. FBGEMM decays every looked-up row of the batch; here
+  "looked up" can only mean "has a non-zero gradient" (see
+  :func:`add_decayed_weights_to_touched_rows`), so a looked-up row whose summed gradient
+  is exactly zero (a padding row) is not decayed, where FBGEMM decays it (and, in
+  ``'l2'`` mode, adds ``mean((wd * w)^2)`` to its accumulator).
+
+  ``max_norm``: FBGEMM applies it in its CUDA kernel only (its CPU kernel ignores it),
+  and there to every looked-up row, zero gradient or not. This preset renormalises the
+  rows with a non-zero gradient on every backend, so it matches FBGEMM's CUDA kernel on
+  rows with a gradient and differs from its CPU kernel whenever ``max_norm > 0``.
 
   Args:
     learning_rate: ``lr`` (a float or an optax schedule).

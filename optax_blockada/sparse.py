@@ -56,10 +56,13 @@ shared state advance as in the dense step.
   ``optax.partition``.
 * Stateless transforms that change rows with zero gradient: ``optax.add_decayed_weights``
   (and presets with ``weight_decay``), ``optax.add_noise``,
-  ``optax.keep_params_nonnegative``: they act on the **touched rows only**. For weight
-  decay this is FBGEMM/TorchRec's "decay on touched rows" (lazy) semantics, not the
-  dense result (:func:`optax_blockada.add_decayed_weights_to_touched_rows` gives the
-  same semantics in a dense step).
+  ``optax.keep_params_nonnegative``: they act on the **touched rows only** (rows with a
+  non-zero gradient), not the dense result
+  (:func:`optax_blockada.add_decayed_weights_to_touched_rows` gives the same semantics
+  in a dense step). This is the lazy decay of FBGEMM's fused kernels, except that
+  FBGEMM also decays looked-up rows whose summed gradient is exactly zero (padding
+  rows). It is not the semantics of TorchRec's ``RowWiseAdagrad`` optimizer class,
+  which decays every row of the table.
 * Stateless transforms whose row update depends on the whole leaf through a mean or a
   parameter norm (``optax.clip_by_block_rms``, ``optax.centralize``,
   ``optax.scale_by_param_block_norm``/``rms``, ``optax.scale_by_trust_ratio``) see only

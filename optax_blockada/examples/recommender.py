@@ -26,8 +26,11 @@ two ranking losses:
 LightFM updates after every example; here a minibatch of examples is vectorised: every
 example draws ``max_sampled`` candidates at once (LightFM's default 10; WARP stops at
 the first violator among them, BPR takes the first non-positive; an example without
-one contributes nothing), and the gradient is the *sum* of the examples' gradients,
-as LightFM's per-example steps add up. The training loop is a plain jitted
+one contributes nothing), and the gradient is the *sum* of the examples' gradients.
+With Adagrad that is not what LightFM's per-example steps add up to: LightFM steps each
+example in turn (the positive item, then the negative one, each with its own accumulator
+update, so an accumulator grows by :math:`g_p^2 + g_n^2` over two steps), where a
+minibatch step adds the square of the summed gradient once. The training loop is a plain jitted
 ``jax.lax.scan`` over the minibatches of an epoch on the module's parameters
 (:func:`flax.nnx.split`), so any optax transform trains it.
 
