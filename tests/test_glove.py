@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import pathlib
+import stat
 
 import jax
 import jax.numpy as jnp
@@ -411,3 +414,18 @@ def test_a_diverged_optimizer_is_reported_not_evaluated():
   assert np.isnan(row["loss"]) and np.isnan(row["wordsim353"]) and np.isnan(row["drift"])
   line = glove.format_table(rows).splitlines()[-1]
   assert "| diverged |" in line and "n/a" in line
+
+
+def test_written_files_get_the_users_umask_not_0600(tmp_path):
+  # --json and --plot go through write_atomically (a temporary file, then a rename).
+  old = os.umask(0o027)
+  try:
+    out = tmp_path / "result.json"
+    glove.write_atomically(str(out), lambda tmp: pathlib.Path(tmp).write_text("{}"))
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+    os.umask(0o022)
+    glove.write_atomically(str(out), lambda tmp: pathlib.Path(tmp).write_text("{}"))
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+  finally:
+    os.umask(old)
+  assert [p.name for p in tmp_path.iterdir()] == ["result.json"]

@@ -1040,7 +1040,9 @@ def load_corpus(
 def write_atomically(path: str, write: Callable[[str], None]) -> None:
   """Calls ``write(tmp)`` on a temporary file next to ``path``, then renames it to ``path``.
 
-  A crash leaves either the old file or the new one, never a half-written one.
+  A crash leaves either the old file or the new one, never a half-written one. The file
+  gets the permissions a plain ``open(path, 'w')`` would give (``0o666`` less the
+  process umask), not the ``0o600`` of a temporary file.
 
   Args:
     path: the destination.
@@ -1059,8 +1061,11 @@ def write_atomically(path: str, write: Callable[[str], None]) -> None:
   suffix = os.path.splitext(path)[1]
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
   os.close(fd)
+  umask = os.umask(0)
+  os.umask(umask)
   try:
     write(tmp)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

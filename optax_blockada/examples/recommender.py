@@ -63,7 +63,6 @@ import math
 import os
 import pathlib
 import sys
-import tempfile
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -77,7 +76,7 @@ import scipy.stats
 from flax import nnx
 
 import optax_blockada as ob
-from optax_blockada.examples import movielens
+from optax_blockada.examples import glove, movielens
 from optax_blockada.examples._checkpoint import Checkpointer, CheckpointError
 from optax_blockada.examples._cli import float_in, int_at_least
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES, make_optimizer
@@ -1117,17 +1116,14 @@ def _load(args, parser) -> movielens.Ratings:
 
 
 def _write_json(path: str, payload: Any) -> None:
-  """Writes ``payload`` to ``path`` atomically (a temporary file, then a rename)."""
-  target = pathlib.Path(path)
-  fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+  """Writes ``payload`` to ``path`` atomically (:func:`glove.write_atomically`)."""
+
+  def write(tmp: str) -> None:
+    with open(tmp, "w", encoding="utf-8") as f:
       json.dump(payload, f, indent=2)
       f.write("\n")
-    os.replace(tmp, target)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
+
+  glove.write_atomically(path, write)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
