@@ -257,9 +257,9 @@ def _cli(corpus, tmp_path, *extra):
 def test_cli_end_to_end(tiny_corpus, tmp_path, capsys):
   pytest.importorskip("gensim")  # the evaluation files
   plot = tmp_path / "loss.png"
-  assert (
-    glove.main(_cli(tiny_corpus, tmp_path, "--plot", str(plot), "--learning-rates", "0.1")) == 0
-  )
+  saved = tmp_path / "vectors"
+  args = _cli(tiny_corpus, tmp_path, "--plot", str(plot), "--learning-rates", "0.1")
+  assert glove.main([*args, "--save-vectors", str(saved)]) == 0
   out = capsys.readouterr().out
   for name in ("random init", *OPTIMIZER_NAMES):
     assert f"| {name} |" in out
@@ -277,7 +277,26 @@ def test_cli_end_to_end(tiny_corpus, tmp_path, capsys):
   assert drift["rowwise"] < 1e-4 and drift["block"] < 1e-3
   assert drift["diagonal"] > 1e-2
   assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b"\x89PNG"
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["loss.png", "out.json", "tiny.txt"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+    "loss.png",
+    "out.json",
+    "tiny.txt",
+    "vectors",
+  ]
+  # --save-vectors: gensim reads each optimizer's vectors back, and gensim's own
+  # evaluators on them give the scores the run printed.
+  from gensim.models import KeyedVectors
+  from gensim.test.utils import datapath
+
+  assert sorted(p.name for p in saved.iterdir()) == sorted(f"{n}.txt" for n in OPTIMIZER_NAMES)
+  for r in rows[1:]:
+    kv = KeyedVectors.load_word2vec_format(str(saved / f"{r['optimizer']}.txt"))
+    assert sorted(kv.index_to_key) == sorted(_WORDS)
+    assert np.isfinite(r["wordsim353"]) and r["analogy_coverage"] > 0
+    _, spearman, _ = kv.evaluate_word_pairs(datapath("wordsim353.tsv"))
+    np.testing.assert_allclose(spearman.statistic, r["wordsim353"], rtol=1e-6)
+    score, _ = kv.evaluate_word_analogies(datapath("questions-words.txt"), case_insensitive=True)
+    np.testing.assert_allclose(score, r["analogy_total"], rtol=1e-6)
 
 
 def test_cli_resume_continues_the_saved_runs(tiny_corpus, tmp_path, capsys):

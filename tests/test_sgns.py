@@ -217,6 +217,7 @@ def test_cli_end_to_end(tmp_path, capsys):
   pytest.importorskip("gensim")  # the evaluation files
   # The GloVe CLI test runs all five optimizers; two keep this one fast.
   args = _cli(tmp_path, "--learning-rates", "0.1", "--plot", str(tmp_path / "l.png"))
+  args += ["--save-vectors", str(tmp_path / "vectors")]
   assert sgns.main([*args, "--optimizers", "diagonal", "rowwise"]) == 0
   out = capsys.readouterr().out
   rows = json.loads((tmp_path / "out.json").read_text())["results"]
@@ -227,6 +228,15 @@ def test_cli_end_to_end(tmp_path, capsys):
   drift = {r["optimizer"]: r["drift"] for r in rows[1:]}
   assert drift["rowwise"] < 1e-4 and drift["diagonal"] > 1e-2
   assert (tmp_path / "l.png").read_bytes()[:4] == b"\x89PNG"
+  # --save-vectors: the input table of each optimizer, read back by gensim; gensim's
+  # evaluator on it gives the printed WordSim-353 score.
+  from gensim.models import KeyedVectors
+  from gensim.test.utils import datapath
+
+  for r in rows[1:]:
+    kv = KeyedVectors.load_word2vec_format(str(tmp_path / "vectors" / f"{r['optimizer']}.txt"))
+    _, spearman, _ = kv.evaluate_word_pairs(datapath("wordsim353.tsv"))
+    np.testing.assert_allclose(spearman.statistic, r["wordsim353"], rtol=1e-6)
 
 
 def test_cli_bad_input(tmp_path, capsys):

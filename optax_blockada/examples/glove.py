@@ -603,6 +603,7 @@ def compare_optimizers(
   checkpoint_every: int = 1000,
   resume: bool = False,
   progress: bool = False,
+  save_vectors: str | None = None,
 ) -> list[dict[str, Any]]:
   """Trains GloVe with each optimizer at each of its learning rates; keeps the best.
 
@@ -627,6 +628,8 @@ def compare_optimizers(
     checkpoint_every: steps between checkpoints.
     resume: resume each run from its newest checkpoint (runs without one start anew).
     progress: show progress bars.
+    save_vectors: a directory for each optimizer's vectors ``W + W~`` at its best rate
+      (word2vec text format, ``<optimizer>.txt``).
 
   Returns:
     A ``random init`` row, then one row per optimizer (dicts; see the module's table).
@@ -665,6 +668,7 @@ def compare_optimizers(
     checkpoint_every=checkpoint_every,
     resume=resume,
     progress=progress,
+    save_vectors=save_vectors,
   )
 
 
@@ -690,6 +694,7 @@ def sweep_optimizers(
   resume: bool = False,
   progress: bool = False,
   wrap: Callable[[str, optax.GradientTransformation], optax.GradientTransformation] | None = None,
+  save_vectors: str | None = None,
 ) -> list[dict[str, Any]]:
   """The learning-rate sweep and the table rows, for any model with word/context tables.
 
@@ -715,6 +720,8 @@ def sweep_optimizers(
     resume: resume runs from their checkpoints.
     progress: show progress bars.
     wrap: ``(name, tx) -> tx``, applied to every optimizer (default: none).
+    save_vectors: a directory: each optimizer's vectors at its best rate are written
+      there as ``<optimizer>.txt`` in word2vec's text format (:func:`save_word2vec`).
 
   Returns:
     A ``random init`` row, then one row per optimizer.
@@ -784,6 +791,8 @@ def sweep_optimizers(
       row["drift"] = math.nan
     else:
       row.update(word_eval.evaluate(vectors(result.params), words))
+      if save_vectors is not None:
+        save_word2vec(os.path.join(save_vectors, f"{name}.txt"), words, vectors(result.params))
       rotated = run(name, best, rotated0, "rotated")
       row["drift"] = rot.relative_drift(_tables(result.params), _tables(rotated.params), rotation)
     rows.append(row)
@@ -904,6 +913,12 @@ def add_common_arguments(
   )
   parser.add_argument("--json", metavar="PATH", help="write the results to this JSON file")
   parser.add_argument("--plot", metavar="PATH", help="save the loss curves to this image")
+  parser.add_argument(
+    "--save-vectors",
+    metavar="DIR",
+    help="write each optimizer's trained vectors to DIR/<optimizer>.txt (word2vec text "
+    "format, for gensim's KeyedVectors.load_word2vec_format)",
+  )
   parser.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint every run here (orbax)")
   parser.add_argument(
     "--checkpoint-every",
@@ -1073,8 +1088,41 @@ def write_atomically(path: str, write: Callable[[str], None]) -> None:
     raise
 
 
+def save_word2vec(path: str, words: Sequence[str], vectors: Any) -> None:
+  """Writes ``vectors`` (row ``i`` is ``words[i]``) in word2vec's text format, atomically.
+
+  Written by gensim (:meth:`gensim.models.KeyedVectors.save_word2vec_format`), so
+  ``KeyedVectors.load_word2vec_format(path)`` reads them back exactly (float32).
+
+  Args:
+    path: the file to write.
+    words: the vocabulary.
+    vectors: ``(len(words), d)`` array.
+
+  Example:
+    >>> import pathlib, tempfile
+    >>> import numpy as np
+    >>> from gensim.models import KeyedVectors
+    >>> from optax_blockada.examples.glove import save_word2vec
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...   path = str(pathlib.Path(d) / "v.txt")
+    ...   save_word2vec(path, ["cat", "dog"], np.array([[1.0, 0.5], [0.25, 2.0]]))
+    ...   print(KeyedVectors.load_word2vec_format(path)["dog"])
+    [0.25 2.  ]
+  """
+  from gensim.models import KeyedVectors
+
+  vectors = np.asarray(vectors, np.float32)
+  kv = KeyedVectors(vector_size=vectors.shape[1], dtype=np.float32)
+  kv.add_vectors(list(words), vectors)
+  # gensim writes in descending order of a per-word attribute: keep the vocabulary's order.
+  for i, word in enumerate(words):
+    kv.set_vecattr(word, "rank", len(words) - i)
+  write_atomically(path, lambda tmp: kv.save_word2vec_format(tmp, binary=False, sort_attr="rank"))
+
+
 def check_output_paths(args: argparse.Namespace) -> None:
-  """Fails early if ``--json`` or ``--plot`` cannot be written (before any training).
+  """Fails early if ``--json``, ``--plot`` or ``--save-vectors`` cannot be written.
 
   Args:
     args: parsed arguments.
@@ -1100,6 +1148,14 @@ def check_output_paths(args: argparse.Namespace) -> None:
         raise UsageError(f"--{option}: the directory {directory!r} does not exist.")
   if args.resume and args.checkpoint_dir is None:
     raise UsageError("--resume needs --checkpoint-dir (where the runs were saved).")
+  save_vectors = getattr(args, "save_vectors", None)
+  if save_vectors is not None:
+    if os.path.exists(save_vectors) and not os.path.isdir(save_vectors):
+      raise UsageError(f"--save-vectors: {save_vectors!r} exists and is not a directory.")
+    try:
+      os.makedirs(save_vectors, exist_ok=True)
+    except OSError as e:
+      raise UsageError(f"--save-vectors: cannot create {save_vectors!r}: {e}") from e
 
 
 def save_loss_plot(path: str, rows: Sequence[Mapping[str, Any]], title: str, ylabel: str) -> None:
@@ -1222,6 +1278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       checkpoint_every=args.checkpoint_every,
       resume=args.resume,
       progress=not args.no_progress,
+      save_vectors=args.save_vectors,
     )
   except CheckpointError as e:
     print(f"error: --resume: {e}", file=sys.stderr)

@@ -536,6 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     checkpoint_every=args.checkpoint_every,
     resume=args.resume,
     progress=not args.no_progress,
+    save_vectors=args.save_vectors,
   )
   seconds = time.perf_counter() - start
   print(
