@@ -521,11 +521,9 @@ def scale_by_block_adagrad(
 
   def update_fn(updates, state, params=None):
     del params
-    _validation.check_state(state, BlockAdagradState, name)
-    _validation.check_same_structure(updates, state.fallbacks, name)
-    _validation.check_float_leaves(updates, f"{name}: updates")
-    updates = _validation.as_arrays(updates)
-    with_path, treedef = jax.tree_util.tree_flatten_with_path(updates)
+    updates, with_path, treedef = _validation.checked_updates(
+      updates, state, BlockAdagradState, "fallbacks", name
+    )
     fields = {f: treedef.flatten_up_to(getattr(state, f)) for f in _TREE_FIELDS}
     hp = {
       "eps": eps,

@@ -137,11 +137,9 @@ def skip_nonfinite_rows(
     return SkipNonfiniteRowsState(skipped_rows=skipped, inner_state=inner.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
-    _validation.check_state(state, SkipNonfiniteRowsState, name)
-    _validation.check_same_structure(updates, state.skipped_rows, name)
-    _validation.check_float_leaves(updates, f"{name}: updates")
-    updates = _validation.as_arrays(updates)
-    with_path, treedef = jax.tree_util.tree_flatten_with_path(updates)
+    updates, with_path, treedef = _validation.checked_updates(
+      updates, state, SkipNonfiniteRowsState, "skipped_rows", name
+    )
     counts = treedef.flatten_up_to(state.skipped_rows)
     axes = _geometry.resolve_feature_axes(feature_axes, updates)
     names = _geometry.resolve_axis_names(axis_name, updates)

@@ -157,11 +157,9 @@ def _scale_by_scalar_adagrad(
 
   def update_fn(updates, state, params=None):
     del params
-    _validation.check_state(state, state_cls, name)
-    _validation.check_same_structure(updates, state.sum_of_squares, name)
-    _validation.check_float_leaves(updates, f"{name}: updates")
-    updates = _validation.as_arrays(updates)
-    with_path, treedef = jax.tree_util.tree_flatten_with_path(updates)
+    updates, with_path, treedef = _validation.checked_updates(
+      updates, state, state_cls, "sum_of_squares", name
+    )
     sums = treedef.flatten_up_to(state.sum_of_squares)
     axes = _geometry.resolve_feature_axes(feature_axes, updates)
     names = _geometry.resolve_axis_names(axis_name, updates)

@@ -149,6 +149,26 @@ def check_state(state: Any, state_cls: type, name: str) -> None:
   )
 
 
+def checked_updates(
+  updates: Any, state: Any, state_cls: type, tree_field: str, name: str
+) -> tuple[Any, list[tuple[Any, Any]], Any]:
+  """The checks every ``update`` of this library starts with, then the flattened updates.
+
+  Checks that ``state`` is a ``state_cls``, that the updates have the tree of its field
+  ``tree_field`` (a pytree with the params' structure) and float leaves.
+
+  Returns:
+    ``(updates, with_path, treedef)``: the updates with Python scalars as arrays, their
+    ``(key path, leaf)`` pairs and their treedef.
+  """
+  check_state(state, state_cls, name)
+  check_same_structure(updates, getattr(state, tree_field), name)
+  check_float_leaves(updates, f"{name}: updates")
+  updates = as_arrays(updates)
+  with_path, treedef = jax.tree_util.tree_flatten_with_path(updates)
+  return updates, with_path, treedef
+
+
 def as_arrays(tree: Any) -> Any:
   """``tree`` with Python and numpy scalars as arrays (optax accepts them as params)."""
   return jax.tree.map(lambda x: x if hasattr(x, "shape") else jnp.asarray(x), tree)

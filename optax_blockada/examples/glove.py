@@ -2,7 +2,7 @@
 
 Run it with::
 
-    python -m optax_blockada.examples.glove            # offline default corpus, ~6 min
+    python -m optax_blockada.examples.glove            # offline default corpus, 4-7 min on 2 cores
     python -m optax_blockada.examples.glove --quick    # a smaller setting, < 2 min
     python -m optax_blockada.examples.glove --corpus text8 --json out.json --plot loss.png
     python -m optax_blockada.examples.glove --checkpoint-dir ckpt [--resume]

@@ -5,7 +5,7 @@
   document). The offline default, :func:`gensim_corpus`, is the two raw-English texts
   gensim's wheel ships: a Wikipedia dump excerpt (206 pages, markup stripped with
   gensim's own ``wikicorpus`` tools, one document per article) and the Lee corpus (300
-  news documents, one per line), about 470K tokens in all.
+  news documents, one per line), 529,881 tokens in all.
 * :func:`build_vocabulary` counts words and keeps those with at least ``min_count``
   occurrences, most frequent first (ties by word), at most ``max_size`` of them.
 * :func:`encode` maps a corpus to one ``int32`` array of in-vocabulary token ids with
@@ -211,7 +211,7 @@ def gensim_corpus(*, progress: bool = False) -> Corpus:
   their markup stripped with :func:`gensim.corpora.wikicorpus.filter_wiki`, and pages in
   non-article namespaces or with fewer than 50 tokens are skipped (as gensim's
   ``WikiCorpus`` does). Each article is one document, each line of the Lee corpus is
-  one document. About 470K tokens; needs gensim.
+  one document. 529,881 tokens (our tokenizer); needs gensim.
 
   Args:
     progress: show a tqdm progress bar over the Wikipedia pages.
