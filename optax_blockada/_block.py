@@ -11,11 +11,12 @@ coordinates of a row (or a matrix shared by all rows of a leaf). Its step
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike, DTypeLike
 
 from optax_blockada import _geometry, _roots, _validation
 from optax_blockada._geometry import FeatureAxesSpec
@@ -37,6 +38,8 @@ __all__ = [
 ]
 
 STRUCTURES = ("rows", "blocks", "shared", "rows_x_shared")
+Structure = Literal["rows", "blocks", "shared", "rows_x_shared"]
+RootMethod = Literal["auto", "eigh", "newton_schulz"]
 DEFAULT_RELATIVE_EPS = 1e-5
 DEFAULT_MAX_STATE_BYTES = 1 << 30
 _PER_ROW_MATRIX = ("rows", "blocks")
@@ -296,17 +299,17 @@ def _memory_error(name, path, shape, nbytes, limit, structure) -> ValueError:
 
 
 def scale_by_block_adagrad(
-  initial_accumulator_value: Any = 0.1,
-  eps: Any = 1e-7,
+  initial_accumulator_value: ArrayLike = 0.1,
+  eps: ArrayLike = 1e-7,
   *,
-  structure: str = "rows",
+  structure: Structure = "rows",
   block_size: int | None = None,
-  relative_eps: Any = DEFAULT_RELATIVE_EPS,
-  root: str = "auto",
+  relative_eps: ArrayLike = DEFAULT_RELATIVE_EPS,
+  root: RootMethod = "auto",
   root_iterations: int | None = None,
   update_root_every: int | None = None,
   feature_axes: FeatureAxesSpec = None,
-  accumulator_dtype: Any | None = None,
+  accumulator_dtype: DTypeLike | None = None,
   max_state_bytes: int | float | None = None,
 ) -> optax.GradientTransformation:
   r"""Block-diagonal (full-matrix-per-block) Adagrad scaling (no learning rate).
@@ -436,8 +439,8 @@ def scale_by_block_adagrad(
     <https://arxiv.org/abs/1802.09568>`_, ICML 2018 (matrix roots by iteration).
   """
   name = "scale_by_block_adagrad"
-  structure = _validation.check_choice("structure", structure, STRUCTURES)
-  root = _validation.check_choice("root", root, _roots.ROOT_METHODS)
+  _validation.check_choice("structure", structure, STRUCTURES)
+  _validation.check_choice("root", root, _roots.ROOT_METHODS)
   if block_size is not None:
     block_size = _validation.static_int("block_size", block_size)
   if structure == "blocks" and block_size is None:
@@ -568,20 +571,20 @@ def scale_by_block_adagrad(
 
 def block_adagrad(
   learning_rate: optax.ScalarOrSchedule,
-  initial_accumulator_value: Any = 0.1,
-  eps: Any = 1e-7,
+  initial_accumulator_value: ArrayLike = 0.1,
+  eps: ArrayLike = 1e-7,
   *,
-  structure: str = "rows",
+  structure: Structure = "rows",
   block_size: int | None = None,
-  relative_eps: Any = DEFAULT_RELATIVE_EPS,
-  root: str = "auto",
+  relative_eps: ArrayLike = DEFAULT_RELATIVE_EPS,
+  root: RootMethod = "auto",
   root_iterations: int | None = None,
   update_root_every: int | None = None,
   feature_axes: FeatureAxesSpec = None,
-  accumulator_dtype: Any | None = None,
+  accumulator_dtype: DTypeLike | None = None,
   max_state_bytes: int | float | None = None,
   skip_nonfinite_rows: bool = False,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Block-diagonal Adagrad: :func:`scale_by_block_adagrad` then ``-learning_rate``.
 
   A :math:`d \times d` accumulator per feature vector (by default),
@@ -653,7 +656,11 @@ def _mean_inverse_root(eigenvalues: jax.Array, lam: jax.Array) -> jax.Array:
 
 
 def block_effective_learning_rates(
-  state: BlockAdagradState, learning_rate: Any = 1.0, *, eps: Any = 1e-7, relative_eps: Any = None
+  state: BlockAdagradState,
+  learning_rate: Any = 1.0,
+  *,
+  eps: ArrayLike = 1e-7,
+  relative_eps: ArrayLike | None = None,
 ) -> Any:
   r"""Per-row effective learning rate of a block state: :math:`\eta \operatorname{tr}((H +
   \lambda I)^{-1/2}) / k`, averaged over a row's blocks.

@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
 from optax_blockada import _geometry, _validation
 from optax_blockada._geometry import FeatureAxesSpec
@@ -38,7 +39,7 @@ def _map_rows(fn, updates, params, feature_axes):
 
 
 def add_decayed_weights_to_touched_rows(
-  weight_decay: Any = 0.0, *, feature_axes: FeatureAxesSpec = None
+  weight_decay: ArrayLike = 0.0, *, feature_axes: FeatureAxesSpec = None
 ) -> optax.GradientTransformation:
   r"""Adds ``weight_decay * params`` to the rows whose update is non-zero.
 
@@ -84,7 +85,7 @@ def add_decayed_weights_to_touched_rows(
 
 
 def renormalize_rows(
-  max_norm: Any, *, feature_axes: FeatureAxesSpec = None
+  max_norm: ArrayLike, *, feature_axes: FeatureAxesSpec = None
 ) -> optax.GradientTransformation:
   r"""Rescales updated rows whose new norm exceeds ``max_norm`` (FBGEMM ``max_norm``).
 

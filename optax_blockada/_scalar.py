@@ -7,11 +7,12 @@ feature axes, so every coordinate is its own row.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike, DTypeLike
 
 from optax_blockada import _geometry, _nonfinite, _validation
 from optax_blockada._geometry import AxisNameSpec, FeatureAxesSpec
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 REDUCTIONS = ("mean", "sum")
+Reduction = Literal["mean", "sum"]
 
 
 class DiagonalAdagradState(NamedTuple):
@@ -63,7 +65,7 @@ class RowwiseAdagradState(NamedTuple):
   PER_ROW_FIELDS = ("sum_of_squares",)
 
 
-def accumulator_dtype_for(param_dtype: Any, accumulator_dtype: Any | None) -> jnp.dtype:
+def accumulator_dtype_for(param_dtype: Any, accumulator_dtype: DTypeLike | None) -> jnp.dtype:
   """The accumulator dtype: given, or the param's dtype promoted to at least float32."""
   if accumulator_dtype is None:
     dtype = jnp.dtype(param_dtype)
@@ -71,7 +73,7 @@ def accumulator_dtype_for(param_dtype: Any, accumulator_dtype: Any | None) -> jn
   return jnp.dtype(accumulator_dtype)
 
 
-def inverse_root(accumulator: jax.Array, eps: Any, eps_in_sqrt: bool) -> jax.Array:
+def inverse_root(accumulator: jax.Array, eps: ArrayLike, eps_in_sqrt: bool) -> jax.Array:
   """Per-row step multiplier ``phi(G)``, zero where ``G == 0``.
 
   ``eps_in_sqrt=True``: ``rsqrt(G + eps)`` (optax, Keras 3);
@@ -106,8 +108,8 @@ def _scale_by_scalar_adagrad(
   name: str,
   state_cls: type,
   feature_axes: FeatureAxesSpec,
-  initial_accumulator_value: Any,
-  eps: Any,
+  initial_accumulator_value: ArrayLike,
+  eps: ArrayLike,
   reduction: str,
   eps_in_sqrt: Any,
   use_old_accumulator: Any,
@@ -199,12 +201,12 @@ _MATHS_COMMON = r"""
 
 
 def scale_by_diagonal_adagrad(
-  initial_accumulator_value: Any = 0.1,
-  eps: Any = 1e-7,
+  initial_accumulator_value: ArrayLike = 0.1,
+  eps: ArrayLike = 1e-7,
   *,
   eps_in_sqrt: bool = True,
   use_old_accumulator: bool = False,
-  accumulator_dtype: Any | None = None,
+  accumulator_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformation:
   r"""Per-coordinate Adagrad scaling (no learning rate).
 
@@ -267,14 +269,14 @@ def scale_by_diagonal_adagrad(
 
 
 def scale_by_rowwise_adagrad(
-  initial_accumulator_value: Any = 0.1,
-  eps: Any = 1e-7,
+  initial_accumulator_value: ArrayLike = 0.1,
+  eps: ArrayLike = 1e-7,
   *,
-  reduction: str = "mean",
+  reduction: Reduction = "mean",
   eps_in_sqrt: bool = True,
   use_old_accumulator: bool = False,
   feature_axes: FeatureAxesSpec = None,
-  accumulator_dtype: Any | None = None,
+  accumulator_dtype: DTypeLike | None = None,
   axis_name: AxisNameSpec = None,
 ) -> optax.GradientTransformation:
   r"""Row-wise (per-row-norm) Adagrad scaling (no learning rate).
@@ -394,7 +396,7 @@ def with_learning_rate(
   skip_nonfinite_rows: bool = False,
   feature_axes: FeatureAxesSpec = None,
   axis_name: AxisNameSpec = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """``chain(scaling, scale_by_learning_rate(learning_rate))`` with a checked rate.
 
   With ``skip_nonfinite_rows`` the chain is wrapped in
@@ -409,14 +411,14 @@ def with_learning_rate(
 
 def diagonal_adagrad(
   learning_rate: optax.ScalarOrSchedule,
-  initial_accumulator_value: Any = 0.1,
-  eps: Any = 1e-7,
+  initial_accumulator_value: ArrayLike = 0.1,
+  eps: ArrayLike = 1e-7,
   *,
   eps_in_sqrt: bool = True,
   use_old_accumulator: bool = False,
-  accumulator_dtype: Any | None = None,
+  accumulator_dtype: DTypeLike | None = None,
   skip_nonfinite_rows: bool = False,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Per-coordinate Adagrad: :func:`scale_by_diagonal_adagrad` then ``-learning_rate``.
 
   With default arguments this is :func:`optax.adagrad`. See
@@ -466,17 +468,17 @@ def diagonal_adagrad(
 
 def rowwise_adagrad(
   learning_rate: optax.ScalarOrSchedule,
-  initial_accumulator_value: Any = 0.1,
-  eps: Any = 1e-7,
+  initial_accumulator_value: ArrayLike = 0.1,
+  eps: ArrayLike = 1e-7,
   *,
-  reduction: str = "mean",
+  reduction: Reduction = "mean",
   eps_in_sqrt: bool = True,
   use_old_accumulator: bool = False,
   feature_axes: FeatureAxesSpec = None,
-  accumulator_dtype: Any | None = None,
+  accumulator_dtype: DTypeLike | None = None,
   axis_name: AxisNameSpec = None,
   skip_nonfinite_rows: bool = False,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Row-wise Adagrad: :func:`scale_by_rowwise_adagrad` then ``-learning_rate``.
 
   One accumulator per feature vector (row), fed by the mean (or sum) of its squared

@@ -10,11 +10,12 @@ or ``max_norm`` need ``params`` in ``update``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
 from optax_blockada import _validation
 from optax_blockada._rows import add_decayed_weights_to_touched_rows, renormalize_rows
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 WEIGHT_DECAY_MODES = ("none", "l2", "decoupled")
+WeightDecayMode = Literal["none", "l2", "decoupled"]
 
 
 def _is_zero(x: Any) -> bool:
@@ -57,7 +59,7 @@ def _inverse_time(learning_rate: Any, lr_decay: Any) -> optax.ScalarOrSchedule:
 
 def _torch_chain(
   scaling: optax.GradientTransformation, learning_rate: Any, lr_decay: Any, weight_decay: Any
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """PyTorch's structure: coupled L2 on the gradient, scaling, inverse-time learning rate."""
   _validation.check_nonnegative("weight_decay", weight_decay)
   decay = [] if _is_zero(weight_decay) else [optax.add_decayed_weights(weight_decay)]
@@ -67,12 +69,12 @@ def _torch_chain(
 
 
 def torch_adagrad(
-  learning_rate: Any = 1e-2,
-  lr_decay: Any = 0.0,
-  weight_decay: Any = 0.0,
-  initial_accumulator_value: Any = 0.0,
-  eps: Any = 1e-10,
-) -> optax.GradientTransformation:
+  learning_rate: optax.ScalarOrSchedule = 1e-2,
+  lr_decay: ArrayLike = 0.0,
+  weight_decay: ArrayLike = 0.0,
+  initial_accumulator_value: ArrayLike = 0.0,
+  eps: ArrayLike = 1e-10,
+) -> optax.GradientTransformationExtraArgs:
   r"""PyTorch's ``torch.optim.Adagrad`` (dense gradients).
 
   Source (``torch/optim/adagrad.py``, ``_single_tensor_adagrad``)::
@@ -125,12 +127,12 @@ def torch_adagrad(
 
 
 def torchrec_rowwise_adagrad(
-  learning_rate: Any = 1e-2,
-  lr_decay: Any = 0.0,
-  weight_decay: Any = 0.0,
-  initial_accumulator_value: Any = 0.0,
-  eps: Any = 1e-10,
-) -> optax.GradientTransformation:
+  learning_rate: optax.ScalarOrSchedule = 1e-2,
+  lr_decay: ArrayLike = 0.0,
+  weight_decay: ArrayLike = 0.0,
+  initial_accumulator_value: ArrayLike = 0.0,
+  eps: ArrayLike = 1e-10,
+) -> optax.GradientTransformationExtraArgs:
   r"""TorchRec's ``torchrec.optim.RowWiseAdagrad`` (also PyTorch-BigGraph, DGL-KE).
 
   PyTorch's Adagrad with a ``(V, 1)`` accumulator fed by the row mean
@@ -169,11 +171,11 @@ def torchrec_rowwise_adagrad(
 
 
 def keras_adagrad(
-  learning_rate: Any = 1e-3,
-  initial_accumulator_value: Any = 0.1,
-  epsilon: Any = 1e-7,
-  weight_decay: Any = 0.0,
-) -> optax.GradientTransformation:
+  learning_rate: optax.ScalarOrSchedule = 1e-3,
+  initial_accumulator_value: ArrayLike = 0.1,
+  epsilon: ArrayLike = 1e-7,
+  weight_decay: float | jax.Array = 0.0,
+) -> optax.GradientTransformationExtraArgs:
   r"""Keras 3's ``keras.optimizers.Adagrad``.
 
   Source (``keras/src/optimizers/adagrad.py`` and the base optimizer's decoupled
@@ -213,8 +215,8 @@ def keras_adagrad(
 
 
 def fbgemm_exact_adagrad(
-  learning_rate: Any = 0.01, eps: Any = 1e-8
-) -> optax.GradientTransformation:
+  learning_rate: optax.ScalarOrSchedule = 0.01, eps: ArrayLike = 1e-8
+) -> optax.GradientTransformationExtraArgs:
   r"""FBGEMM/TorchRec ``EXACT_ADAGRAD`` (per-element, exact duplicate handling).
 
   Source (``fbgemm_gpu/codegen/genscript/optimizers.py``, ``adagrad``)::
@@ -250,12 +252,12 @@ def fbgemm_exact_adagrad(
 
 
 def fbgemm_rowwise_adagrad(
-  learning_rate: Any = 0.01,
-  eps: Any = 1e-8,
-  weight_decay: Any = 0.0,
-  weight_decay_mode: str = "none",
-  max_norm: Any = 0.0,
-) -> optax.GradientTransformation:
+  learning_rate: optax.ScalarOrSchedule = 0.01,
+  eps: ArrayLike = 1e-8,
+  weight_decay: ArrayLike = 0.0,
+  weight_decay_mode: WeightDecayMode = "none",
+  max_norm: ArrayLike = 0.0,
+) -> optax.GradientTransformationExtraArgs:
   r"""FBGEMM/TorchRec ``EXACT_ROWWISE_ADAGRAD`` with its weight-decay modes.
 
   Source (``fbgemm_gpu/codegen/genscript/optimizers.py``, ``rowwise_adagrad``), for a
@@ -322,7 +324,9 @@ def _glove_labels(tree: Any) -> Any:
   return jax.tree.map(lambda x: "vectors" if x.ndim >= 2 else "biases", tree)
 
 
-def glove_adagrad(eta: Any = 0.05, grad_clip_value: Any = 100.0) -> optax.GradientTransformation:
+def glove_adagrad(
+  eta: Any = 0.05, grad_clip_value: ArrayLike = 100.0
+) -> optax.GradientTransformationExtraArgs:
   r"""The reference GloVe implementation's Adagrad (``stanfordnlp/GloVe``, ``glove.c``).
 
   Source, for one co-occurrence pair with weighted residual ``f`` (``fdiff``)::
@@ -375,7 +379,9 @@ def glove_adagrad(eta: Any = 0.05, grad_clip_value: Any = 100.0) -> optax.Gradie
   )
 
 
-def lightfm_adagrad(learning_rate: Any = 0.05) -> optax.GradientTransformation:
+def lightfm_adagrad(
+  learning_rate: optax.ScalarOrSchedule = 0.05,
+) -> optax.GradientTransformationExtraArgs:
   r"""LightFM's ``learning_schedule='adagrad'`` (``lightfm/_lightfm_fast.pyx.template``).
 
   Source, per feature embedding component::
