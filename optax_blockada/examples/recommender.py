@@ -359,8 +359,14 @@ def warp_loss(
   .. math:: w(n)\, (1 - s_{ui} + s_{uj}), \qquad
       w(n) = \min(10, \log \max(1, \lfloor (N - 1) / n \rfloor)),
 
-  with ``N = n_items`` and the weight held constant (``stop_gradient``), as in
-  LightFM's ``fit_warp``. Without a violator the loss is 0.
+  with ``N = n_items`` and the weight held constant (``stop_gradient``). Without a
+  violator the loss is 0.
+
+  LightFM 1.17's ``fit_warp`` (``lightfm/_lightfm_fast.pyx.template``) differs in how it
+  counts: its ``sampled`` counts every draw, including draws of the user's own positives
+  (a violating positive is skipped but still counted, a non-violating one is counted as
+  a miss), so its ``n`` is at least the ``n`` here and its weight at most this one; and it
+  clips ``sample_weight * log(...)`` at 10 (the same with unit sample weights).
 
   Args:
     positive_scores: ``(B,)`` scores ``s(u, i)``.
