@@ -448,3 +448,15 @@ def test_written_files_get_the_users_umask_not_0600(tmp_path):
   finally:
     os.umask(old)
   assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_readme_table_is_the_printed_table():
+  # The README shows the main job's table as the command prints it: the same header and
+  # the same row labels (before, it had longer labels than the command prints).
+  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+  header = glove.format_table([]).splitlines()
+  start = readme.index(header[0])
+  lines = readme[start:].split("\n\n")[0].splitlines()
+  assert lines[:2] == header
+  labels = [line.split(" | ")[0].removeprefix("| ") for line in lines[2:]]
+  assert labels == ["random init", *OPTIMIZER_NAMES]
