@@ -50,27 +50,34 @@ def find_adagrad_states(opt_state: Any) -> list[Any]:
   return [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
 
 
-def _merge(trees: list[Any]) -> Any:
-  """Merges trees that hold ``MaskedNode`` where another tree holds the leaf."""
+def _leafwise(trees: list[Any], combine: Any, what: str) -> Any:
+  """One tree from state trees that hold ``MaskedNode`` where another tree holds the leaf.
+
+  ``combine(present)`` makes each leaf from the leaves the trees hold at that position.
+  """
   is_masked = lambda x: isinstance(x, optax.MaskedNode)
   flat = [jax.tree.flatten(t, is_leaf=is_masked) for t in trees]
   treedef = flat[0][1]
   if any(td != treedef for _, td in flat):
     raise ValueError(
-      "effective_learning_rates: several Adagrad states with different trees were "
-      "found; pass the one you want (see find_adagrad_states)."
+      f"{what}: several states with different trees were found; pass the one you want "
+      "(see find_adagrad_states)."
     )
-  merged = []
-  for position in zip(*(leaves for leaves, _ in flat), strict=True):
-    present = [x for x in position if not is_masked(x)]
-    if len(present) != 1:
-      raise ValueError(
-        "effective_learning_rates: a leaf is covered by "
-        f"{len(present)} Adagrad states; pass the one you want (see "
-        "find_adagrad_states)."
-      )
-    merged.append(present[0])
-  return treedef.unflatten(merged)
+  return treedef.unflatten(
+    [
+      combine([x for x in position if not is_masked(x)])
+      for position in zip(*(leaves for leaves, _ in flat), strict=True)
+    ]
+  )
+
+
+def _only(present: list[Any]) -> Any:
+  if len(present) != 1:
+    raise ValueError(
+      f"effective_learning_rates: a leaf is covered by {len(present)} Adagrad states; pass "
+      "the one you want (see find_adagrad_states)."
+    )
+  return present[0]
 
 
 def effective_learning_rates(
@@ -137,7 +144,11 @@ def effective_learning_rates(
       lambda g: inverse_root(g, eps, eps_in_sqrt) * learning_rate, state.sum_of_squares
     )
 
-  return _merge([per_state(s) for s in states])
+  return _leafwise([per_state(s) for s in states], _only, "effective_learning_rates")
+
+
+def _sum_or_zero(present: list[Any]) -> Any:
+  return sum(present[1:], present[0]) if present else jnp.zeros((), jnp.int32)
 
 
 # Counter name -> (state class holding it, field).
@@ -179,25 +190,14 @@ def counters(opt_state: Any) -> dict[str, Any]:
     >>> {name: jax.tree.map(int, tree) for name, tree in ob.counters(state).items()}
     {'fallbacks': {'table': 0}, 'skipped_rows': {'table': 1}}
   """
-  is_masked = lambda x: isinstance(x, optax.MaskedNode)
   out = {}
   for counter, (cls, field) in _COUNTERS.items():
     is_state = lambda x, cls=cls: isinstance(x, cls)
     found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
-    if not found:
-      continue
-    trees = [getattr(x, field) for x in found]
-    flat = [jax.tree.flatten(t, is_leaf=is_masked) for t in trees]
-    treedef = flat[0][1]
-    if any(td != treedef for _, td in flat):
-      raise ValueError(
-        f"counters: the {cls.__name__} states in opt_state cover different trees; pass one of them."
+    if found:
+      out[counter] = _leafwise(
+        [getattr(x, field) for x in found], _sum_or_zero, f"counters ({cls.__name__})"
       )
-    total = []
-    for position in zip(*(leaves for leaves, _ in flat), strict=True):
-      present = [x for x in position if not is_masked(x)]
-      total.append(sum(present[1:], present[0]) if present else jnp.zeros((), jnp.int32))
-    out[counter] = treedef.unflatten(total)
   return out
 
 
