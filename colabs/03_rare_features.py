@@ -173,7 +173,9 @@ def make_segment(tx):
 def word_accumulator(opt_state):
   """Each word's accumulator in the word table: G (diagonal: mean over d) or s_r (others)."""
   state = ob.find_adagrad_states(opt_state)[0]
-  sums = state.row_sums if isinstance(state, ob.BlockAdagradState) else state.sum_of_squares
+  sums = (
+    state.row_sums if isinstance(state, ob.RowsXSharedBlockAdagradState) else state.sum_of_squares
+  )
   return np.asarray(sums["word"]).mean(axis=-1)
 
 

@@ -8,6 +8,8 @@ feature vector and is equivariant under rotations of that space.
 from optax_blockada import diagnostics, presets, routed, sharding, sparse
 from optax_blockada._block import (
   BlockAdagradState,
+  RowsXSharedBlockAdagradState,
+  SharedBlockAdagradState,
   block_adagrad,
   block_effective_learning_rates,
   scale_by_block_adagrad,
@@ -36,7 +38,9 @@ __all__ = (
   "BlockAdagradState",
   "DiagonalAdagradState",
   "FeatureAxesSpec",
+  "RowsXSharedBlockAdagradState",
   "RowwiseAdagradState",
+  "SharedBlockAdagradState",
   "SkipNonfiniteRowsState",
   "add_decayed_weights_to_touched_rows",
   "block_adagrad",

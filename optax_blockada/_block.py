@@ -10,6 +10,7 @@ coordinates of a row (or a matrix shared by all rows of a leaf). Its step
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Literal, NamedTuple
 
@@ -32,6 +33,10 @@ __all__ = [
   "DEFAULT_RELATIVE_EPS",
   "STRUCTURES",
   "BlockAdagradState",
+  "RowsXSharedBlockAdagradState",
+  "SharedBlockAdagradState",
+  "SharedEigenCache",
+  "SharedRootCache",
   "block_adagrad",
   "block_effective_learning_rates",
   "scale_by_block_adagrad",
@@ -47,45 +52,108 @@ _SHARED = ("shared", "rows_x_shared")
 
 
 class BlockAdagradState(NamedTuple):
-  """State of :func:`scale_by_block_adagrad`.
+  r"""State of :func:`scale_by_block_adagrad` with ``structure='rows'`` or ``'blocks'``.
 
-  Every field but ``count`` is a pytree with the params' structure; a leaf is ``None``
-  where the structure does not use the field. For a param with feature axes ``F``,
-  ``rs = row_shape(p.shape, F)`` (the param's shape with ``F`` set to 1), ``n_b``
-  blocks of size ``k`` per row:
+  A :math:`k \times k` accumulator :math:`H` per block of every row. For a param with
+  feature axes ``F``, ``rs = row_shape(p.shape, F)`` (the param's shape with ``F`` set
+  to 1) and ``n_b`` blocks of size ``k`` per row, ``block_sums`` has shape
+  ``rs + (n_b, k, k)``.
 
   Example:
-    >>> import jax
     >>> import jax.numpy as jnp
     >>> import optax_blockada as ob
     >>> state = ob.scale_by_block_adagrad().init({'table': jnp.zeros((5, 3))})
-    >>> state.block_sums['table'].shape, state.row_sums['table']
-    ((5, 1, 1, 3, 3), None)
+    >>> state.block_sums['table'].shape
+    (5, 1, 1, 3, 3)
   """
 
   count: jax.Array  # shape=(), int32: number of updates so far.
-  # 'rows'/'blocks': per-row H, rs + (n_b, k, k), starting at a*I.
+  # Per-row H = a*I + sum of g g^T, rs + (n_b, k, k).
   block_sums: optax.Updates
-  # 'rows_x_shared': per-row scalar s (a + sum of mean squared gradients), rs + (n_b,).
-  row_sums: optax.Updates
-  # 'shared'/'rows_x_shared': per-leaf C = a*I + sum over rows of g g^T, (n_b, k, k).
-  shared_sums: optax.Updates
-  # 'shared' with update_root_every > 1: cached (C + lam I)^(-1/2), (n_b, k, k).
-  shared_root: optax.Updates
-  # 'rows_x_shared' with update_root_every > 1: cached eigenvectors of C, (n_b, k, k).
-  shared_basis: optax.Updates
-  # 'rows_x_shared' with update_root_every > 1: cached eigenvalues of d*C/tr(C), (n_b, k).
-  shared_spectrum: optax.Updates
   # int32 scalar per leaf: block updates (non-zero gradient) that fell back to the
-  # row-wise step because the matrix root was not finite, or ('shared',
-  # 'rows_x_shared') were skipped because their gradient's square was not finite.
+  # row-wise step because the matrix root was not finite.
   fallbacks: optax.Updates
 
   # Fields holding per-row state (see ``_geometry.per_row_fields``).
-  PER_ROW_FIELDS = ("block_sums", "row_sums")
+  PER_ROW_FIELDS = ("block_sums",)
 
 
-_TREE_FIELDS = BlockAdagradState._fields[1:]
+class SharedRootCache(NamedTuple):
+  """The root a ``'shared'`` state keeps between refreshes (``update_root_every > 1``)."""
+
+  # (C + lam I)^(-1/2) as of the latest refresh, (n_b, k, k); zeros before the first.
+  shared_root: optax.Updates
+
+
+class SharedEigenCache(NamedTuple):
+  """The decomposition a ``'rows_x_shared'`` state keeps between refreshes."""
+
+  # Eigenvectors of C as of the latest refresh, (n_b, k, k); I before the first step.
+  shared_basis: optax.Updates
+  # Eigenvalues of k*C/tr(C) as of the latest refresh, (n_b, k); zeros before the first.
+  shared_spectrum: optax.Updates
+
+
+class SharedBlockAdagradState(NamedTuple):
+  r"""State of :func:`scale_by_block_adagrad` with ``structure='shared'``.
+
+  One :math:`k \times k` matrix :math:`C` per leaf (per block position), shape
+  ``(n_b, k, k)``. ``cache`` is ``optax.EmptyState()`` unless ``update_root_every > 1``,
+  where it is a :class:`SharedRootCache` holding the root of the latest refresh.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax_blockada as ob
+    >>> tx = ob.scale_by_block_adagrad(structure='shared', update_root_every=10)
+    >>> state = tx.init({'table': jnp.zeros((5, 3))})
+    >>> state.shared_sums['table'].shape, state.cache.shared_root['table'].shape
+    ((1, 3, 3), (1, 3, 3))
+  """
+
+  count: jax.Array  # shape=(), int32: number of updates so far.
+  # C = a*I + sum over steps and rows of g g^T, (n_b, k, k).
+  shared_sums: optax.Updates
+  # int32 scalar per leaf: block updates that fell back to the row-wise step because the
+  # root was not finite, or were skipped because their gradient's square was not finite.
+  fallbacks: optax.Updates
+  # optax.EmptyState() or, with update_root_every > 1, a SharedRootCache.
+  cache: SharedRootCache | optax.EmptyState
+
+  PER_ROW_FIELDS = ()
+
+
+class RowsXSharedBlockAdagradState(NamedTuple):
+  r"""State of :func:`scale_by_block_adagrad` with ``structure='rows_x_shared'``.
+
+  A scalar :math:`s_r` per row (shape ``rs + (n_b,)``) and one :math:`k \times k`
+  matrix :math:`C` per leaf (per block position). ``cache`` is ``optax.EmptyState()``
+  unless ``update_root_every > 1``, where it is a :class:`SharedEigenCache` holding the
+  eigendecomposition of :math:`k C / \operatorname{tr}(C)` of the latest refresh.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax_blockada as ob
+    >>> tx = ob.scale_by_block_adagrad(structure='rows_x_shared')
+    >>> state = tx.init({'table': jnp.zeros((5, 3))})
+    >>> state.row_sums['table'].shape, state.shared_sums['table'].shape, state.cache
+    ((5, 1, 1), (1, 3, 3), EmptyState())
+  """
+
+  count: jax.Array  # shape=(), int32: number of updates so far.
+  # Per-row s = a + sum of mean squared gradients, rs + (n_b,).
+  row_sums: optax.Updates
+  # C = a*I + sum over steps and rows of g g^T, (n_b, k, k).
+  shared_sums: optax.Updates
+  # As in SharedBlockAdagradState.
+  fallbacks: optax.Updates
+  # optax.EmptyState() or, with update_root_every > 1, a SharedEigenCache.
+  cache: SharedEigenCache | optax.EmptyState
+
+  PER_ROW_FIELDS = ("row_sums",)
+
+
+BlockState = BlockAdagradState | SharedBlockAdagradState | RowsXSharedBlockAdagradState
+BLOCK_STATES = (BlockAdagradState, SharedBlockAdagradState, RowsXSharedBlockAdagradState)
 
 
 class _Layout(NamedTuple):
@@ -128,18 +196,45 @@ def _from_blocks(x: jax.Array, shape: tuple[int, ...], layout: _Layout) -> jax.A
   return jnp.moveaxis(moved, tuple(range(len(others), len(shape))), axes)
 
 
-def _state_shapes(layout: _Layout, structure: str, every: int) -> dict[str, tuple | None]:
-  """Shape of each tree field's leaf for one param (``None``: unused)."""
+class _Field(NamedTuple):
+  """One state field of one leaf: its shape and how ``init`` fills it."""
+
+  shape: tuple[int, ...]
+  # 'row_eye': a*I per row block; 'row': a per row block; 'eye': a*I; 'identity': I;
+  # 'zeros': zeros.
+  fill: str
+
+
+def _fields(layout: _Layout, structure: str) -> dict[str, _Field]:
+  """The per-leaf fields of ``structure``'s state for one leaf (counters aside)."""
+  n, k, rows = layout.n_blocks, layout.k, layout.rows
+  if structure in _PER_ROW_MATRIX:
+    return {"block_sums": _Field((*rows, n, k, k), "row_eye")}
+  if structure == "shared":
+    return {"shared_sums": _Field((n, k, k), "eye")}
+  return {"row_sums": _Field((*rows, n), "row"), "shared_sums": _Field((n, k, k), "eye")}
+
+
+def _cache_fields(layout: _Layout, structure: str) -> dict[str, _Field]:
+  """The per-leaf fields of the cache ``update_root_every > 1`` keeps."""
   n, k = layout.n_blocks, layout.k
-  cached = every > 1
-  return {
-    "block_sums": (*layout.rows, n, k, k) if structure in _PER_ROW_MATRIX else None,
-    "row_sums": (*layout.rows, n) if structure == "rows_x_shared" else None,
-    "shared_sums": (n, k, k) if structure in _SHARED else None,
-    "shared_root": (n, k, k) if structure == "shared" and cached else None,
-    "shared_basis": (n, k, k) if structure == "rows_x_shared" and cached else None,
-    "shared_spectrum": (n, k) if structure == "rows_x_shared" and cached else None,
-  }
+  if structure == "shared":
+    return {"shared_root": _Field((n, k, k), "zeros")}
+  if structure == "rows_x_shared":
+    return {
+      "shared_basis": _Field((n, k, k), "identity"),
+      "shared_spectrum": _Field((n, k), "zeros"),
+    }
+  return {}
+
+
+_STATE_CLASSES: dict[str, type] = {
+  "rows": BlockAdagradState,
+  "blocks": BlockAdagradState,
+  "shared": SharedBlockAdagradState,
+  "rows_x_shared": RowsXSharedBlockAdagradState,
+}
+_CACHE_CLASSES: dict[str, type] = {"shared": SharedRootCache, "rows_x_shared": SharedEigenCache}
 
 
 def _scaled_identity(shape: tuple[int, ...], value: Any, dtype: Any) -> jax.Array:
@@ -212,24 +307,35 @@ def _normalized_eigh(c: jax.Array) -> tuple[jax.Array, jax.Array]:
   return basis, spectrum
 
 
-def _block_step(leaf, g, hp):
+class _Hyper(NamedTuple):
+  """What a step needs besides the leaf's state and gradient."""
+
+  eps: Any  # absolute damping (may be traced)
+  relative_eps: Any  # damping relative to the trace (may be traced)
+  method: str  # 'eigh' or 'newton_schulz'
+  iterations: int | None  # Newton-Schulz iterations
+  refresh: jax.Array | None  # recompute the shared root this step; None: every step
+  path: Any  # the leaf's key path (rows split over devices in the routed step)
+
+
+def _block_step(leaf, g, hp: _Hyper):
   """'rows'/'blocks': per-row ``H += g g^T``; ``u = (H + lam I)^(-1/2) g``."""
   h = leaf["block_sums"] + _outer(g)
-  lam = _roots.damping(h, hp["eps"], hp["relative_eps"])
-  roots, ok = _roots.inverse_sqrt(h, lam, method=hp["method"], iterations=hp["iterations"])
+  lam = _roots.damping(h, hp.eps, hp.relative_eps)
+  roots, ok = _roots.inverse_sqrt(h, lam, method=hp.method, iterations=hp.iterations)
   u = _matvec(roots, g)
   fallback = _isotropic_step(g, _trace(h) / g.shape[-1], lam)
   return u, ok, fallback, {"block_sums": h}
 
 
-def _shared_step(leaf, g, hp):
+def _shared_step(leaf, g, hp: _Hyper):
   """'shared': per-leaf ``C += sum_r g_r g_r^T``; ``u_r = (C + lam I)^(-1/2) g_r``."""
   bad = _unusable(g)
-  c = leaf["shared_sums"] + _shared_sum(g, bad, hp["path"])
-  lam = _roots.damping(c, hp["eps"], hp["relative_eps"])
+  c = leaf["shared_sums"] + _shared_sum(g, bad, hp.path)
+  lam = _roots.damping(c, hp.eps, hp.relative_eps)
   root, ok = _maybe_cached(
-    hp["refresh"],
-    lambda: _roots.inverse_sqrt(c, lam, method=hp["method"], iterations=hp["iterations"]),
+    hp.refresh,
+    lambda: _roots.inverse_sqrt(c, lam, method=hp.method, iterations=hp.iterations),
     lambda: (leaf["shared_root"], _roots.all_finite(leaf["shared_root"], (-2, -1))),
   )
   # The statistics are checked on cached steps too, so the flag is the same on every
@@ -238,30 +344,21 @@ def _shared_step(leaf, g, hp):
   u = _matvec(_lead(root, g.ndim + 1), g)
   fallback = _isotropic_step(g, _lead(_trace(c) / g.shape[-1], g.ndim - 1), _lead(lam, g.ndim - 1))
   ok, fallback = ok & ~bad, jnp.where(bad[..., None], 0, fallback)
-  new = {"shared_sums": c}
-  if hp["refresh"] is not None:
-    new["shared_root"] = root
-  return u, ok, fallback, new
+  return u, ok, fallback, {"shared_sums": c, "shared_root": root}
 
 
-def _rows_x_shared_step(leaf, g, hp):
+def _rows_x_shared_step(leaf, g, hp: _Hyper):
   """'rows_x_shared': ``H_r = s_r * k C / tr(C)`` rooted through one eigh of ``C``."""
   k = g.shape[-1]
   s = leaf["row_sums"] + jnp.mean(g * g, axis=-1)
   bad = _unusable(g)
-  c = leaf["shared_sums"] + _shared_sum(g, bad, hp["path"])
-  if hp["refresh"] is None:
-    basis, spectrum = _normalized_eigh(c)
-  else:
-    basis, spectrum = jax.lax.cond(
-      hp["refresh"],
-      lambda: _normalized_eigh(c),
-      lambda: (leaf["shared_basis"], leaf["shared_spectrum"]),
-    )
-  dtype = g.dtype
-  lam = jnp.asarray(hp["eps"]).astype(dtype) + jnp.asarray(hp["relative_eps"]).astype(dtype) * (
-    k * s
+  c = leaf["shared_sums"] + _shared_sum(g, bad, hp.path)
+  basis, spectrum = _maybe_cached(
+    hp.refresh,
+    lambda: _normalized_eigh(c),
+    lambda: (leaf["shared_basis"], leaf["shared_spectrum"]),
   )
+  lam = _roots.damping_from_trace(k * s, hp.eps, hp.relative_eps)  # tr(H_r) = k s_r
   eigenvalues = s[..., None] * _lead(spectrum, g.ndim)
   phi = jnp.where(eigenvalues > 0, jax.lax.rsqrt(eigenvalues + lam[..., None]), 0)
   q = _lead(basis, g.ndim + 1)
@@ -271,9 +368,7 @@ def _rows_x_shared_step(leaf, g, hp):
   finite = _roots.all_finite
   shared_ok = finite(basis, (-2, -1)) & finite(spectrum, (-1,)) & finite(c, (-2, -1))
   ok = _lead(shared_ok, s.ndim) & jnp.isfinite(s)
-  new = {"row_sums": s, "shared_sums": c}
-  if hp["refresh"] is not None:
-    new["shared_basis"], new["shared_spectrum"] = basis, spectrum
+  new = {"row_sums": s, "shared_sums": c, "shared_basis": basis, "shared_spectrum": spectrum}
   fallback = jnp.where(bad[..., None], 0, _isotropic_step(g, s, lam))
   return u, ok & ~bad, fallback, new
 
@@ -381,12 +476,12 @@ def scale_by_block_adagrad(
   Lazy exactness: a block whose gradient is zero gets a zero update and keeps its
   per-row state; ``'shared'`` sums add nothing for it. Running the transform on a
   gathered subset of rows (with the per-row state fields of
-  ``BlockAdagradState.PER_ROW_FIELDS`` gathered alike) gives exactly the dense result
+  state class's ``PER_ROW_FIELDS`` gathered alike) gives exactly the dense result
   for those rows. A stale root is never used for per-row statistics (one step stale was
   measured off by 1e3 for rarely-updated rows), so ``update_root_every > 1`` is only
   allowed for ``'shared'`` and ``'rows_x_shared'``, which then cache the root (or the
-  eigendecomposition, :math:`2 d^2 + d` more numbers per leaf) and refresh it on steps
-  ``0, N, 2N, ...``.
+  eigendecomposition, :math:`2 d^2 + d` more numbers per leaf) in the state's ``cache``
+  and refresh it on steps ``0, N, 2N, ...``.
 
   Args:
     initial_accumulator_value: :math:`a \ge 0`, the starting :math:`H_0 = a I`.
@@ -410,8 +505,10 @@ def scale_by_block_adagrad(
       1 GiB (``DEFAULT_MAX_STATE_BYTES``); ``math.inf`` disables the check. Static.
 
   Returns:
-    An :class:`optax.GradientTransformation` whose state is a
-    :class:`BlockAdagradState`. Updates come back in the gradients' dtype.
+    An :class:`optax.GradientTransformation` whose state is a :class:`BlockAdagradState`
+    (``'rows'``, ``'blocks'``), a :class:`SharedBlockAdagradState` (``'shared'``) or a
+    :class:`RowsXSharedBlockAdagradState` (``'rows_x_shared'``): one state class per
+    structure, every field used. Updates come back in the gradients' dtype.
 
   Example:
     >>> import jax.numpy as jnp
@@ -438,134 +535,224 @@ def scale_by_block_adagrad(
     Gupta, Koren & Singer, `Shampoo: Preconditioned Stochastic Tensor Optimization
     <https://arxiv.org/abs/1802.09568>`_, ICML 2018 (matrix roots by iteration).
   """
-  name = "scale_by_block_adagrad"
-  _validation.check_choice("structure", structure, STRUCTURES)
-  _validation.check_choice("root", root, _roots.ROOT_METHODS)
-  if block_size is not None:
-    block_size = _validation.static_int("block_size", block_size)
-  if structure == "blocks" and block_size is None:
-    raise ValueError(
-      "structure='blocks' needs block_size (the size k of the chunks each row is split "
-      "into, a divisor of the row size); structure='rows' keeps whole rows."
-    )
-  if structure == "rows" and block_size is not None:
-    raise ValueError(
-      f"structure='rows' keeps whole rows and takes no block_size, got {block_size}; "
-      "use structure='blocks' to split rows into chunks."
-    )
-  if root == "newton_schulz" and structure == "rows_x_shared":
-    raise ValueError(
-      "structure='rows_x_shared' derives every row's root from one eigendecomposition "
-      "of the shared matrix and always uses eigh; pass root='auto' or 'eigh'."
-    )
-  if root_iterations is not None:
-    root_iterations = _validation.static_int("root_iterations", root_iterations, minimum=0)
-  every = 1 if update_root_every is None else update_root_every
-  every = _validation.static_int("update_root_every", every)
-  if every > 1 and structure not in _SHARED:
-    raise ValueError(
-      f"update_root_every={every} needs structure='shared' or 'rows_x_shared': reusing "
-      "a stale per-row root was measured off by 1e3 for rarely-updated rows. Use "
-      "update_root_every=1 with structure="
-      f"{structure!r}."
-    )
-  if max_state_bytes is None:
-    max_state_bytes = DEFAULT_MAX_STATE_BYTES
-  elif not (isinstance(max_state_bytes, float) and max_state_bytes == math.inf):
-    max_state_bytes = _validation.static_int("max_state_bytes", max_state_bytes)
+  config = _Config.checked(
+    structure=structure,
+    block_size=block_size,
+    root=root,
+    root_iterations=root_iterations,
+    update_root_every=update_root_every,
+    feature_axes=feature_axes,
+    accumulator_dtype=accumulator_dtype,
+    max_state_bytes=max_state_bytes,
+  )
   _validation.check_nonnegative("initial_accumulator_value", initial_accumulator_value)
   _validation.check_nonnegative("eps", eps)
   _validation.check_nonnegative("relative_eps", relative_eps)
-  _check_accumulator_dtype(accumulator_dtype)
-  if isinstance(feature_axes, jax.Array):
-    raise TypeError(
-      "feature_axes must be Python ints, got a JAX array. With "
-      "optax.inject_hyperparams pass static_args=('feature_axes', ...)."
+  return _transform(config, initial_accumulator_value, eps, relative_eps)
+
+
+_NAME = "scale_by_block_adagrad"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+  """The static arguments of :func:`scale_by_block_adagrad`, checked once."""
+
+  structure: str
+  block_size: int | None
+  root: str
+  root_iterations: int | None
+  every: int  # update_root_every
+  feature_axes: FeatureAxesSpec
+  accumulator_dtype: Any
+  max_state_bytes: int | float
+
+  @classmethod
+  def checked(
+    cls,
+    *,
+    structure,
+    block_size,
+    root,
+    root_iterations,
+    update_root_every,
+    feature_axes,
+    accumulator_dtype,
+    max_state_bytes,
+  ) -> _Config:
+    _validation.check_choice("structure", structure, STRUCTURES)
+    _validation.check_choice("root", root, _roots.ROOT_METHODS)
+    if block_size is not None:
+      block_size = _validation.static_int("block_size", block_size)
+    if structure == "blocks" and block_size is None:
+      raise ValueError(
+        "structure='blocks' needs block_size (the size k of the chunks each row is split "
+        "into, a divisor of the row size); structure='rows' keeps whole rows."
+      )
+    if structure == "rows" and block_size is not None:
+      raise ValueError(
+        f"structure='rows' keeps whole rows and takes no block_size, got {block_size}; "
+        "use structure='blocks' to split rows into chunks."
+      )
+    if root == "newton_schulz" and structure == "rows_x_shared":
+      raise ValueError(
+        "structure='rows_x_shared' derives every row's root from one eigendecomposition "
+        "of the shared matrix and always uses eigh; pass root='auto' or 'eigh'."
+      )
+    if root_iterations is not None:
+      root_iterations = _validation.static_int("root_iterations", root_iterations, minimum=0)
+    every = 1 if update_root_every is None else update_root_every
+    every = _validation.static_int("update_root_every", every)
+    if every > 1 and structure not in _SHARED:
+      raise ValueError(
+        f"update_root_every={every} needs structure='shared' or 'rows_x_shared': reusing "
+        "a stale per-row root was measured off by 1e3 for rarely-updated rows. Use "
+        f"update_root_every=1 with structure={structure!r}."
+      )
+    if max_state_bytes is None:
+      max_state_bytes = DEFAULT_MAX_STATE_BYTES
+    elif not (isinstance(max_state_bytes, float) and max_state_bytes == math.inf):
+      max_state_bytes = _validation.static_int("max_state_bytes", max_state_bytes)
+    _check_accumulator_dtype(accumulator_dtype)
+    if isinstance(feature_axes, jax.Array):
+      raise TypeError(
+        "feature_axes must be Python ints, got a JAX array. With "
+        "optax.inject_hyperparams pass static_args=('feature_axes', ...)."
+      )
+    return cls(
+      structure=structure,
+      block_size=block_size,
+      root=root,
+      root_iterations=root_iterations,
+      every=every,
+      feature_axes=feature_axes,
+      accumulator_dtype=accumulator_dtype,
+      max_state_bytes=max_state_bytes,
     )
 
-  def layouts(tree):
+  def layouts(self, tree: Any) -> list[_Layout]:
+    """How each leaf of ``tree`` is cut into rows and blocks."""
     with_path = jax.tree_util.tree_flatten_with_path(tree)[0]
-    axes = _geometry.resolve_feature_axes(feature_axes, tree)
+    axes = _geometry.resolve_feature_axes(self.feature_axes, tree)
     return [
-      _layout(path, tuple(x.shape), ax, block_size, name)
+      _layout(path, tuple(x.shape), ax, self.block_size, _NAME)
       for (path, x), ax in zip(with_path, axes, strict=True)
     ]
 
+
+def _initial(field: _Field, p: jax.Array, a: Any, dtype: Any) -> jax.Array:
+  """The value ``init`` gives one field of the state of param ``p``."""
+  if field.fill == "row_eye":  # Per-row: sharded like p in Explicit mode.
+    eye = _scaled_identity(field.shape[-2:], a, dtype)
+    return _geometry.row_state_full(p, field.shape, eye, dtype)
+  if field.fill == "row":
+    return _geometry.row_state_full(p, field.shape, a, dtype)
+  if field.fill == "eye":
+    return _scaled_identity(field.shape, a, dtype)
+  if field.fill == "identity":
+    return _scaled_identity(field.shape, 1, dtype)
+  return jnp.zeros(field.shape, dtype)
+
+
+def _transform(
+  config: _Config, a: Any, eps: Any, relative_eps: Any
+) -> optax.GradientTransformation:
+  """``init`` and ``update`` of block Adagrad for a checked ``config``."""
+  structure = config.structure
+  state_class = _STATE_CLASSES[structure]
+  cached = config.every > 1
+
+  def leaf_fields(layout: _Layout) -> dict[str, _Field]:
+    """Every per-leaf array of the state, the cache's included (counters aside)."""
+    return {**_fields(layout, structure), **(_cache_fields(layout, structure) if cached else {})}
+
+  # The names of the per-leaf arrays (the same for every leaf), counters last.
+  names = (*leaf_fields(_Layout((), (), 1, 1)), "fallbacks")
+
+  def assemble(count, trees: dict[str, Any]) -> Any:
+    """The state from per-field trees (``fallbacks`` and the cache fields among them)."""
+    if structure not in _SHARED:
+      return state_class(count=count, **trees)
+    cache = optax.EmptyState()
+    if cached:
+      cache_class = _CACHE_CLASSES[structure]
+      cache = cache_class(**{f: trees.pop(f) for f in cache_class._fields})
+    return state_class(count=count, cache=cache, **trees)
+
   def init_fn(params):
-    _validation.check_float_leaves(params, f"{name}: params")
+    _validation.check_float_leaves(params, f"{_NAME}: params")
     params = _validation.as_arrays(params)
     with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
-    fields = {f: [] for f in _TREE_FIELDS}
-    for (path, p), layout in zip(with_path, layouts(params), strict=True):
-      dtype = accumulator_dtype_for(p.dtype, accumulator_dtype)
-      shapes = _state_shapes(layout, structure, every)
-      nbytes = sum(math.prod(s) for s in shapes.values() if s is not None) * dtype.itemsize
-      if nbytes > max_state_bytes:
-        raise _memory_error(name, path, tuple(p.shape), nbytes, max_state_bytes, structure)
-      for field, shape in shapes.items():
-        if shape is None:
-          value = None
-        elif field == "block_sums":  # Per-row: sharded like p in Explicit mode.
-          eye = _scaled_identity(shape[-2:], initial_accumulator_value, dtype)
-          value = _geometry.row_state_full(p, shape, eye, dtype)
-        elif field == "shared_sums":
-          value = _scaled_identity(shape, initial_accumulator_value, dtype)
-        elif field == "row_sums":
-          value = _geometry.row_state_full(p, shape, initial_accumulator_value, dtype)
-        elif field == "shared_basis":
-          value = _scaled_identity(shape, 1, dtype)
-        else:  # shared_root, shared_spectrum: computed on step 0.
-          value = jnp.zeros(shape, dtype)
-        fields[field].append(value)
-      fields["fallbacks"].append(jnp.zeros((), jnp.int32))
-    return BlockAdagradState(
-      count=jnp.zeros((), jnp.int32), **{f: treedef.unflatten(v) for f, v in fields.items()}
-    )
+    values: dict[str, list] = {f: [] for f in names}
+    for (path, p), layout in zip(with_path, config.layouts(params), strict=True):
+      dtype = accumulator_dtype_for(p.dtype, config.accumulator_dtype)
+      fields = leaf_fields(layout)
+      nbytes = sum(math.prod(f.shape) for f in fields.values()) * dtype.itemsize
+      if nbytes > config.max_state_bytes:
+        raise _memory_error(_NAME, path, tuple(p.shape), nbytes, config.max_state_bytes, structure)
+      for name, field in fields.items():
+        values[name].append(_initial(field, p, a, dtype))
+      values["fallbacks"].append(jnp.zeros((), jnp.int32))
+    trees = {f: treedef.unflatten(v) for f, v in values.items()}
+    return assemble(jnp.zeros((), jnp.int32), trees)
 
   def update_fn(updates, state, params=None):
     del params
+    if isinstance(state, BLOCK_STATES) and not isinstance(state, state_class):
+      raise TypeError(
+        f"{_NAME}: got a {type(state).__name__}, the state of another block structure, "
+        f"but this transform has structure={structure!r} and keeps a "
+        f"{state_class.__name__}. Initialise it with this transform's init(params), or "
+        "build the transform with the structure the state was made with."
+      )
     updates, with_path, treedef = _validation.checked_updates(
-      updates, state, BlockAdagradState, "fallbacks", name
+      updates, state, state_class, "fallbacks", _NAME
     )
-    fields = {f: treedef.flatten_up_to(getattr(state, f)) for f in _TREE_FIELDS}
-    hp = {
-      "eps": eps,
-      "relative_eps": relative_eps,
-      "method": _roots.resolve_root_method(root),
-      "iterations": root_iterations,
-      "refresh": (state.count % every == 0) if every > 1 else None,
-    }
-    step = _STEPS[structure]
-    new_fields = {f: [] for f in _TREE_FIELDS}
+    cache = getattr(state, "cache", optax.EmptyState())
+    if cached != (type(cache) is not optax.EmptyState):
+      raise ValueError(
+        f"{_NAME}: the state's cache is {type(cache).__name__}, but this transform has "
+        f"update_root_every={config.every}, which "
+        f"{'keeps' if cached else 'keeps no'} cached roots. Initialise the state with "
+        "this transform's init(params), or build the transform with the "
+        "update_root_every the state was made with."
+      )
+    trees = {**state._asdict(), **cache._asdict()}
+    layouts = config.layouts(updates)
+    leaves = {f: treedef.flatten_up_to(trees[f]) for f in names}
+    refresh = (state.count % config.every == 0) if cached else None
+    method = _roots.resolve_root_method(config.root)
+    new_leaves: dict[str, list] = {f: [] for f in names}
     new_updates = []
-    for i, ((path, g), layout) in enumerate(zip(with_path, layouts(updates), strict=True)):
-      leaf = {f: fields[f][i] for f in _TREE_FIELDS}
-      for field, shape in _state_shapes(layout, structure, every).items():
-        got = None if leaf[field] is None else tuple(leaf[field].shape)
-        if got != shape:
+    for i, ((path, g), layout) in enumerate(zip(with_path, layouts, strict=True)):
+      leaf = {f: v[i] for f, v in leaves.items()}
+      for name, field in leaf_fields(layout).items():
+        if tuple(leaf[name].shape) != field.shape:
           raise ValueError(
-            f"{name}: the {field} of the leaf at {_geometry.path_str(path)} has shape "
-            f"{got}, but updates of shape {tuple(g.shape)} with feature axes "
-            f"{layout.axes}, structure={structure!r} and block_size={block_size} need "
-            f"{shape}. Was the state made for other params or with other arguments?"
+            f"{_NAME}: the {name} of the leaf at {_geometry.path_str(path)} has shape "
+            f"{tuple(leaf[name].shape)}, but updates of shape {tuple(g.shape)} with feature "
+            f"axes {layout.axes}, structure={structure!r} and block_size="
+            f"{config.block_size} need {field.shape}. Was the state made for other params "
+            "or with other arguments?"
           )
-      dtype = (leaf["block_sums"] if leaf["block_sums"] is not None else leaf["shared_sums"]).dtype
+      dtype = leaf[names[0]].dtype
       gb = _to_blocks(g.astype(dtype), layout)
-      u, ok, fallback, new = step(leaf, gb, {**hp, "path": path})
+      hp = _Hyper(eps, relative_eps, method, config.root_iterations, refresh, path)
+      u, ok, fallback, new = step(leaf, gb, hp)
       ok = ok & jnp.all(jnp.isfinite(u), axis=-1)
       nonzero = jnp.any(gb != 0, axis=-1)
       u = jnp.where(nonzero[..., None], jnp.where(ok[..., None], u, fallback), 0)
       new_updates.append(_from_blocks(u, tuple(g.shape), layout).astype(g.dtype))
       failed = _geometry.sum_over_rows(jnp.sum(nonzero & ~ok, dtype=jnp.int32), path)
       new["fallbacks"] = leaf["fallbacks"] + failed
-      for f in _TREE_FIELDS:
-        new_fields[f].append(new.get(f, leaf[f]))
-    new_state = BlockAdagradState(
-      count=jnp.asarray(optax.safe_increment(state.count)),
-      **{f: treedef.unflatten(v) for f, v in new_fields.items()},
+      for f in names:
+        new_leaves[f].append(new[f])
+    new_trees = {f: treedef.unflatten(v) for f, v in new_leaves.items()}
+    return treedef.unflatten(new_updates), assemble(
+      jnp.asarray(optax.safe_increment(state.count)), new_trees
     )
-    return treedef.unflatten(new_updates), new_state
 
+  step = _STEPS[structure]
   return optax.GradientTransformation(init_fn, update_fn)
 
 
@@ -656,7 +843,7 @@ def _mean_inverse_root(eigenvalues: jax.Array, lam: jax.Array) -> jax.Array:
 
 
 def block_effective_learning_rates(
-  state: BlockAdagradState,
+  state: BlockState,
   learning_rate: Any = 1.0,
   *,
   eps: ArrayLike = 1e-7,
@@ -673,7 +860,7 @@ def block_effective_learning_rates(
   for every row). :func:`effective_learning_rates` calls this for block states.
 
   Args:
-    state: a :class:`BlockAdagradState`.
+    state: the state of :func:`scale_by_block_adagrad` (any structure).
     learning_rate: :math:`\eta`.
     eps: the transform's ``eps``.
     relative_eps: the transform's ``relative_eps`` (``None``: its default, 1e-5).
@@ -694,27 +881,30 @@ def block_effective_learning_rates(
   """
   relative_eps = DEFAULT_RELATIVE_EPS if relative_eps is None else relative_eps
 
-  def per_leaf(block_sums, row_sums, shared_sums):
-    if block_sums is not None:
-      lam = _roots.damping(block_sums, eps, relative_eps)
-      value = _mean_inverse_root(_roots.eigh(block_sums)[0], lam)
-      return jnp.mean(value, axis=-1) * learning_rate
-    if row_sums is not None:
-      k = shared_sums.shape[-1]
-      _, spectrum = _normalized_eigh(shared_sums)
-      dtype = row_sums.dtype
-      lam = jnp.asarray(eps).astype(dtype) + jnp.asarray(relative_eps).astype(dtype) * (
-        k * row_sums
-      )
-      eigenvalues = row_sums[..., None] * _lead(spectrum, row_sums.ndim + 1)
-      return jnp.mean(_mean_inverse_root(eigenvalues, lam), axis=-1) * learning_rate
+  def rows(block_sums):
+    lam = _roots.damping(block_sums, eps, relative_eps)
+    value = _mean_inverse_root(_roots.eigh(block_sums)[0], lam)
+    return jnp.mean(value, axis=-1) * learning_rate
+
+  def shared(shared_sums):
     lam = _roots.damping(shared_sums, eps, relative_eps)
     return jnp.mean(_mean_inverse_root(_roots.eigh(shared_sums)[0], lam)) * learning_rate
 
-  return jax.tree.map(
-    per_leaf,
-    state.block_sums,
-    state.row_sums,
-    state.shared_sums,
-    is_leaf=lambda x: x is None,
+  def rows_x_shared(row_sums, shared_sums):
+    k = shared_sums.shape[-1]
+    _, spectrum = _normalized_eigh(shared_sums)
+    lam = _roots.damping_from_trace(k * row_sums, eps, relative_eps)
+    eigenvalues = row_sums[..., None] * _lead(spectrum, row_sums.ndim + 1)
+    return jnp.mean(_mean_inverse_root(eigenvalues, lam), axis=-1) * learning_rate
+
+  if isinstance(state, BlockAdagradState):
+    return jax.tree.map(rows, state.block_sums)
+  if isinstance(state, SharedBlockAdagradState):
+    return jax.tree.map(shared, state.shared_sums)
+  if isinstance(state, RowsXSharedBlockAdagradState):
+    return jax.tree.map(rows_x_shared, state.row_sums, state.shared_sums)
+  raise TypeError(
+    "block_effective_learning_rates: state must be the state of scale_by_block_adagrad "
+    f"(BlockAdagradState, SharedBlockAdagradState or RowsXSharedBlockAdagradState), got "
+    f"{type(state).__name__}."
   )

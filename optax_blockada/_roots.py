@@ -44,6 +44,7 @@ __all__ = [
   "ROOT_METHODS",
   "all_finite",
   "damping",
+  "damping_from_trace",
   "eigh",
   "inverse_sqrt",
   "matmul",
@@ -105,10 +106,24 @@ def damping(matrices: jax.Array, eps: Any, relative_eps: Any) -> jax.Array:
     >>> print(damping(jnp.diag(jnp.array([1.0, 3.0])), 0.5, 0.25))
     1.5
   """
-  dtype = matrices.dtype
-  eps = jnp.asarray(eps).astype(dtype)
-  relative_eps = jnp.asarray(relative_eps).astype(dtype)
-  return eps + relative_eps * _trace(matrices)
+  return damping_from_trace(_trace(matrices), eps, relative_eps)
+
+
+def damping_from_trace(trace: jax.Array, eps: Any, relative_eps: Any) -> jax.Array:
+  r""":math:`\epsilon + \epsilon_{rel} t` for a trace :math:`t`, in ``trace``'s dtype.
+
+  The one place the damping is written: :func:`damping` passes
+  :math:`\operatorname{tr}(H)`; block Adagrad's ``'rows_x_shared'`` passes
+  :math:`\operatorname{tr}(H_r) = k s_r` without forming :math:`H_r`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_blockada._roots import damping_from_trace
+    >>> print(damping_from_trace(jnp.array([4.0]), 0.5, 0.25))
+    [1.5]
+  """
+  dtype = trace.dtype
+  return jnp.asarray(eps).astype(dtype) + jnp.asarray(relative_eps).astype(dtype) * trace
 
 
 def _eye_like(matrices: jax.Array) -> jax.Array:

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from optax_blockada import _validation
-from optax_blockada._block import BlockAdagradState, block_effective_learning_rates
+from optax_blockada._block import BLOCK_STATES, block_effective_learning_rates
 from optax_blockada._nonfinite import SkipNonfiniteRowsState
 from optax_blockada._scalar import DiagonalAdagradState, RowwiseAdagradState, inverse_root
 
@@ -20,7 +20,7 @@ __all__ = ["counters", "effective_learning_rates", "find_adagrad_states", "state
 _ADAGRAD_STATES = (
   DiagonalAdagradState,
   RowwiseAdagradState,
-  BlockAdagradState,
+  *BLOCK_STATES,
   optax.ScaleByRssState,
 )
 
@@ -29,8 +29,9 @@ def find_adagrad_states(opt_state: Any) -> list[Any]:
   """All Adagrad states inside ``opt_state`` (chains, partitions, masks, injections).
 
   Recognises this library's :class:`DiagonalAdagradState`,
-  :class:`RowwiseAdagradState` and :class:`BlockAdagradState`, and ``optax.adagrad``'s
-  ``ScaleByRssState``.
+  :class:`RowwiseAdagradState` and the block states (:class:`BlockAdagradState`,
+  :class:`SharedBlockAdagradState`, :class:`RowsXSharedBlockAdagradState`), and
+  ``optax.adagrad``'s ``ScaleByRssState``.
 
   Args:
     opt_state: any optimizer state pytree.
@@ -100,7 +101,7 @@ def effective_learning_rates(
   ``eps`` and ``eps_in_sqrt`` the transform was built with (the defaults match
   :func:`rowwise_adagrad` and :func:`diagonal_adagrad`; presets say theirs).
 
-  Block states (:class:`BlockAdagradState`) give the rotation-invariant
+  Block states (of :func:`scale_by_block_adagrad`) give the rotation-invariant
   :math:`\eta \operatorname{tr}((H + \lambda I)^{-1/2}) / k` per row, averaged over its
   blocks (one scalar per leaf for ``'shared'``); see
   :func:`block_effective_learning_rates`, which takes ``eps`` and ``relative_eps``.
@@ -130,13 +131,13 @@ def effective_learning_rates(
   if not states:
     raise ValueError(
       "effective_learning_rates: no Adagrad state (DiagonalAdagradState, "
-      "RowwiseAdagradState, BlockAdagradState or optax ScaleByRssState) found in "
+      "RowwiseAdagradState, a block Adagrad state or optax ScaleByRssState) found in "
       "opt_state."
     )
   eps_in_sqrt = bool(eps_in_sqrt)
 
   def per_state(state):
-    if isinstance(state, BlockAdagradState):
+    if isinstance(state, BLOCK_STATES):
       return block_effective_learning_rates(
         state, learning_rate, eps=eps, relative_eps=relative_eps
       )
@@ -151,18 +152,18 @@ def _sum_or_zero(present: list[Any]) -> Any:
   return sum(present[1:], present[0]) if present else jnp.zeros((), jnp.int32)
 
 
-# Counter name -> (state class holding it, field).
+# Counter name -> (state classes holding it, field).
 _COUNTERS = {
-  "fallbacks": (BlockAdagradState, "fallbacks"),
-  "skipped_rows": (SkipNonfiniteRowsState, "skipped_rows"),
+  "fallbacks": (BLOCK_STATES, "fallbacks"),
+  "skipped_rows": ((SkipNonfiniteRowsState,), "skipped_rows"),
 }
 
 
 def counters(opt_state: Any) -> dict[str, Any]:
   r"""The event counters of the states inside ``opt_state``, per params leaf.
 
-  * ``'fallbacks'`` (:class:`BlockAdagradState`): block updates that took the row-wise
-    step because their matrix root was not finite, and (``'shared'``,
+  * ``'fallbacks'`` (the states of :func:`scale_by_block_adagrad`): block updates that
+    took the row-wise step because their matrix root was not finite, and (``'shared'``,
     ``'rows_x_shared'``) row blocks left out of the shared statistic because their
     squared gradient was not finite;
   * ``'skipped_rows'`` (:class:`SkipNonfiniteRowsState`, from
@@ -191,12 +192,12 @@ def counters(opt_state: Any) -> dict[str, Any]:
     {'fallbacks': {'table': 0}, 'skipped_rows': {'table': 1}}
   """
   out = {}
-  for counter, (cls, field) in _COUNTERS.items():
-    is_state = lambda x, cls=cls: isinstance(x, cls)
+  for counter, (classes, field) in _COUNTERS.items():
+    is_state = lambda x, classes=classes: isinstance(x, classes)
     found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
     if found:
       out[counter] = _leafwise(
-        [getattr(x, field) for x in found], _sum_or_zero, f"counters ({cls.__name__})"
+        [getattr(x, field) for x in found], _sum_or_zero, f"counters ({counter})"
       )
   return out
 

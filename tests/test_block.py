@@ -1,5 +1,6 @@
 """Block Adagrad against float64 numpy references written from the formulas."""
 
+import functools
 import math
 
 import chex
@@ -200,9 +201,8 @@ def test_zero_gradient_rows_keep_params_and_state_and_subsets_are_exact(structur
       np.testing.assert_array_equal(u[row], 0.0)
     for f in fields:
       old, new = getattr(dense_state, f), getattr(new_state, f)
-      if old is not None:
-        np.testing.assert_array_equal(new[np.array([0, 9])], old[np.array([0, 9])])
-        np.testing.assert_allclose(getattr(sub_state, f), new[touched], rtol=1e-6)
+      np.testing.assert_array_equal(new[np.array([0, 9])], old[np.array([0, 9])])
+      np.testing.assert_allclose(getattr(sub_state, f), new[touched], rtol=1e-6)
     if structure in ("rows", "blocks"):  # no sum across rows: the same float32 operations
       np.testing.assert_allclose(u_sub, u[touched], rtol=1e-5, atol=1e-7)
     else:
@@ -219,7 +219,7 @@ def test_zero_gradient_rows_keep_params_and_state_and_subsets_are_exact(structur
   # equal the float64 sum 0.1 I + sum_t sum_r g g^T to float32 rounding of a sum of
   # terms as large as its largest entry (2e-6 absolute on entries of ~100 measured;
   # 1e-6 of the largest entry allowed).
-  if dense_state.shared_sums is not None:
+  if structure in ("shared", "rows_x_shared"):
     k = D if kwargs["block_size"] is None else kwargs["block_size"]
     flat = [np.asarray(g, np.float64).reshape(-1, D // k, k) for g in grads]
     c64 = 0.1 * np.eye(k) + sum(np.einsum("rbi,rbj->bij", f, f) for f in flat)
@@ -353,30 +353,49 @@ def test_bf16_params_get_float32_state_and_bf16_updates():
 
 def test_state_layout_and_per_row_fields():
   params = {"table": jnp.zeros((5, 8)), "bias": jnp.zeros(5)}
+  # Every field of each structure's state is used: no None leaves (tree_map_params and
+  # checkpoints see the same tree for every structure), caches included for any N.
   cases = {
     ("rows", None, 1): {"block_sums": {"table": (5, 1, 1, 8, 8), "bias": (5, 1, 1, 1)}},
     ("blocks", 4, 1): {"block_sums": {"table": (5, 1, 2, 4, 4), "bias": (5, 1, 1, 1)}},
+    ("shared", None, 1): {"shared_sums": {"table": (1, 8, 8), "bias": (1, 1, 1)}},
     ("shared", None, 2): {
       "shared_sums": {"table": (1, 8, 8), "bias": (1, 1, 1)},
-      "shared_root": {"table": (1, 8, 8), "bias": (1, 1, 1)},
+      "cache.shared_root": {"table": (1, 8, 8), "bias": (1, 1, 1)},
+    },
+    ("rows_x_shared", 4, 1): {
+      "row_sums": {"table": (5, 1, 2), "bias": (5, 1)},
+      "shared_sums": {"table": (2, 4, 4), "bias": (1, 1, 1)},
     },
     ("rows_x_shared", 4, 2): {
       "row_sums": {"table": (5, 1, 2), "bias": (5, 1)},
       "shared_sums": {"table": (2, 4, 4), "bias": (1, 1, 1)},
-      "shared_basis": {"table": (2, 4, 4), "bias": (1, 1, 1)},
-      "shared_spectrum": {"table": (2, 4), "bias": (1, 1)},
+      "cache.shared_basis": {"table": (2, 4, 4), "bias": (1, 1, 1)},
+      "cache.shared_spectrum": {"table": (2, 4), "bias": (1, 1)},
     },
   }
+  classes = {
+    "rows": ob.BlockAdagradState,
+    "blocks": ob.BlockAdagradState,
+    "shared": ob.SharedBlockAdagradState,
+    "rows_x_shared": ob.RowsXSharedBlockAdagradState,
+  }
+  per_row = {"rows": ("block_sums",), "blocks": ("block_sums",), "shared": ()}
   for (structure, k, every), expected in cases.items():
     tx = ob.scale_by_block_adagrad(structure=structure, block_size=k, update_root_every=every)
     state = tx.init(params)
-    assert per_row_fields(state) == ("block_sums", "row_sums")
-    for field in ob.BlockAdagradState._fields[1:-1]:
-      got = getattr(state, field)
-      if field in expected:
-        assert jax.tree.map(jnp.shape, got) == expected[field], field
-      else:
-        assert got == {"table": None, "bias": None}, field
+    assert type(state) is classes[structure]
+    assert per_row_fields(state) == per_row.get(structure, ("row_sums",))
+    fields = [f for f in expected if not f.startswith("cache.")]
+    cache_fields = [f.removeprefix("cache.") for f in expected if f.startswith("cache.")]
+    shared = structure in ("shared", "rows_x_shared")
+    assert state._fields == ("count", *fields, "fallbacks", *(("cache",) if shared else ()))
+    if shared:  # optax.EmptyState() unless a cache is kept (update_root_every > 1)
+      assert state.cache._fields == tuple(cache_fields)
+    for field in expected:
+      got = functools.reduce(getattr, field.split("."), state)
+      assert jax.tree.map(jnp.shape, got) == expected[field], field
+    assert jax.tree.map(jnp.shape, state.fallbacks) == {"table": (), "bias": ()}
     assert state.count.dtype == jnp.int32
     assert jax.tree.map(lambda x: (x.shape, x.dtype), state.fallbacks) == {
       "table": ((), jnp.int32),

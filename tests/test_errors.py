@@ -189,6 +189,17 @@ def test_a_state_of_another_transform_is_a_clear_error(name):
     make().update(w, alias(0.1).init(w))
 
 
+def test_a_block_state_of_another_structure_is_a_clear_error():
+  w = jnp.ones((6, 4))
+  shared = ob.scale_by_block_adagrad(structure="shared").init(w)
+  with pytest.raises(
+    TypeError,
+    match=r"got a SharedBlockAdagradState, the state of another block structure, but this "
+    r"transform has structure='rows' and keeps a BlockAdagradState",
+  ):
+    ob.scale_by_block_adagrad().update(w, shared)
+
+
 @pytest.mark.parametrize("name", ["rowwise", "block", "block_shared"])
 def test_empty_rows_are_a_clear_error(name):
   make = {

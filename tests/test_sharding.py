@@ -170,10 +170,18 @@ def test_specs_of_diagonal_and_rowwise_states():
   block = state_partition_specs(
     ob.scale_by_block_adagrad(structure="rows_x_shared", block_size=4), params, PARAM_SPECS
   )
-  assert block.block_sums == {"w": None, "c": None, "bw": None, "bc": None, "scale": None}
+  assert isinstance(block, ob.RowsXSharedBlockAdagradState)
   assert block.row_sums["w"] == P("rows", None, None)  # (V, 1, 2)
   assert block.row_sums["bw"] == P("rows", None)  # (V, 1)
   assert block.shared_sums["w"] == P() and block.count == P()  # (2, 4, 4), ()
+  assert block.cache == optax.EmptyState()
+  cached = state_partition_specs(
+    ob.scale_by_block_adagrad(structure="rows_x_shared", block_size=4, update_root_every=2),
+    params,
+    PARAM_SPECS,
+  )
+  # The cached decomposition is per leaf, like C: replicated.
+  assert cached.cache.shared_basis["w"] == P() and cached.cache.shared_spectrum["w"] == P()
   block = state_partition_specs(
     ob.scale_by_block_adagrad(structure="blocks", block_size=4), params, PARAM_SPECS
   )
