@@ -4,8 +4,14 @@ Every preset reproduces one system's update formula, defaults included, so that 
 model moved to JAX trains as it did there. Each preset's docstring quotes the formula
 from that project's source.
 
-All presets return :class:`optax.GradientTransformation`; the ones with weight decay
-or ``max_norm`` need ``params`` in ``update``.
+All presets return :class:`optax.GradientTransformationExtraArgs`; the ones with
+weight decay or ``max_norm`` need ``params`` in ``update``.
+
+Weight decay in a sparse step (:mod:`optax_blockada.sparse`, which updates the
+looked-up rows only) reaches the looked-up rows, zero gradient or not: FBGEMM's rule
+(:func:`fbgemm_rowwise_adagrad`, which also documents how a dense step gets it). The
+PyTorch, TorchRec ``RowWiseAdagrad`` and Keras optimizers decay every row of a table on
+every step, which only their presets' dense step reproduces.
 """
 
 from __future__ import annotations
@@ -18,7 +24,12 @@ import optax
 from jax.typing import ArrayLike
 
 from optax_blockada import _validation
-from optax_blockada._rows import add_decayed_weights_to_touched_rows, renormalize_rows
+from optax_blockada._rows import (
+  TOUCHED,
+  Touched,
+  add_decayed_weights_to_touched_rows,
+  renormalize_rows,
+)
 from optax_blockada._scalar import scale_by_diagonal_adagrad, scale_by_rowwise_adagrad
 
 __all__ = [
@@ -36,8 +47,15 @@ WeightDecayMode = Literal["none", "l2", "decoupled"]
 
 
 def _is_zero(x: Any) -> bool:
-  """True for a concrete zero (a term that can be left out of the chain)."""
-  return not _validation.is_traced(x) and not callable(x) and float(x) == 0.0
+  """True for a Python zero: a term that can be left out of the chain.
+
+  Only a Python number decides the chain's structure. An array, even a concrete zero,
+  keeps its (then no-op) term: ``optax.inject_hyperparams`` builds the transform from
+  concrete arrays in ``init`` and from tracers in ``update``, and both must give the
+  same chain (a concrete-zero test made ``update`` raise "The number of updates and
+  states has to be the same in chain").
+  """
+  return isinstance(x, int | float) and not isinstance(x, bool) and x == 0.0
 
 
 def _inverse_time(learning_rate: Any, lr_decay: Any) -> optax.ScalarOrSchedule:
@@ -143,6 +161,16 @@ def torchrec_rowwise_adagrad(
     G += mean(g * g, axis=1)
     p -= clr * g / (sqrt(G) + eps)
 
+  This optimizer class steps the whole table: with ``weight_decay`` every row decays
+  (and, through ``g``, accumulates) on every step, looked up or not. The dense step of
+  this preset does the same (``optax.add_decayed_weights``). The sparse path
+  (:mod:`optax_blockada.sparse`) cannot: it decays the looked-up rows only, zero
+  gradient or not, which is FBGEMM's rule (with ``lr_decay=0`` and
+  ``initial_accumulator_value=0``, :func:`fbgemm_rowwise_adagrad` in ``'l2'`` mode with
+  this ``eps``). TorchRec's fused embedding optimizers
+  (``EmbOptimType.EXACT_ROWWISE_ADAGRAD`` in an embedding module's fused parameters)
+  run FBGEMM's kernel: use :func:`fbgemm_rowwise_adagrad` for those.
+
   Args:
     learning_rate: ``lr`` (a float or an optax schedule).
     lr_decay: inverse-time decay, ``>= 0``.
@@ -226,7 +254,9 @@ def fbgemm_exact_adagrad(
 
   FBGEMM sums the gradients of duplicate ids before one update; JAX autodiff through
   ``table[ids]`` does the same. Rows outside the batch are untouched in FBGEMM and
-  get a zero update here (Adagrad is lazily exact).
+  get a zero update here (Adagrad is lazily exact). FBGEMM's ``EXACT_ADAGRAD`` has no
+  weight decay and no ``max_norm``, so a looked-up row whose summed gradient is exactly
+  zero (a padding row) is left as it was, there and here, dense or sparse.
 
   Args:
     learning_rate: ``lr`` (a float or an optax schedule).
@@ -257,29 +287,50 @@ def fbgemm_rowwise_adagrad(
   weight_decay: ArrayLike = 0.0,
   weight_decay_mode: WeightDecayMode = "none",
   max_norm: ArrayLike = 0.0,
+  *,
+  touched: Touched = "looked_up",
 ) -> optax.GradientTransformationExtraArgs:
   r"""FBGEMM/TorchRec ``EXACT_ROWWISE_ADAGRAD`` with its weight-decay modes.
 
-  Source (``fbgemm_gpu/codegen/genscript/optimizers.py``, ``rowwise_adagrad``), for a
-  row ``w`` of the batch with summed gradient ``g``::
+  Source (``fbgemm_gpu/codegen/genscript/optimizers.py``, ``rowwise_adagrad``), for
+  every row ``w`` looked up in the batch, with summed gradient ``g`` (zero for a padding
+  row)::
 
     g' = g + wd * w                      # 'l2' mode only
     G += mean(g' * g')
     m = lr / (sqrt(G) + eps)
     c = 1 - m * wd   ('l2')  |  1 - lr * wd   ('decoupled')  |  1   ('none')
     w = c * w - m * g
-    if max_norm > 0 and ||w|| > max_norm: w *= max_norm / ||w||
+    if max_norm > 0 and ||w|| > max_norm: w *= max_norm / ||w||   # CUDA kernel only
 
-  ``'l2'`` is ``w - m * g'``. FBGEMM decays every looked-up row of the batch; here
-  "looked up" can only mean "has a non-zero gradient" (see
-  :func:`add_decayed_weights_to_touched_rows`), so a looked-up row whose summed gradient
-  is exactly zero (a padding row) is not decayed, where FBGEMM decays it (and, in
-  ``'l2'`` mode, adds ``mean((wd * w)^2)`` to its accumulator).
+  ``'l2'`` is ``w - m * g'``. Rows outside the batch are untouched. TorchRec's fused
+  embedding optimizers (``EmbOptimType.EXACT_ROWWISE_ADAGRAD``) run this kernel; its
+  ``RowWiseAdagrad`` optimizer class is :func:`torchrec_rowwise_adagrad`.
+
+  **Looked-up rows.** FBGEMM decays and max-norms every looked-up row, also one whose
+  summed gradient is exactly zero (it then still moves, and in ``'l2'`` mode its
+  accumulator grows by ``mean((wd * w)^2)``). With ``touched='looked_up'`` (default)
+  the decay and max-norm reach the rows that the extra argument ``looked_up`` of
+  ``update`` marks, and the rows with a non-zero gradient
+  (:func:`optax_blockada.add_decayed_weights_to_touched_rows` describes the mask).
+  :func:`optax_blockada.sparse.apply_gradients` (and ``sparse.nnx_update``,
+  ``routed``) pass the rows they gather, so **the sparse path is FBGEMM's rule
+  exactly**. A dense step sees only the gradient: without the mask it decays the rows
+  with a non-zero gradient, and differs from FBGEMM on looked-up rows whose gradient is
+  exactly zero. Where the ids are at hand, pass the mask::
+
+    looked_up = {'table': jnp.zeros(V, bool).at[ids].set(True)}  # ids in [0, V)
+    updates, state = tx.update(grads, state, params, looked_up=looked_up)
+
+  ``touched='nonzero_gradient'`` decays and max-norms the rows with a non-zero gradient
+  only, mask or not (the behaviour of this preset before the option existed). Without
+  weight decay and ``max_norm`` the choice changes nothing: a zero gradient leaves a
+  row and its accumulator as they were, in FBGEMM and here.
 
   ``max_norm``: FBGEMM applies it in its CUDA kernel only (its CPU kernel ignores it),
-  and there to every looked-up row, zero gradient or not. This preset renormalises the
-  rows with a non-zero gradient on every backend, so it matches FBGEMM's CUDA kernel on
-  rows with a gradient and differs from its CPU kernel whenever ``max_norm > 0``.
+  and there to every looked-up row. This preset applies it on every backend, so it
+  matches FBGEMM's CUDA kernel and differs from its CPU kernel whenever
+  ``max_norm > 0``.
 
   Args:
     learning_rate: ``lr`` (a float or an optax schedule).
@@ -287,10 +338,12 @@ def fbgemm_rowwise_adagrad(
     weight_decay: ``wd >= 0``.
     weight_decay_mode: ``'none'``, ``'l2'`` or ``'decoupled'``. Static.
     max_norm: row max-norm after the update; ``0`` disables it.
+    touched: ``'looked_up'`` (FBGEMM) or ``'nonzero_gradient'``: the rows that weight
+      decay and ``max_norm`` act on (see above). Static.
 
   Returns:
-    An :class:`optax.GradientTransformation` (needs ``params`` with weight decay or
-    ``max_norm``).
+    An :class:`optax.GradientTransformationExtraArgs` (needs ``params`` with weight
+    decay or ``max_norm``; takes the optional extra argument ``looked_up``).
 
   Example:
     >>> import jax.numpy as jnp
@@ -303,20 +356,35 @@ def fbgemm_rowwise_adagrad(
     >>> print(optax.apply_updates(params, updates))
     [[0.3 0.4]
      [0.  0. ]]
+
+    Decoupled decay, rows 0 and 1 looked up (row 1 a padding row: zero gradient), row 2
+    not: ``c = 1 - lr * wd = 0.95``.
+
+    >>> tx = presets.fbgemm_rowwise_adagrad(
+    ...   learning_rate=0.1, weight_decay=0.5, weight_decay_mode="decoupled")
+    >>> params = jnp.ones((3, 2))
+    >>> grads = jnp.array([[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
+    >>> looked_up = jnp.array([True, True, False])
+    >>> updates, _ = tx.update(grads, tx.init(params), params, looked_up=looked_up)
+    >>> print(optax.apply_updates(params, updates))
+    [[0.85 0.85]
+     [0.95 0.95]
+     [1.   1.  ]]
   """
   _validation.check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
+  _validation.check_choice("touched", touched, TOUCHED)
   _validation.check_nonnegative("weight_decay", weight_decay)
   _validation.check_learning_rate(learning_rate)
   decay = weight_decay_mode != "none" and not _is_zero(weight_decay)
   parts = []
   if decay and weight_decay_mode == "l2":
-    parts.append(add_decayed_weights_to_touched_rows(weight_decay))
+    parts.append(add_decayed_weights_to_touched_rows(weight_decay, touched=touched))
   parts.append(scale_by_rowwise_adagrad(0.0, eps, reduction="mean", eps_in_sqrt=False))
   if decay and weight_decay_mode == "decoupled":
-    parts.append(add_decayed_weights_to_touched_rows(weight_decay))
+    parts.append(add_decayed_weights_to_touched_rows(weight_decay, touched=touched))
   parts.append(optax.scale_by_learning_rate(learning_rate))
   if not _is_zero(max_norm):
-    parts.append(renormalize_rows(max_norm))
+    parts.append(renormalize_rows(max_norm, touched=touched))
   return optax.chain(*parts)
 
 

@@ -198,6 +198,14 @@ def test_a_block_state_of_another_structure_is_a_clear_error():
     r"transform has structure='rows' and keeps a BlockAdagradState",
   ):
     ob.scale_by_block_adagrad().update(w, shared)
+  cached = ob.scale_by_block_adagrad(structure="shared", update_root_every=2).init(w)
+  with pytest.raises(
+    ValueError,
+    match=r"the state's cache is SharedRootCache, but this transform has update_root_every=1",
+  ):
+    ob.scale_by_block_adagrad(structure="shared").update(w, cached)
+  with pytest.raises(ValueError, match=r"the state's cache is EmptyState, .* update_root_every=3"):
+    ob.scale_by_block_adagrad(structure="shared", update_root_every=3).update(w, shared)
 
 
 @pytest.mark.parametrize("name", ["rowwise", "block", "block_shared"])
