@@ -27,6 +27,7 @@ from optax_blockada._scalar import (
   inverse_root,
   with_learning_rate,
 )
+from optax_blockada._typing import Params
 
 __all__ = [
   "DEFAULT_MAX_STATE_BYTES",
@@ -844,11 +845,11 @@ def _mean_inverse_root(eigenvalues: jax.Array, lam: jax.Array) -> jax.Array:
 
 def block_effective_learning_rates(
   state: BlockState,
-  learning_rate: Any = 1.0,
+  learning_rate: ArrayLike = 1.0,
   *,
   eps: ArrayLike = 1e-7,
   relative_eps: ArrayLike | None = None,
-) -> Any:
+) -> Params:
   r"""Per-row effective learning rate of a block state: :math:`\eta \operatorname{tr}((H +
   \lambda I)^{-1/2}) / k`, averaged over a row's blocks.
 

@@ -9,11 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from optax_blockada import _validation
-from optax_blockada._block import BLOCK_STATES, block_effective_learning_rates
+from optax_blockada._block import BLOCK_STATES, BlockState, block_effective_learning_rates
 from optax_blockada._nonfinite import SkipNonfiniteRowsState
 from optax_blockada._scalar import DiagonalAdagradState, RowwiseAdagradState, inverse_root
+from optax_blockada._typing import OptState, Params
 
 __all__ = ["counters", "effective_learning_rates", "find_adagrad_states", "state_bytes"]
 
@@ -23,9 +25,10 @@ _ADAGRAD_STATES = (
   *BLOCK_STATES,
   optax.ScaleByRssState,
 )
+AdagradState = DiagonalAdagradState | RowwiseAdagradState | BlockState | optax.ScaleByRssState
 
 
-def find_adagrad_states(opt_state: Any) -> list[Any]:
+def find_adagrad_states(opt_state: OptState) -> list[AdagradState]:
   """All Adagrad states inside ``opt_state`` (chains, partitions, masks, injections).
 
   Recognises this library's :class:`DiagonalAdagradState`,
@@ -82,13 +85,13 @@ def _only(present: list[Any]) -> Any:
 
 
 def effective_learning_rates(
-  opt_state: Any,
-  learning_rate: Any = 1.0,
+  opt_state: OptState,
+  learning_rate: ArrayLike = 1.0,
   *,
-  eps: Any = 1e-7,
+  eps: ArrayLike = 1e-7,
   eps_in_sqrt: bool = True,
-  relative_eps: Any = None,
-) -> Any:
+  relative_eps: ArrayLike | None = None,
+) -> Params:
   r"""Per-row (or per-element) effective learning rate :math:`\eta\,\phi(G)`.
 
   The step a row takes per unit of gradient at the next update, if that gradient is
@@ -159,7 +162,7 @@ _COUNTERS = {
 }
 
 
-def counters(opt_state: Any) -> dict[str, Any]:
+def counters(opt_state: OptState) -> dict[str, Params]:
   r"""The event counters of the states inside ``opt_state``, per params leaf.
 
   * ``'fallbacks'`` (the states of :func:`scale_by_block_adagrad`): block updates that
@@ -202,7 +205,7 @@ def counters(opt_state: Any) -> dict[str, Any]:
   return out
 
 
-def state_bytes(tree: Any) -> int:
+def state_bytes(tree: OptState) -> int:
   """Total bytes of the array leaves of ``tree`` (an optimizer state, or any pytree).
 
   Works on concrete arrays and on ``jax.ShapeDtypeStruct`` leaves, so the size of a

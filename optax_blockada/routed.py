@@ -77,6 +77,7 @@ import optax
 from jax.sharding import Mesh, PartitionSpec
 
 from optax_blockada import _geometry, sharding, sparse
+from optax_blockada._typing import IdTree, OptState, Params
 
 __all__ = [
   "RoutingStats",
@@ -448,7 +449,7 @@ def value_and_update(
   reduction: str = "mean",
   has_aux: bool = False,
   checked: bool = False,
-) -> Callable[..., tuple[Any, Any, optax.OptState, RoutingStats]]:
+) -> Callable[..., tuple[Any, Params, OptState, RoutingStats]]:
   r"""A sparse training step for tables sharded along rows, routing ids to their owners.
 
   The routed counterpart of :func:`optax_blockada.sparse.value_and_grad` followed by
@@ -621,7 +622,7 @@ def _routed_step(loss_fn, tx, *, mesh, row_axes, capacity, reduction, checked, s
 
 
 def suggest_capacity(
-  batches: Sequence[Any],
+  batches: Sequence[IdTree],
   num_rows: int,
   mesh: Mesh,
   row_axes: str | Sequence[str] | None = None,
@@ -691,7 +692,7 @@ def nnx_update(
   model: Any,
   optimizer: Any,
   loss_fn: Callable[..., Any],
-  ids: Mapping[Any, Any],
+  ids: Mapping[str, jax.Array],
   *args: Any,
   mesh: Mesh | None = None,
   row_axes: str | Sequence[str] | None = None,

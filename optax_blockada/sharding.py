@@ -37,13 +37,14 @@ Two JAX sharding modes:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import jax
 import optax
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec, Sharding
 
 from optax_blockada import _geometry
+from optax_blockada._typing import OptState, Params, ShardingTree, SpecTree
 
 __all__ = ["state_partition_specs", "state_shardings"]
 
@@ -221,16 +222,21 @@ def _place(node: Any, info: Any, path: Any) -> Any:
   raise _error(path, node, "it is not inside a params-shaped subtree")
 
 
-def _abstract_state(tx_or_state: Any, params: Any) -> Any:
+def _abstract_state(
+  tx_or_state: optax.GradientTransformation | OptState, params: Params
+) -> OptState:
   # A GradientTransformation, or any object with init/update such as optax.MultiSteps.
-  if callable(getattr(tx_or_state, "init", None)) and callable(
-    getattr(tx_or_state, "update", None)
-  ):
-    return jax.eval_shape(tx_or_state.init, params)
-  return tx_or_state
+  init = getattr(tx_or_state, "init", None)
+  if callable(init) and callable(getattr(tx_or_state, "update", None)):
+    return jax.eval_shape(init, params)
+  return cast(OptState, tx_or_state)  # a state, not a transformation
 
 
-def state_partition_specs(tx_or_state: Any, params: Any, param_specs: Any = None) -> Any:
+def state_partition_specs(
+  tx_or_state: optax.GradientTransformation | OptState,
+  params: Params,
+  param_specs: SpecTree | ShardingTree = None,
+) -> SpecTree:
   """The ``PartitionSpec`` of every leaf of an optimizer state, from the params' specs.
 
   Per-row state of this library's transforms (:func:`optax_blockada.rowwise_adagrad`,
@@ -275,8 +281,12 @@ def state_partition_specs(tx_or_state: Any, params: Any, param_specs: Any = None
 
 
 def state_shardings(
-  tx_or_state: Any, params: Any, param_shardings: Any = None, *, mesh: Mesh | None = None
-) -> Any:
+  tx_or_state: optax.GradientTransformation | OptState,
+  params: Params,
+  param_shardings: ShardingTree | SpecTree = None,
+  *,
+  mesh: Mesh | None = None,
+) -> ShardingTree:
   """The ``NamedSharding`` of every leaf of an optimizer state, from the params'.
 
   The state is sharded exactly like the params it belongs to, never silently
