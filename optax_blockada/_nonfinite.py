@@ -76,7 +76,11 @@ def skip_nonfinite_rows(
   and ``skipped_rows`` of that leaf grows by one. For lazily exact transforms (every
   transform of this library, ``optax.adagrad``) a zero gradient row gets a zero update
   and keeps its state, so a skipped row is exactly as if it had not been in the batch.
-  Other transforms (Adam's moments decay on zero gradients) see a zero gradient.
+  A skipped row is also taken out of the extra argument ``looked_up`` (the rows of the
+  batch, passed by the sparse path) before ``inner`` sees it, so the row transforms
+  (:func:`add_decayed_weights_to_touched_rows`, :func:`renormalize_rows`) leave it
+  alone too. Other transforms (Adam's moments decay on zero gradients) see a zero
+  gradient.
 
   The three policies for a non-finite gradient, and what each does to the state:
 
@@ -143,13 +147,22 @@ def skip_nonfinite_rows(
     counts = treedef.flatten_up_to(state.skipped_rows)
     axes = _geometry.resolve_feature_axes(feature_axes, updates)
     names = _geometry.resolve_axis_names(axis_name, updates)
-    cleaned, new_counts = [], []
-    for (path, g), count, ax, nm in zip(with_path, counts, axes, names, strict=True):
+    # _rows imports _scalar, which imports this module: import it when first needed.
+    from optax_blockada import _rows
+
+    looked_up = extra_args.get("looked_up")
+    masks = _rows.looked_up_leaves(looked_up, with_path, axes, name)
+    cleaned, new_counts, kept = [], [], []
+    for (path, g), count, ax, nm, mask in zip(with_path, counts, axes, names, masks, strict=True):
       finite = _finite_rows(g, ax, nm)
       cleaned.append(jnp.where(finite, g, jnp.zeros_like(g)))
       bad = jnp.sum(~finite, dtype=jnp.int32)
       # Inside the routed sparse step each device holds some rows of a table.
       new_counts.append(count + _geometry.sum_over_rows(bad, path))
+      kept.append(None if mask is None else mask & finite)
+    if looked_up is not None:
+      # A skipped row is as if it had not been looked up: no decay, no max-norm.
+      extra_args = {**extra_args, "looked_up": treedef.unflatten(kept)}
     new_updates, inner_state = inner.update(
       treedef.unflatten(cleaned), state.inner_state, params, **extra_args
     )

@@ -40,10 +40,12 @@ transforms through the shape of their per-row state).
 ``optax.adagrad`` / ``optax.scale_by_rss``; ``optax.sgd`` without momentum; every
 stateless transform that acts row by row or elementwise (``optax.scale``,
 ``optax.scale_by_learning_rate`` with a schedule, ``optax.scale_by_schedule``,
-``optax.clip``, :func:`renormalize_rows`); ``optax.clip_by_global_norm`` (rows with
-zero gradient add nothing to the norm); ``optax.chain``, ``optax.partition``,
-``optax.masked`` and ``optax.inject_hyperparams`` around them. Step counters and other
-shared state advance as in the dense step.
+``optax.clip``); ``optax.clip_by_global_norm`` (rows with zero gradient add nothing to
+the norm); ``optax.chain``, ``optax.partition``, ``optax.masked`` and
+``optax.inject_hyperparams`` around them. Step counters and other shared state advance
+as in the dense step. The row transforms :func:`~optax_blockada.renormalize_rows` and
+:func:`~optax_blockada.add_decayed_weights_to_touched_rows` equal the dense step given
+the same ``looked_up`` mask (see **Looked-up rows** below).
 
 **What is not lazily exact, and what happens.**
 
@@ -55,19 +57,31 @@ shared state advance as in the dense step.
   Use the dense step, or apply such a transform to non-table leaves only with
   ``optax.partition``.
 * Stateless transforms that change rows with zero gradient: ``optax.add_decayed_weights``
-  (and presets with ``weight_decay``), ``optax.add_noise``,
-  ``optax.keep_params_nonnegative``: they act on the **touched rows only** (rows with a
-  non-zero gradient), not the dense result
-  (:func:`optax_blockada.add_decayed_weights_to_touched_rows` gives the same semantics
-  in a dense step). This is the lazy decay of FBGEMM's fused kernels, except that
-  FBGEMM also decays looked-up rows whose summed gradient is exactly zero (padding
-  rows). It is not the semantics of TorchRec's ``RowWiseAdagrad`` optimizer class,
-  which decays every row of the table.
+  (and the ``weight_decay`` of :func:`~optax_blockada.presets.torch_adagrad`,
+  :func:`~optax_blockada.presets.torchrec_rowwise_adagrad`,
+  :func:`~optax_blockada.presets.keras_adagrad`), ``optax.add_noise``,
+  ``optax.keep_params_nonnegative``: they act on the **looked-up rows only** (zero
+  gradient or not), where the dense step changes every row. That is the lazy decay of
+  FBGEMM's fused kernels, not the semantics of ``torch.optim.Adagrad``, TorchRec's
+  ``RowWiseAdagrad`` optimizer class or Keras, which decay every row of the table.
 * Stateless transforms whose row update depends on the whole leaf through a mean or a
   parameter norm (``optax.clip_by_block_rms``, ``optax.centralize``,
   ``optax.scale_by_param_block_norm``/``rms``, ``optax.scale_by_trust_ratio``) see only
   the gathered rows and differ from the dense step. They cannot be detected; do not
   chain them on tables.
+
+**Looked-up rows.** When ``tx`` takes extra arguments (every ``optax.chain``, alias and
+preset does), ``tx.update`` also receives ``looked_up``: for every table a boolean mask
+of its gathered rows (all true but for the padding slots, which also hold the dropped
+out-of-range ids), ``None`` for the other leaves. The row transforms
+:func:`~optax_blockada.add_decayed_weights_to_touched_rows` and
+:func:`~optax_blockada.renormalize_rows` (so
+:func:`~optax_blockada.presets.fbgemm_rowwise_adagrad`'s weight decay and ``max_norm``)
+act on those rows, as FBGEMM does, also on a looked-up row whose summed gradient is
+exactly zero (a padding row); a dense step without the mask leaves such a row alone.
+Both agree whenever every looked-up row has a non-zero gradient. With
+``touched='nonzero_gradient'`` those transforms and presets ignore the mask and act on
+the rows with a non-zero gradient only, in the sparse path as in the dense step.
 
 **Ids out of range** (``id < 0`` or ``id >= V``). With ``checked=False`` (the fast
 mode, default) such an id is dropped: its lookup reads a row of zeros and its gradient
@@ -685,8 +699,16 @@ def _apply(tx, grad_leaves, opt_state, leaves, treedef, rows, num_rows, names):
     for s, t in zip(state_leaves, plan, strict=True)
   ]
   small_params_tree = treedef.unflatten(small_params)
+  extra = {}
+  if isinstance(tx, optax.GradientTransformationExtraArgs):
+    # The gathered rows of every table: looked up (padding slots and dropped
+    # out-of-range ids are not); None for the other leaves.
+    looked_up = [
+      _row_mask(rows[i], num_rows[i], 1) if i in rows else None for i in range(len(leaves))
+    ]
+    extra["looked_up"] = treedef.unflatten(looked_up)
   updates, new_small_state = tx.update(
-    treedef.unflatten(grad_leaves), sdef.unflatten(small_state), small_params_tree
+    treedef.unflatten(grad_leaves), sdef.unflatten(small_state), small_params_tree, **extra
   )
   new_small = treedef.flatten_up_to(optax.apply_updates(small_params_tree, updates))
   new_leaves = [
@@ -743,6 +765,10 @@ def apply_gradients(
   and of the per-row state back (``mode='drop'``: padding and out-of-range ids write
   nothing). Equals the dense step ``tx.update`` + ``optax.apply_updates`` up to float
   rounding for lazily exact transforms (see the module docstring for the others).
+  A ``tx`` that takes extra arguments also gets ``looked_up=``, the mask of the
+  gathered rows of every table (``None`` for other leaves): the row transforms and
+  :func:`~optax_blockada.presets.fbgemm_rowwise_adagrad` decay and max-norm those rows,
+  zero gradient or not, as FBGEMM does (see "Looked-up rows" in the module docstring).
 
   Two forms of ``grads``:
 
