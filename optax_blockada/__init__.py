@@ -10,12 +10,15 @@ from optax_blockada._block import (
   BlockAdagradState,
   RowsXSharedBlockAdagradState,
   SharedBlockAdagradState,
+  SharedEigenCache,
+  SharedRootCache,
   block_adagrad,
   block_effective_learning_rates,
   scale_by_block_adagrad,
 )
 from optax_blockada._geometry import FeatureAxesSpec
 from optax_blockada._nonfinite import SkipNonfiniteRowsState, skip_nonfinite_rows
+from optax_blockada._per_row import register_per_row_state
 from optax_blockada._rows import add_decayed_weights_to_touched_rows, renormalize_rows
 from optax_blockada._scalar import (
   DiagonalAdagradState,
@@ -41,6 +44,8 @@ __all__ = (
   "RowsXSharedBlockAdagradState",
   "RowwiseAdagradState",
   "SharedBlockAdagradState",
+  "SharedEigenCache",
+  "SharedRootCache",
   "SkipNonfiniteRowsState",
   "add_decayed_weights_to_touched_rows",
   "block_adagrad",
@@ -51,6 +56,7 @@ __all__ = (
   "effective_learning_rates",
   "find_adagrad_states",
   "presets",
+  "register_per_row_state",
   "renormalize_rows",
   "routed",
   "rowwise_adagrad",

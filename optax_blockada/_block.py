@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike, DTypeLike
 
-from optax_blockada import _geometry, _roots, _validation
+from optax_blockada import _geometry, _per_row, _roots, _validation
 from optax_blockada._geometry import FeatureAxesSpec
 from optax_blockada._scalar import (
   _check_accumulator_dtype,
@@ -75,9 +75,6 @@ class BlockAdagradState(NamedTuple):
   # row-wise step because the matrix root was not finite.
   fallbacks: optax.Updates
 
-  # Fields holding per-row state (see ``_geometry.per_row_fields``).
-  PER_ROW_FIELDS = ("block_sums",)
-
 
 class SharedRootCache(NamedTuple):
   """The root a ``'shared'`` state keeps between refreshes (``update_root_every > 1``)."""
@@ -120,8 +117,6 @@ class SharedBlockAdagradState(NamedTuple):
   # optax.EmptyState() or, with update_root_every > 1, a SharedRootCache.
   cache: SharedRootCache | optax.EmptyState
 
-  PER_ROW_FIELDS = ()
-
 
 class RowsXSharedBlockAdagradState(NamedTuple):
   r"""State of :func:`scale_by_block_adagrad` with ``structure='rows_x_shared'``.
@@ -150,8 +145,10 @@ class RowsXSharedBlockAdagradState(NamedTuple):
   # optax.EmptyState() or, with update_root_every > 1, a SharedEigenCache.
   cache: SharedEigenCache | optax.EmptyState
 
-  PER_ROW_FIELDS = ("row_sums",)
 
+_per_row.register_per_row_state(BlockAdagradState, ("block_sums",))
+_per_row.register_per_row_state(SharedBlockAdagradState, ())
+_per_row.register_per_row_state(RowsXSharedBlockAdagradState, ("row_sums",))
 
 BlockState = BlockAdagradState | SharedBlockAdagradState | RowsXSharedBlockAdagradState
 BLOCK_STATES = (BlockAdagradState, SharedBlockAdagradState, RowsXSharedBlockAdagradState)
@@ -476,13 +473,13 @@ def scale_by_block_adagrad(
 
   Lazy exactness: a block whose gradient is zero gets a zero update and keeps its
   per-row state; ``'shared'`` sums add nothing for it. Running the transform on a
-  gathered subset of rows (with the per-row state fields of
-  state class's ``PER_ROW_FIELDS`` gathered alike) gives exactly the dense result
-  for those rows. A stale root is never used for per-row statistics (one step stale was
-  measured off by 1e3 for rarely-updated rows), so ``update_root_every > 1`` is only
-  allowed for ``'shared'`` and ``'rows_x_shared'``, which then cache the root (or the
-  eigendecomposition, :math:`2 d^2 + d` more numbers per leaf) in the state's ``cache``
-  and refresh it on steps ``0, N, 2N, ...``.
+  gathered subset of rows (with the per-row state fields, ``block_sums`` or
+  ``row_sums``, gathered alike) gives exactly the dense result for those rows. A stale
+  root is never used for per-row statistics (one step stale was measured off by 1e3 for
+  rarely-updated rows), so ``update_root_every > 1`` is only allowed for ``'shared'``
+  and ``'rows_x_shared'``, which then cache the root (or the eigendecomposition,
+  :math:`2 d^2 + d` more numbers per leaf) in the state's ``cache`` and refresh it on
+  steps ``0, N, 2N, ...``.
 
   Args:
     initial_accumulator_value: :math:`a \ge 0`, the starting :math:`H_0 = a I`.

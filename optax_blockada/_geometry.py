@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from optax_blockada import _per_row
+
 Axes: TypeAlias = int | Sequence[int] | None
 FeatureAxesSpec: TypeAlias = Axes | Any | Callable[[Any, Any], Axes]
 AxisNames: TypeAlias = str | Sequence[str] | None
@@ -278,7 +280,7 @@ def row_state_full(param: Any, shape: Sequence[int], fill_value: Any, dtype: Any
   of shape ``(k, k)`` for block state).
 
   ``shape`` is the param's rank with feature axes reduced to 1, then optional per-row
-  block axes (see :func:`per_row_fields`). When ``param`` carries an Explicit-mode
+  block axes (see ``optax_blockada._per_row``). When ``param`` carries an Explicit-mode
   sharding (``jax.make_mesh``'s default axes), the state is sharded like the param
   along its row axes (:func:`row_spec`), so its sharding type is the same after
   ``init`` and after ``update``. Otherwise (Auto mode, one device, abstract params
@@ -298,18 +300,7 @@ def row_state_full(param: Any, shape: Sequence[int], fill_value: Any, dtype: Any
 
 
 def per_row_fields(node: Any) -> tuple[str, ...] | None:
-  """The per-row fields of one of this library's optimizer states, else ``None``.
-
-  The states of this library declare, in a class attribute ``PER_ROW_FIELDS``, which
-  of their fields hold **per-row state**: a pytree with the params' structure whose
-  leaf for a param ``p`` with feature axes ``F`` has shape
-  ``row_shape(p.shape, F) + trailing`` (the param's rank, feature axes of size 1, then
-  any per-row block axes, e.g. ``(V, 1)`` or ``(V, 1, n_blocks, k, k)`` for a
-  ``(V, d)`` table). Such leaves can be gathered and scattered by row (the sparse path)
-  and sharded like the param along its row axes (the sharding helper). A ``None`` in
-  place of a leaf means the field is unused for that param. Every other field holds
-  shared state (per-leaf matrices, counters), which the sparse path passes through
-  whole and the sharding helper replicates.
+  """The per-row fields of a registered optimizer state, else ``None`` (see ``_per_row``).
 
   Example:
     >>> import jax.numpy as jnp
@@ -320,9 +311,8 @@ def per_row_fields(node: Any) -> tuple[str, ...] | None:
     >>> per_row_fields((1, 2)) is None
     True
   """
-  if isinstance(node, tuple) and hasattr(type(node), "_fields"):
-    return getattr(type(node), "PER_ROW_FIELDS", None)
-  return None
+  entry = _per_row.lookup(node)
+  return None if entry is None else entry.fields
 
 
 # Inside the owner-routed sparse step (optax_blockada.routed) every device updates the

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike, DTypeLike
 
-from optax_blockada import _geometry, _nonfinite, _validation
+from optax_blockada import _geometry, _nonfinite, _per_row, _validation
 from optax_blockada._geometry import AxisNameSpec, FeatureAxesSpec
 
 __all__ = [
@@ -43,9 +43,6 @@ class DiagonalAdagradState(NamedTuple):
   # Same tree and shapes as the params; dtype ``accumulator_dtype``.
   sum_of_squares: optax.Updates
 
-  # Fields holding per-row state (see ``_geometry.per_row_fields``).
-  PER_ROW_FIELDS = ("sum_of_squares",)
-
 
 class RowwiseAdagradState(NamedTuple):
   """State of :func:`scale_by_rowwise_adagrad`: one accumulator per row.
@@ -61,8 +58,9 @@ class RowwiseAdagradState(NamedTuple):
   # reduced to size 1 (a ``(V, d)`` table gets a ``(V, 1)`` accumulator).
   sum_of_squares: optax.Updates
 
-  # Fields holding per-row state (see ``_geometry.per_row_fields``).
-  PER_ROW_FIELDS = ("sum_of_squares",)
+
+_per_row.register_per_row_state(DiagonalAdagradState, ("sum_of_squares",))
+_per_row.register_per_row_state(RowwiseAdagradState, ("sum_of_squares",))
 
 
 def accumulator_dtype_for(param_dtype: Any, accumulator_dtype: DTypeLike | None) -> jnp.dtype:

@@ -9,7 +9,7 @@ replicated ``V``-row state on every device would defeat the purpose.
 
 ``optax.tree_map_params`` cannot place these states: it maps leaves by the params'
 tree and hands a ``(V, d)`` spec to a ``(V, 1)`` or rank-5 leaf. The functions here
-know this library's states (``PER_ROW_FIELDS``, see ``_geometry.per_row_fields``)
+know which fields of a state are per-row (``optax_blockada._per_row``, the registry)
 and descend through optax's containers (``chain``, ``partition``, ``masked``,
 ``inject_hyperparams``, ``MultiSteps``):
 
@@ -43,7 +43,7 @@ import jax
 import optax
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec, Sharding
 
-from optax_blockada import _geometry
+from optax_blockada import _geometry, _per_row
 from optax_blockada._typing import OptState, Params, ShardingTree, SpecTree
 
 __all__ = ["state_partition_specs", "state_shardings"]
@@ -193,33 +193,32 @@ def _leafwise(node: Any, info: Any, path: Any, *, per_row: bool) -> Any:
 
 
 def _place(node: Any, info: Any, path: Any) -> Any:
-  """Specs for one node of a state."""
-  if _is_hole(node):
-    return node
-  fields = _geometry.per_row_fields(node)
-  if fields is not None:
-    out = []
-    for name in node._fields:
-      value = getattr(node, name)
-      field_path = (*path, jax.tree_util.GetAttrKey(name))
-      if name in fields:
-        out.append(_leafwise(value, info, field_path, per_row=True))
-      else:  # Shared state (per-leaf matrices, counters): replicated.
-        out.append(jax.tree.map(lambda _: PartitionSpec(), value))
-    return type(node)(*out)
-  structure = jax.tree.structure(node)
-  if structure.num_leaves == 0:  # EmptyState(), (), {}: nothing to place.
-    return node
-  if structure.num_nodes > 1:
-    if _match_params(node, info) is not None:
+  """Specs for one node of a state: the one walk over states (``_per_row.map_state``)."""
+
+  def other(node, path):
+    if _is_hole(node):
+      return node
+    structure = jax.tree.structure(node)
+    if structure.num_leaves == 0:  # EmptyState(), (), {}: nothing to place.
+      return node
+    if structure.num_nodes > 1:
+      if _match_params(node, info) is not None:
+        return _leafwise(node, info, path, per_row=False)
+      return _per_row.RECURSE
+    if isinstance(info, _Param):  # The params are a single array.
       return _leafwise(node, info, path, per_row=False)
-    with_path, treedef = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
-    return treedef.unflatten([_place(child, info, (*path, *sub)) for sub, child in with_path])
-  if isinstance(info, _Param):  # The params are a single array.
-    return _leafwise(node, info, path, per_row=False)
-  if _shape(node, "the state leaf", path) == ():
-    return PartitionSpec()
-  raise _error(path, node, "it is not inside a params-shaped subtree")
+    if _shape(node, "the state leaf", path) == ():
+      return PartitionSpec()
+    raise _error(path, node, "it is not inside a params-shaped subtree")
+
+  return _per_row.map_state(
+    node,
+    per_row=lambda value, path: _leafwise(value, info, path, per_row=True),
+    # Shared state (per-leaf matrices, counters): replicated.
+    shared=lambda value, path: jax.tree.map(lambda _: PartitionSpec(), value),
+    other=other,
+    path=path,
+  )
 
 
 def _abstract_state(
@@ -292,7 +291,8 @@ def state_shardings(
   The state is sharded exactly like the params it belongs to, never silently
   replicated:
 
-  * per-row fields of this library's states (``PER_ROW_FIELDS``: e.g. a ``(V, 1)``
+  * per-row fields of registered states (:func:`optax_blockada.register_per_row_state`:
+    this library's and ``optax.adagrad``'s; e.g. a ``(V, 1)``
     row-wise accumulator, a ``(V, d)`` diagonal one, ``(V, 1, n_blocks, k, k)``
     block matrices, for a ``(V, d)`` table) take the param's spec on the axes where
     they have the param's size, ``None`` on reduced feature axes and trailing axes;

@@ -17,6 +17,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optax_blockada as ob
+from optax_blockada._geometry import per_row_fields
 from optax_blockada.sharding import state_partition_specs, state_shardings
 
 V, D, B = 64, 8, 32
@@ -54,8 +55,7 @@ PER_ROW_SHAPES = {
 def per_row(state, key):
   """The (first) per-row state leaf of param ``key`` in ``state[0]``."""
   inner = state[0]
-  leaves = [getattr(inner, f)[key] for f in type(inner).PER_ROW_FIELDS]
-  return next(leaf for leaf in leaves if leaf is not None)
+  return getattr(inner, per_row_fields(inner)[0])[key]
 
 
 # Eight devices of the default backend: the root conftest.py forces 8 CPU devices, and
