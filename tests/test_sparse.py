@@ -292,14 +292,18 @@ def test_mixed_pytree_and_chains_equal_dense(name):
   assert not np.allclose(p_sparse["dense"]["w"], params["dense"]["w"])
 
 
-def test_weight_decay_acts_on_touched_rows_only():
+def test_weight_decay_acts_on_looked_up_rows_only():
   params, data = make_params(), batches()[:5]
   sparse_tx = optax.chain(optax.add_decayed_weights(0.1), ob.rowwise_adagrad(0.1))
   p_sparse, _ = sparse_run(sparse_tx, params, data)
-  # FBGEMM/TorchRec semantics: decay on the rows present in the batch...
+  # FBGEMM's fused-kernel semantics: decay on the rows looked up in the batch (here every
+  # looked-up row has a gradient; tests/test_looked_up_rows.py has the zero-gradient
+  # ones)...
   lazy_tx = optax.chain(ob.add_decayed_weights_to_touched_rows(0.1), ob.rowwise_adagrad(0.1))
   p_lazy, _ = dense_run(lazy_tx, params, data)
   assert_close(p_sparse, p_lazy)
+  p_lazy_sparse, _ = sparse_run(lazy_tx, params, data)
+  assert_close(p_lazy_sparse, p_lazy)
   # ...which is not the dense result: untouched rows keep their values instead of decaying.
   p_dense, _ = dense_run(sparse_tx, params, data)
   np.testing.assert_array_equal(p_sparse["word"][UNTOUCHED], params["word"][UNTOUCHED])
