@@ -77,14 +77,33 @@ class BlockAdagradState(NamedTuple):
 
 
 class SharedRootCache(NamedTuple):
-  """The root a ``'shared'`` state keeps between refreshes (``update_root_every > 1``)."""
+  """The root a ``'shared'`` state keeps between refreshes (``update_root_every > 1``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax_blockada as ob
+    >>> tx = ob.scale_by_block_adagrad(structure='shared', update_root_every=5)
+    >>> _, state = tx.update(jnp.ones((4, 2)), tx.init(jnp.zeros((4, 2))))
+    >>> state.cache.shared_root.shape  # (C + lam I)^(-1/2), refreshed on step 0
+    (1, 2, 2)
+  """
 
   # (C + lam I)^(-1/2) as of the latest refresh, (n_b, k, k); zeros before the first.
   shared_root: optax.Updates
 
 
 class SharedEigenCache(NamedTuple):
-  """The decomposition a ``'rows_x_shared'`` state keeps between refreshes."""
+  """The decomposition a ``'rows_x_shared'`` state keeps between refreshes.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax_blockada as ob
+    >>> tx = ob.scale_by_block_adagrad(structure='rows_x_shared', update_root_every=5)
+    >>> _, state = tx.update(jnp.ones((4, 2)), tx.init(jnp.zeros((4, 2))))
+    >>> # C = 0.1 I + 4 (1, 1)(1, 1)^T has eigenvalues 0.1 and 8.1; k C / tr(C): 2 (0.1, 8.1) / 8.2
+    >>> print(state.cache.shared_spectrum.round(5))
+    [[0.02439 1.97561]]
+  """
 
   # Eigenvectors of C as of the latest refresh, (n_b, k, k); I before the first step.
   shared_basis: optax.Updates
