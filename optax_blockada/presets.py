@@ -376,7 +376,7 @@ def fbgemm_rowwise_adagrad(
   _validation.check_nonnegative("weight_decay", weight_decay)
   _validation.check_learning_rate(learning_rate)
   decay = weight_decay_mode != "none" and not _is_zero(weight_decay)
-  parts = []
+  parts: list[optax.GradientTransformation] = []
   if decay and weight_decay_mode == "l2":
     parts.append(add_decayed_weights_to_touched_rows(weight_decay, touched=touched))
   parts.append(scale_by_rowwise_adagrad(0.0, eps, reduction="mean", eps_in_sqrt=False))

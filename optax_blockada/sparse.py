@@ -106,7 +106,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_blockada import _geometry
+from optax_blockada import _geometry, _per_row
 
 __all__ = [
   "SparseGrad",
@@ -117,10 +117,6 @@ __all__ = [
   "nnx_update",
   "value_and_grad",
 ]
-
-# Optax states that are lazily exact per row although they do not declare it:
-# ``optax.adagrad``'s accumulator has the params' shapes (diagonal, per coordinate).
-_LAZY_OPTAX_STATES: dict[type, tuple[str, ...]] = {optax.ScaleByRssState: ("sum_of_squares",)}
 
 
 class SparseGrad(NamedTuple):
@@ -551,44 +547,45 @@ class _Mark:
     self.table = table
 
 
-def _row_fields(node: Any) -> tuple[str, ...] | None:
-  fields = _geometry.per_row_fields(node)
-  if fields is None and isinstance(node, tuple):
-    fields = _LAZY_OPTAX_STATES.get(type(node))
-  return fields
-
-
 def _state_marks(opt_state: Any, treedef: Any, tables: set[int]) -> list[int | None]:
   """For every leaf of ``opt_state``: the table whose per-row state it is, or None."""
 
-  def mark(node):
-    fields = _row_fields(node)
-    if fields is None:
-      return _Mark(None)
-    new = {}
-    for field in node._fields:
-      value = getattr(node, field)
-      if field not in fields:
-        new[field] = jax.tree.map(lambda _: _Mark(None), value)
-        continue
-      try:
-        subtrees = treedef.flatten_up_to(value)
-      except (ValueError, TypeError) as e:
-        raise ValueError(
-          f"sparse: the per-row field {type(node).__name__}.{field} of the optimizer state "
-          f"does not have the params' tree structure ({treedef}). The sparse path supports "
-          "transforms applied to the whole params tree (possibly through optax.chain, "
-          "optax.partition, optax.masked, optax.inject_hyperparams)."
-        ) from e
-      new[field] = treedef.unflatten(
-        [
-          jax.tree.map(lambda _, i=i: _Mark(i if i in tables else None), sub)
-          for i, sub in enumerate(subtrees)
-        ]
-      )
-    return node._replace(**new)
+  def per_row(value, path):
+    try:
+      subtrees = treedef.flatten_up_to(value)
+    except (ValueError, TypeError) as e:
+      raise ValueError(
+        f"sparse: the per-row field {_owner(opt_state, path)} of the optimizer state "
+        f"does not have the params' tree structure ({treedef}). The sparse path supports "
+        "transforms applied to the whole params tree (possibly through optax.chain, "
+        "optax.partition, optax.masked, optax.inject_hyperparams)."
+      ) from e
+    return treedef.unflatten(
+      [
+        jax.tree.map(lambda _, i=i: _Mark(i if i in tables else None), sub)
+        for i, sub in enumerate(subtrees)
+      ]
+    )
 
-  marked = jax.tree.map(mark, opt_state, is_leaf=lambda x: _row_fields(x) is not None)
+  def none(value, path):
+    return jax.tree.map(lambda _: _Mark(None), value)
+
+  def other(node, path):
+    if jax.tree.structure(node).num_nodes == 1:  # a leaf, or an empty container
+      return none(node, path)
+    return _per_row.RECURSE
+
+  registered = lambda x: _per_row.lookup(x) is not None
+  for node in jax.tree.leaves(opt_state, is_leaf=registered):
+    entry = _per_row.lookup(node)
+    if entry is not None and not entry.lazily_exact:
+      raise ValueError(
+        f"sparse: the optimizer state holds a {type(node).__name__}, registered as not "
+        "lazily exact (register_per_row_state(..., lazily_exact=False)): its rows with "
+        "zero gradient change every step, which a sparse update cannot reproduce. Use "
+        "the dense step."
+      )
+  marked = _per_row.map_state(opt_state, per_row=per_row, shared=none, other=other)
   return [m.table for m in jax.tree.leaves(marked)]
 
 
