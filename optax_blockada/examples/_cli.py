@@ -1,12 +1,57 @@
-"""Argument types shared by the examples' command lines."""
+"""Argument checks shared by the examples: function arguments and command-line types."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import numbers
 from collections.abc import Callable
 
-__all__ = ["float_in", "int_at_least"]
+__all__ = ["check_int", "float_in", "int_at_least"]
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+  """Checks a function's integer argument: the examples' one rule for counts, sizes, seeds.
+
+  Any ``numbers.Integral`` (Python or numpy integers) is accepted, ``bool`` is not.
+
+  Args:
+    name: the argument's name, as the caller spells it.
+    value: what was passed.
+    minimum: the smallest allowed value.
+
+  Returns:
+    ``value`` as a Python ``int``.
+
+  Raises:
+    TypeError: ``value`` is not an integer (the message names the argument, the value
+      and its type).
+    ValueError: ``value`` is below ``minimum`` (the message names the argument, the
+      value and the smallest allowed one).
+
+  Example:
+    >>> import numpy as np
+    >>> from optax_blockada.examples._cli import check_int
+    >>> check_int("epochs", np.int64(3), 1)
+    3
+    >>> check_int("epochs", 2.0, 1)
+    Traceback (most recent call last):
+    TypeError: epochs must be an integer, got 2.0 (a float); pass an int >= 1, e.g. 2.
+    >>> check_int("epochs", 0, 1)
+    Traceback (most recent call last):
+    ValueError: epochs must be >= 1, got 0; pass an int >= 1.
+  """
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    hint = ""
+    if isinstance(value, float) and value.is_integer() and value >= minimum:
+      hint = f", e.g. {int(value)}"
+    raise TypeError(
+      f"{name} must be an integer, got {value!r} (a {type(value).__name__}); "
+      f"pass an int >= {minimum}{hint}."
+    )
+  if value < minimum:
+    raise ValueError(f"{name} must be >= {minimum}, got {value}; pass an int >= {minimum}.")
+  return int(value)
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:

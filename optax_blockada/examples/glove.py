@@ -66,6 +66,14 @@ from optax_blockada.examples import rotation as rot
 from optax_blockada.examples import text, word_eval
 from optax_blockada.examples._checkpoint import Checkpointer, CheckpointError
 from optax_blockada.examples._cli import float_in, int_at_least
+from optax_blockada.examples.glove_model import (
+  ALPHA,
+  X_MAX,
+  GloVe,
+  Params,
+  glove_cost,
+  weighting,
+)
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES, make_optimizer
 
 __all__ = [
@@ -96,85 +104,6 @@ __all__ = [
   "weighting",
   "write_atomically",
 ]
-
-X_MAX = 10.0
-"""Cut-off of the weighting function (GloVe's demo script; ``glove.c``'s default is 100)."""
-
-ALPHA = 0.75
-"""Exponent of the weighting function (``glove.c``'s default)."""
-
-Params = dict[str, jax.Array]
-_HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def weighting(counts: Any, x_max: float = X_MAX, alpha: float = ALPHA) -> np.ndarray:
-  r"""GloVe's weighting function :math:`f(x) = \min(1, (x / x_{max})^\alpha)`.
-
-  Args:
-    counts: co-occurrence counts (non-negative).
-    x_max: the cut-off, ``> 0``.
-    alpha: the exponent, ``> 0``.
-
-  Returns:
-    ``f(counts)`` as a float64 numpy array.
-
-  Example:
-    >>> from optax_blockada.examples.glove import weighting
-    >>> print(weighting([1.0, 10.0, 200.0], x_max=10.0, alpha=0.5))
-    [0.31623 1.      1.     ]
-  """
-  counts = np.asarray(counts, np.float64)
-  return np.minimum(1.0, (counts / x_max) ** alpha)
-
-
-class GloVe(nnx.Module):
-  """The GloVe model: word and context tables with biases.
-
-  ``model(rows, cols)`` predicts ``log X`` for the pairs as
-  ``w_rows . w~_cols + b_rows + b~_cols``; :meth:`vectors` is the output ``W + W~``.
-  Tables start at ``(U(0, 1) - 0.5) / d`` (``glove.c``), biases at 0.
-
-  Args:
-    vocab_size: ``V``.
-    dim: ``d``.
-    rngs: Flax random streams (``params`` is used).
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> from flax import nnx
-    >>> from optax_blockada.examples.glove import GloVe
-    >>> model = GloVe(10, 4, rngs=nnx.Rngs(0))
-    >>> model(jnp.array([1, 2]), jnp.array([3, 3])).shape, model.vectors().shape
-    ((2,), (10, 4))
-    >>> optimizer = nnx.Optimizer(model, optax.adagrad(0.1), wrt=nnx.Param)
-    >>> loss = lambda m: jnp.sum((m(jnp.array([1]), jnp.array([3])) - 2.0) ** 2)
-    >>> before = loss(model)
-    >>> _ = optimizer.update(model, nnx.grad(loss)(model))
-    >>> bool(loss(model) < before)
-    True
-  """
-
-  def __init__(self, vocab_size: int, dim: int, *, rngs: nnx.Rngs):
-    def table():
-      return (jax.random.uniform(rngs.params(), (vocab_size, dim), jnp.float32) - 0.5) / dim
-
-    self.word = nnx.Param(table())
-    self.context = nnx.Param(table())
-    self.word_bias = nnx.Param(jnp.zeros((vocab_size,), jnp.float32))
-    self.context_bias = nnx.Param(jnp.zeros((vocab_size,), jnp.float32))
-
-  def __call__(self, rows: jax.Array, cols: jax.Array) -> jax.Array:
-    return _predict(nnx.to_pure_dict(nnx.state(self, nnx.Param)), rows, cols)
-
-  def vectors(self) -> jax.Array:
-    """The output word vectors ``W + W~`` (as ``glove.c``'s ``-model 2``)."""
-    return self.word[...] + self.context[...]
-
-
-def _predict(params: Params, rows: jax.Array, cols: jax.Array) -> jax.Array:
-  dot = jnp.sum(params["word"][rows] * params["context"][cols], axis=-1)
-  return dot + params["word_bias"][rows] + params["context_bias"][cols]
 
 
 class GloVeData(NamedTuple):
@@ -228,35 +157,6 @@ def prepare_data(
     weighting(counts, x_max, alpha).astype(np.float32),
     int(cooc.vocab_size),
   )
-
-
-def glove_cost(params: Params, batch: Mapping[str, jax.Array]) -> jax.Array:
-  r"""``glove.c``'s cost summed over a batch of pairs.
-
-  .. math:: J = \sum_n \tfrac12 f_n (w_{r_n}^\top \tilde w_{c_n} + b_{r_n} + \tilde b_{c_n}
-      - \log X_n)^2
-
-  Args:
-    params: ``{'word': (V, d), 'context': (V, d), 'word_bias': (V,),
-      'context_bias': (V,)}``.
-    batch: ``{'rows', 'cols', 'log_counts', 'weights'}``, each ``(B,)``; a pair
-      with weight 0 (padding) contributes nothing.
-
-  Returns:
-    A float32 scalar.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from optax_blockada.examples.glove import glove_cost
-    >>> params = {'word': jnp.ones((2, 2)), 'context': jnp.ones((2, 2)),
-    ...           'word_bias': jnp.zeros(2), 'context_bias': jnp.zeros(2)}
-    >>> batch = {'rows': jnp.array([0]), 'cols': jnp.array([1]),
-    ...          'log_counts': jnp.array([1.0]), 'weights': jnp.array([0.5])}
-    >>> float(glove_cost(params, batch))  # 0.5 * 0.5 * (2 - 1)^2
-    0.25
-  """
-  pred = _predict(params, batch["rows"], batch["cols"])
-  return 0.5 * jnp.sum(batch["weights"] * (pred - batch["log_counts"]) ** 2)
 
 
 _jitted_cost = jax.jit(glove_cost)

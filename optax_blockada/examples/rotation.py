@@ -40,7 +40,8 @@ import numpy as np
 import optax
 
 import optax_blockada as ob
-from optax_blockada.examples._cli import int_at_least
+from optax_blockada.examples._cli import check_int, int_at_least
+from optax_blockada.examples.glove_model import ALPHA, X_MAX, Params, cost, init_params, weighting
 from optax_blockada.examples.planted import planted_cooccurrence
 
 __all__ = [
@@ -58,25 +59,9 @@ __all__ = [
   "train",
 ]
 
-X_MAX = 10.0
-"""Cut-off of the GloVe weighting function (``x_max`` in glove.c)."""
-
-ALPHA = 0.75
-"""Exponent of the GloVe weighting function (``alpha`` in glove.c)."""
-
 _PLANTED_RANK = 8
 _HIGHEST = jax.lax.Precision.HIGHEST
 _TABLES = ("word", "context")
-
-Params = dict[str, jax.Array]
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise ValueError(f"{name} must be an integer, got {value!r}")
-  if value < minimum:
-    raise ValueError(f"{name} must be >= {minimum}, got {value}")
-  return int(value)
 
 
 def _prepare(cooc: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -92,7 +77,7 @@ def _prepare(cooc: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
   x = jnp.asarray(counts, jnp.float32)
   mask = x > 0
   safe_x = jnp.where(mask, x, jnp.ones_like(x))
-  weight = jnp.where(mask, jnp.minimum(1.0, (safe_x / X_MAX) ** ALPHA), jnp.zeros_like(x))
+  weight = jnp.where(mask, weighting(safe_x), jnp.zeros_like(x))
   log_cooc = jnp.where(mask, jnp.log(safe_x), jnp.zeros_like(x))
   return weight, log_cooc, jnp.asarray(nonzero, jnp.float32)
 
@@ -101,7 +86,7 @@ def _glove_cost(params: Params, weight: jax.Array, log_cooc: jax.Array) -> jax.A
   """glove.c's total cost: sum of ``f(X_ij) (w_i.c_j + b_i + b~_j - log X_ij)^2 / 2``."""
   pred = jnp.matmul(params["word"], params["context"].T, precision=_HIGHEST)
   pred = pred + params["word_bias"][:, None] + params["context_bias"][None, :]
-  return 0.5 * jnp.sum(weight * (pred - log_cooc) ** 2)
+  return cost(pred, log_cooc, weight)
 
 
 def _check_params(params: Mapping[str, Any], vocab_size: int | None = None) -> None:
@@ -151,43 +136,6 @@ def glove_loss(params: Params, cooc: Any) -> jax.Array:
   return _glove_cost(params, weight, log_cooc) / nonzero
 
 
-def init_params(vocab_size: int, dim: int, seed: int = 0) -> Params:
-  """GloVe's initialisation: vectors ``(U(0, 1) - 0.5) / d``, biases zero.
-
-  Args:
-    vocab_size: number of rows ``V`` of each table.
-    dim: embedding dimension ``d``.
-    seed: seed of the ``jax.random`` key.
-
-  Returns:
-    ``{'word': (V, d), 'context': (V, d), 'word_bias': (V,),
-    'context_bias': (V,)}``, all float32.
-
-  Example:
-    >>> from optax_blockada.examples.rotation import init_params
-    >>> params = init_params(vocab_size=5, dim=4, seed=0)
-    >>> {k: v.shape for k, v in params.items()}
-    {'word': (5, 4), 'context': (5, 4), 'word_bias': (5,), 'context_bias': (5,)}
-    >>> bool(abs(params['word']).max() <= 0.5 / 4)
-    True
-  """
-  vocab_size = _check_int("vocab_size", vocab_size, 1)
-  dim = _check_int("dim", dim, 1)
-  seed = _check_int("seed", seed, 0)
-  key_word, key_context = jax.random.split(jax.random.key(seed))
-  shape = (vocab_size, dim)
-
-  def table(key: jax.Array) -> jax.Array:
-    return (jax.random.uniform(key, shape, jnp.float32) - 0.5) / dim
-
-  return {
-    "word": table(key_word),
-    "context": table(key_context),
-    "word_bias": jnp.zeros((vocab_size,), jnp.float32),
-    "context_bias": jnp.zeros((vocab_size,), jnp.float32),
-  }
-
-
 def random_orthogonal(dim: int, seed: int = 0) -> jax.Array:
   """A Haar-random orthogonal ``d x d`` matrix: QR of a seeded Gaussian, sign-fixed.
 
@@ -208,8 +156,8 @@ def random_orthogonal(dim: int, seed: int = 0) -> jax.Array:
     >>> r.shape, r.dtype, bool(np.allclose(r @ r.T, np.eye(4), atol=1e-6))
     ((4, 4), dtype('float32'), True)
   """
-  dim = _check_int("dim", dim, 1)
-  seed = _check_int("seed", seed, 0)
+  dim = check_int("dim", dim, 1)
+  seed = check_int("seed", seed, 0)
   gaussian = np.random.default_rng(seed).standard_normal((dim, dim))
   q, r = np.linalg.qr(gaussian)
   # Fix the signs so that the distribution is Haar (QR alone is not unique).
@@ -311,7 +259,7 @@ def train(
     >>> losses.shape, bool(glove_loss(final, cooc) < losses[0])
     ((3,), True)
   """
-  steps = _check_int("steps", steps, 1)
+  steps = check_int("steps", steps, 1)
   weight, log_cooc, nonzero = _prepare(cooc)
   _check_params(params, weight.shape[0])
   # The data follows the params' dtype, so float64 params (under jax.enable_x64) train
@@ -377,7 +325,7 @@ def drift_over_steps(
     >>> bool(row['loss'][-1] < 0.5 * row['loss'][0])
     True
   """
-  steps = _check_int("steps", steps, 1)
+  steps = check_int("steps", steps, 1)
   weight, log_cooc, nonzero = _prepare(cooc)
   _check_params(params, weight.shape[0])
   dim = np.shape(params["word"])[1]
@@ -438,7 +386,7 @@ def default_optimizers(dim: int) -> dict[str, optax.GradientTransformation]:
     >>> list(default_optimizers(4))[:2]
     ['optax.adagrad(0.1)', 'diagonal_adagrad(0.1)']
   """
-  dim = _check_int("dim", dim, 1)
+  dim = check_int("dim", dim, 1)
   return {
     "optax.adagrad(0.1)": optax.adagrad(0.1),
     "diagonal_adagrad(0.1)": ob.diagonal_adagrad(0.1),
@@ -517,10 +465,10 @@ def run_experiment(
     >>> [(r['name'], r['drift'] < 1e-4) for r in rows]
     [('rowwise', True)]
   """
-  vocab_size = _check_int("vocab_size", vocab_size, 2)
-  dim = _check_int("dim", dim, 1)
-  steps = _check_int("steps", steps, 1)
-  seed = _check_int("seed", seed, 0)
+  vocab_size = check_int("vocab_size", vocab_size, 2)
+  dim = check_int("dim", dim, 1)
+  steps = check_int("steps", steps, 1)
+  seed = check_int("seed", seed, 0)
   cooc = planted_cooccurrence(vocab_size, _PLANTED_RANK, seed=seed)
   params = init_params(vocab_size, dim, seed)
   rotation = random_orthogonal(dim, seed + 1)

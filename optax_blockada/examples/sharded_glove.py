@@ -59,8 +59,8 @@ from jax.sharding import PartitionSpec as P
 import optax_blockada as ob
 from optax_blockada import routed
 from optax_blockada.examples._cli import int_at_least
+from optax_blockada.examples.glove_model import cost, init_params, predict, weighting
 from optax_blockada.examples.planted import planted_cooccurrence
-from optax_blockada.examples.rotation import ALPHA, X_MAX, init_params
 from optax_blockada.sharding import state_shardings
 
 __all__ = [
@@ -172,7 +172,7 @@ def make_batches(cooc: Any, batch_size: int, steps: int, seed: int = 0) -> list[
   if rows.size == 0:
     raise ValueError("cooc has no positive entry.")
   x = counts[rows, cols]
-  weight = np.minimum(1.0, (x / X_MAX) ** ALPHA).astype(np.float32)
+  weight = weighting(x).astype(np.float32)
   target = np.log(x).astype(np.float32)
   rng = np.random.default_rng(seed)
   out = []
@@ -230,9 +230,8 @@ def _ids_loss(params, ids, weight, log_x, gather_spec=None):
     spec = P(gather_spec, *([None] * (table.ndim - 1)))
     return table.at[ids[name]].get(out_sharding=spec)
 
-  dot = jnp.sum(take("word") * take("context"), axis=-1)
-  pred = dot + take("word_bias") + take("context_bias")
-  return 0.5 * jnp.sum(weight * (pred - log_x) ** 2)
+  pred = predict(take("word"), take("context"), take("word_bias"), take("context_bias"))
+  return cost(pred, log_x, weight)
 
 
 def _step_fn(
@@ -272,7 +271,7 @@ def train_single_device(
   Example:
     >>> import numpy as np
     >>> from optax_blockada.examples import sharded_glove as sg
-    >>> from optax_blockada.examples.rotation import init_params
+    >>> from optax_blockada.examples.glove_model import init_params
     >>> batches = sg.make_batches(np.array([[0, 10.0], [10.0, 0]]), 4, steps=30)
     >>> _, _, losses = sg.train_single_device(
     ...   sg.make_optimizer('rowwise', 0.5), init_params(2, 2), batches)
@@ -326,7 +325,7 @@ def train_sharded(
   Example:
     >>> import numpy as np
     >>> from optax_blockada.examples import sharded_glove as sg
-    >>> from optax_blockada.examples.rotation import init_params
+    >>> from optax_blockada.examples.glove_model import init_params
     >>> mesh = sg.make_mesh(1)
     >>> rows = mesh.shape['rows']
     >>> batches = sg.make_batches(np.ones((2 * rows, 2 * rows)), 4 * rows, steps=2)

@@ -40,8 +40,8 @@ from flax import nnx
 
 import optax_blockada as ob
 from optax_blockada import sparse
+from optax_blockada.examples.glove_model import init_table, predict, squared_errors, weighting
 from optax_blockada.examples.planted import planted_cooccurrence
-from optax_blockada.examples.rotation import ALPHA, X_MAX
 
 __all__ = [
   "OPTIMIZERS",
@@ -93,12 +93,8 @@ class _Side(nnx.Module):
 
   def __init__(self, vocab_size: int, dim: int, rngs: nnx.Rngs):
     # glove.c starts vectors uniform in [-0.5/d, 0.5/d) and biases at zero.
-    uniform = jax.nn.initializers.uniform(1.0 / dim)
     self.vectors = nnx.Embed(
-      vocab_size,
-      dim,
-      embedding_init=lambda key, shape, dtype: uniform(key, shape, dtype) - 0.5 / dim,
-      rngs=rngs,
+      vocab_size, dim, embedding_init=lambda key, shape, dtype: init_table(key, *shape), rngs=rngs
     )
     self.bias = nnx.Param(jnp.zeros((vocab_size,), jnp.float32))
 
@@ -134,7 +130,7 @@ class GloVe(nnx.Module):
 
   def __call__(self, i: jax.Array, j: jax.Array) -> jax.Array:
     (w, bw), (c, bc) = self.word(i), self.context(j)
-    return jnp.sum(w * c, axis=-1) + bw + bc
+    return predict(w, c, bw, bc)
 
 
 def glove_loss(model: Any, ids: dict[str, jax.Array], x: jax.Array) -> jax.Array:
@@ -160,8 +156,7 @@ def glove_loss(model: Any, ids: dict[str, jax.Array], x: jax.Array) -> jax.Array
     0.0000
   """
   pred = model(ids["word"], ids["context"])
-  weight = jnp.minimum(1.0, (x / X_MAX) ** ALPHA)
-  return jnp.mean(weight * (pred - jnp.log(x)) ** 2)
+  return jnp.mean(squared_errors(pred, jnp.log(x), weighting(x)))
 
 
 def _pairs(vocab_size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

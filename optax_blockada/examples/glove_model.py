@@ -1,0 +1,280 @@
+"""The GloVe model, once for every example: weighting, initialisation, prediction, cost.
+
+GloVe (Pennington, Socher & Manning 2014; ``glove.c``) fits word and context vectors
+with biases to the logs of the nonzero co-occurrence counts::
+
+    J = sum over nonzero X_ij of  f(X_ij) (w_i . w~_j + b_i + b~_j - log X_ij)^2 / 2
+    f(x) = min(1, (x / x_max)^alpha)
+    vectors: W + W~
+
+The main job (:mod:`optax_blockada.examples.glove`), the rotation experiment
+(:mod:`optax_blockada.examples.rotation`) and the sparse and sharded examples
+(:mod:`optax_blockada.examples.sparse_glove`, :mod:`optax_blockada.examples.sharded_glove`)
+all use :func:`weighting`, :func:`init_table`, :func:`predict` and :func:`cost` from here.
+Parameters are a dict ``{'word': (V, d), 'context': (V, d), 'word_bias': (V,),
+'context_bias': (V,)}`` of float32 arrays (:func:`init_params`), or the same tables held
+by the Flax NNX module :class:`GloVe`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from optax_blockada.examples._cli import check_int
+
+__all__ = [
+  "ALPHA",
+  "X_MAX",
+  "GloVe",
+  "Params",
+  "cost",
+  "glove_cost",
+  "init_params",
+  "init_table",
+  "predict",
+  "squared_errors",
+  "weighting",
+]
+
+X_MAX = 10.0
+"""Cut-off of the weighting function (GloVe's demo script; ``glove.c``'s default is 100)."""
+
+ALPHA = 0.75
+"""Exponent of the weighting function (``glove.c``'s default)."""
+
+Params = dict[str, jax.Array]
+
+
+def weighting(counts: Any, x_max: float = X_MAX, alpha: float = ALPHA) -> Any:
+  r"""GloVe's weighting function :math:`f(x) = \min(1, (x / x_{max})^\alpha)`.
+
+  Computed in the precision of ``counts``: a JAX array (traced or not) gives a JAX array
+  of its dtype, a numpy float array a numpy array of its dtype, anything else (lists,
+  integer arrays) a float64 numpy array.
+
+  Args:
+    counts: co-occurrence counts (non-negative).
+    x_max: the cut-off, ``> 0``.
+    alpha: the exponent, ``> 0``.
+
+  Returns:
+    ``f(counts)``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_blockada.examples.glove_model import weighting
+    >>> print(weighting([1.0, 10.0, 200.0], x_max=10.0, alpha=0.5))
+    [0.31623 1.      1.     ]
+    >>> weighting(jnp.array([5.0])).dtype
+    dtype('float32')
+  """
+  if isinstance(counts, jax.Array):
+    return jnp.minimum(1.0, (counts / x_max) ** alpha)
+  counts = np.asarray(counts)
+  if not np.issubdtype(counts.dtype, np.floating):
+    counts = counts.astype(np.float64)
+  return np.minimum(1.0, (counts / x_max) ** alpha)
+
+
+def init_table(key: jax.Array, vocab_size: int, dim: int) -> jax.Array:
+  """``glove.c``'s initialisation of a ``(V, d)`` table: ``(U(0, 1) - 0.5) / d``, float32.
+
+  Args:
+    key: a ``jax.random`` key.
+    vocab_size: ``V``.
+    dim: ``d``.
+
+  Returns:
+    A float32 ``(V, d)`` array with entries in ``[-0.5 / d, 0.5 / d)``.
+
+  Example:
+    >>> import jax
+    >>> from optax_blockada.examples.glove_model import init_table
+    >>> table = init_table(jax.random.key(0), 5, 4)
+    >>> table.shape, bool(abs(table).max() <= 0.5 / 4)
+    ((5, 4), True)
+  """
+  return (jax.random.uniform(key, (vocab_size, dim), jnp.float32) - 0.5) / dim
+
+
+def init_params(vocab_size: int, dim: int, seed: int = 0) -> Params:
+  """GloVe's initialisation as a dict: tables :func:`init_table`, biases zero.
+
+  Args:
+    vocab_size: number of rows ``V`` of each table, at least 1.
+    dim: embedding dimension ``d``, at least 1.
+    seed: seed of the ``jax.random`` key, at least 0.
+
+  Returns:
+    ``{'word': (V, d), 'context': (V, d), 'word_bias': (V,),
+    'context_bias': (V,)}``, all float32.
+
+  Example:
+    >>> from optax_blockada.examples.glove_model import init_params
+    >>> params = init_params(vocab_size=5, dim=4, seed=0)
+    >>> {k: v.shape for k, v in params.items()}
+    {'word': (5, 4), 'context': (5, 4), 'word_bias': (5,), 'context_bias': (5,)}
+    >>> bool(abs(params['word']).max() <= 0.5 / 4)
+    True
+  """
+  vocab_size = check_int("vocab_size", vocab_size, 1)
+  dim = check_int("dim", dim, 1)
+  seed = check_int("seed", seed, 0)
+  key_word, key_context = jax.random.split(jax.random.key(seed))
+  return {
+    "word": init_table(key_word, vocab_size, dim),
+    "context": init_table(key_context, vocab_size, dim),
+    "word_bias": jnp.zeros((vocab_size,), jnp.float32),
+    "context_bias": jnp.zeros((vocab_size,), jnp.float32),
+  }
+
+
+def predict(
+  word: jax.Array, context: jax.Array, word_bias: jax.Array, context_bias: jax.Array
+) -> jax.Array:
+  r"""The model's prediction of :math:`\log X_{ij}` from looked-up rows.
+
+  Args:
+    word: the rows :math:`w_i`, ``(..., d)``.
+    context: the rows :math:`\tilde w_j`, ``(..., d)``.
+    word_bias: :math:`b_i`, ``(...)``.
+    context_bias: :math:`\tilde b_j`, ``(...)``.
+
+  Returns:
+    :math:`w_i \cdot \tilde w_j + b_i + \tilde b_j`, ``(...)``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_blockada.examples.glove_model import predict
+    >>> print(predict(jnp.ones((1, 2)), jnp.ones((1, 2)), jnp.ones(1), jnp.zeros(1)))
+    [3.]
+  """
+  return jnp.sum(word * context, axis=-1) + word_bias + context_bias
+
+
+def squared_errors(pred: jax.Array, log_counts: jax.Array, weights: jax.Array) -> jax.Array:
+  r"""The pairs' weighted squared errors :math:`f(X_n) (\hat y_n - \log X_n)^2`.
+
+  Args:
+    pred: predictions (:func:`predict`).
+    log_counts: :math:`\log X_n`, of ``pred``'s shape.
+    weights: :math:`f(X_n)` (:func:`weighting`); 0 for padding or absent pairs.
+
+  Returns:
+    The elementwise errors, of ``pred``'s shape.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_blockada.examples.glove_model import squared_errors
+    >>> print(squared_errors(jnp.array([2.0]), jnp.array([1.0]), jnp.array([0.5])))
+    [0.5]
+  """
+  return weights * (pred - log_counts) ** 2
+
+
+def cost(pred: jax.Array, log_counts: jax.Array, weights: jax.Array) -> jax.Array:
+  r"""``glove.c``'s cost summed over pairs: :math:`\sum_n \tfrac12 f(X_n) (\hat y_n -
+  \log X_n)^2`.
+
+  Summed, not averaged, so that each pair contributes the gradient it gets in
+  ``glove.c``'s per-pair updates.
+
+  Args:
+    pred: predictions (:func:`predict`), any shape.
+    log_counts: :math:`\log X_n`, of ``pred``'s shape.
+    weights: :math:`f(X_n)`; a pair with weight 0 contributes nothing.
+
+  Returns:
+    A scalar of ``pred``'s dtype.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_blockada.examples.glove_model import cost
+    >>> print(cost(jnp.array([2.0, 5.0]), jnp.array([1.0, 0.0]), jnp.array([0.5, 0.0])))
+    0.25
+  """
+  return 0.5 * jnp.sum(squared_errors(pred, log_counts, weights))
+
+
+def _lookup_predict(params: Params, rows: jax.Array, cols: jax.Array) -> jax.Array:
+  return predict(
+    params["word"][rows], params["context"][cols], params["word_bias"][rows],
+    params["context_bias"][cols],
+  )  # fmt: skip
+
+
+def glove_cost(params: Params, batch: Mapping[str, jax.Array]) -> jax.Array:
+  r"""``glove.c``'s cost summed over a batch of pairs (:func:`cost` of :func:`predict`).
+
+  .. math:: J = \sum_n \tfrac12 f_n (w_{r_n}^\top \tilde w_{c_n} + b_{r_n} + \tilde b_{c_n}
+      - \log X_n)^2
+
+  Args:
+    params: ``{'word': (V, d), 'context': (V, d), 'word_bias': (V,),
+      'context_bias': (V,)}``.
+    batch: ``{'rows', 'cols', 'log_counts', 'weights'}``, each ``(B,)``; a pair
+      with weight 0 (padding) contributes nothing.
+
+  Returns:
+    A float32 scalar.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_blockada.examples.glove_model import glove_cost
+    >>> params = {'word': jnp.ones((2, 2)), 'context': jnp.ones((2, 2)),
+    ...           'word_bias': jnp.zeros(2), 'context_bias': jnp.zeros(2)}
+    >>> batch = {'rows': jnp.array([0]), 'cols': jnp.array([1]),
+    ...          'log_counts': jnp.array([1.0]), 'weights': jnp.array([0.5])}
+    >>> float(glove_cost(params, batch))  # 0.5 * 0.5 * (2 - 1)^2
+    0.25
+  """
+  pred = _lookup_predict(params, batch["rows"], batch["cols"])
+  return cost(pred, batch["log_counts"], batch["weights"])
+
+
+class GloVe(nnx.Module):
+  """The GloVe model as a Flax NNX module: word and context tables with biases.
+
+  ``model(rows, cols)`` predicts ``log X`` for the pairs as
+  ``w_rows . w~_cols + b_rows + b~_cols``; :meth:`vectors` is the output ``W + W~``.
+  Tables start at ``(U(0, 1) - 0.5) / d`` (``glove.c``, :func:`init_table`), biases at 0.
+
+  Args:
+    vocab_size: ``V``.
+    dim: ``d``.
+    rngs: Flax random streams (``params`` is used).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> from flax import nnx
+    >>> from optax_blockada.examples.glove_model import GloVe
+    >>> model = GloVe(10, 4, rngs=nnx.Rngs(0))
+    >>> model(jnp.array([1, 2]), jnp.array([3, 3])).shape, model.vectors().shape
+    ((2,), (10, 4))
+    >>> optimizer = nnx.Optimizer(model, optax.adagrad(0.1), wrt=nnx.Param)
+    >>> loss = lambda m: jnp.sum((m(jnp.array([1]), jnp.array([3])) - 2.0) ** 2)
+    >>> before = loss(model)
+    >>> _ = optimizer.update(model, nnx.grad(loss)(model))
+    >>> bool(loss(model) < before)
+    True
+  """
+
+  def __init__(self, vocab_size: int, dim: int, *, rngs: nnx.Rngs):
+    self.word = nnx.Param(init_table(rngs.params(), vocab_size, dim))
+    self.context = nnx.Param(init_table(rngs.params(), vocab_size, dim))
+    self.word_bias = nnx.Param(jnp.zeros((vocab_size,), jnp.float32))
+    self.context_bias = nnx.Param(jnp.zeros((vocab_size,), jnp.float32))
+
+  def __call__(self, rows: jax.Array, cols: jax.Array) -> jax.Array:
+    return _lookup_predict(nnx.to_pure_dict(nnx.state(self, nnx.Param)), rows, cols)
+
+  def vectors(self) -> jax.Array:
+    """The output word vectors ``W + W~`` (as ``glove.c``'s ``-model 2``)."""
+    return self.word[...] + self.context[...]
