@@ -13,8 +13,9 @@ kernels of each with ``_common.kernel_counts``:
   compiler would launch on the device.
 
 The sparse steps are compiled with each of the two routes of the deduplication's
-inverse map (``sparse._unique``): ``'search'`` (a binary search in a ``while`` loop:
-the only route before issue 16, and still the default on CPU, where it is faster) and
+inverse map (``optax_blockada.sparse._ids._unique``): ``'search'`` (a binary search in a
+``while`` loop: the only route before issue 16, and still the default on CPU, where it is
+faster) and
 ``'permutation'`` (the sort carries positions; one scatter; the default on GPU and TPU).
 
 Usage::
@@ -38,7 +39,7 @@ import numpy as np
 from _common import kernel_counts, machine_facts, write_report
 from sparse_step import CANDIDATES, make_step
 
-from optax_blockada import sparse
+from optax_blockada.sparse import _ids as sparse_ids
 
 # The device description XLA's GPU compiler needs in place of a device (an H100 SXM).
 H100_TARGET_CONFIG = """
@@ -102,13 +103,13 @@ def count(name: str, route: str | None, device, rows: int, dim: int, batch: int)
   state = jax.tree.map(lambda a: spec(a.shape, a.dtype), jax.eval_shape(tx.init, params))
   batch_specs = ({"table": spec((batch,), jnp.int32)}, spec((batch, dim), jnp.float32))
   batch_specs += (spec((batch,), jnp.float32),)
-  default = sparse._default_inverse_by
+  default = sparse_ids._default_inverse_by
   if route is not None:
-    sparse._default_inverse_by = lambda: route
+    sparse_ids._default_inverse_by = lambda: route
   try:
     compiled = make_step(tx, mode).lower(params, state, *batch_specs).compile()
   finally:
-    sparse._default_inverse_by = default
+    sparse_ids._default_inverse_by = default
   return kernel_counts(compiled.as_text())
 
 

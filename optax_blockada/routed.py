@@ -76,8 +76,12 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec
 
-from optax_blockada import _geometry, sharding, sparse
+from optax_blockada import _geometry, sharding
 from optax_blockada._typing import IdTree, OptState, Params
+from optax_blockada.sparse import _ids as sparse_ids
+from optax_blockada.sparse import _plan as sparse_plan
+from optax_blockada.sparse import _step as sparse_step
+from optax_blockada.sparse import _tables as sparse_tables
 
 __all__ = [
   "RoutingStats",
@@ -198,7 +202,7 @@ def _spec_entry(axes: tuple[str, ...]) -> Any:
 
 def _plan(mesh, row_axes, params, ids, capacity) -> _Plan:
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
-  groups, names = sparse._resolve_tables(leaves_with_path, ids)
+  groups, names = sparse_tables._resolve_tables(leaves_with_path, ids)
   all_axes = tuple(mesh.axis_names)
   replica_axes = tuple(a for a in all_axes if a not in row_axes)
   shards = math.prod(mesh.shape[a] for a in row_axes)
@@ -291,7 +295,7 @@ def _dedup(
 ) -> tuple[_Local, list[jax.Array]]:
   """The group's local unique ids and their destinations, and the ids remapped into them."""
   name = ", ".join(plan.names[i] for i in group.members)
-  unique, local_ids = sparse._merge_ids(id_leaves, group.num_rows, name, checked)
+  unique, local_ids = sparse_ids._merge_ids(id_leaves, group.num_rows, name, checked)
   dest = (unique // group.shard_rows).astype(jnp.int32)  # V -> S
   counts = jax.ops.segment_sum(
     jnp.ones_like(dest), dest, num_segments=plan.shards + 1, indices_are_sorted=True
@@ -396,7 +400,7 @@ def _routed(
   rows_of, num_rows = {}, {}
   for g, slot, rows, cap in zip(plan.groups, slots, owner_rows, caps, strict=True):
     all_rows = _gather_replicas(plan, rows)
-    unique, inverse = sparse._unique(all_rows, g.shard_rows)
+    unique, inverse = sparse_ids._unique(all_rows, g.shard_rows)
     mask = unique < g.shard_rows
     for pack in _packs(leaves, g.members):
       sent = [_flat_rows(grad_leaves[i], g.num_ids) * scale for i in pack]
@@ -414,7 +418,7 @@ def _routed(
 
   split = {plan.keystrs[i]: plan.row_axes for i in tables}
   with _geometry.rows_split_over(split):
-    new_params, new_state = sparse._apply(
+    new_params, new_state = sparse_step._apply(
       tx, grad_leaves, state, leaves, plan.treedef, rows_of, num_rows, list(plan.names)
     )
   return value, aux, plan.treedef.flatten_up_to(new_params), new_state
@@ -568,7 +572,7 @@ def _routed_step(loss_fn, tx, *, mesh, row_axes, capacity, reduction, checked, s
   replicated, and so is ``aux`` unless ``stacked_aux`` (then each device's ``aux``,
   with a leading axis of size 1, is concatenated over the devices).
   """
-  sparse._check_tx(tx)
+  sparse_step._check_tx(tx)
   _check_options(reduction, capacity)
 
   def step(params, opt_state, ids, shared, *args):
@@ -579,12 +583,12 @@ def _routed_step(loss_fn, tx, *, mesh, row_axes, capacity, reduction, checked, s
         name = ", ".join(plan.names[i] for i in g.members)
         for leaf in jax.tree.leaves(ids[g.key]):
           if not isinstance(leaf, jax.core.Tracer):
-            sparse._valid_ids(leaf, g.num_rows, name, checked)
+            sparse_ids._valid_ids(leaf, g.num_rows, name, checked)
     # The state's checks (a transform that is not lazily exact, a state made for other
     # params) before anything is traced per device.
     rows = {i: g.num_rows for g in plan.groups for i in g.members}
     leaves = plan.treedef.flatten_up_to(params)
-    sparse._state_plan(tx, opt_state, leaves, plan.treedef, rows, list(plan.names))
+    sparse_plan._state_plan(tx, opt_state, leaves, plan.treedef, rows, list(plan.names))
     param_specs = _param_specs(plan, params)
     state_specs = sharding.state_partition_specs(opt_state, params, param_specs)
     replicated = PartitionSpec()

@@ -13,6 +13,7 @@ import pytest
 
 import optax_blockada as ob
 from optax_blockada import sparse
+from optax_blockada.sparse import _ids as ids_module
 
 V, D, B = 40, 6, 16  # table rows, row size, ids per table per step
 STEPS = 30
@@ -191,7 +192,7 @@ TRANSFORMS = {  # (word, ctx, bias, dense)
 def test_sparse_equals_dense_over_30_steps(name, inverse_by, monkeypatch):
   # Each backend compiles one route of the deduplication (CPU: search; GPU, TPU:
   # permutation); both are checked here whatever the backend.
-  monkeypatch.setattr(sparse, "_default_inverse_by", lambda: inverse_by)
+  monkeypatch.setattr(ids_module, "_default_inverse_by", lambda: inverse_by)
   params, data = make_params(), batches()
   p_dense, s_dense = dense_run(TRANSFORMS[name](), params, data)
   p_sparse, s_sparse = sparse_run(TRANSFORMS[name](), params, data)
@@ -234,7 +235,7 @@ def test_unique_and_inverse_equal_numpy_on_either_route(inverse_by, n):
     np.arange(n)[::-1] % num_rows,
   ):
     unique, inverse = jax.jit(
-      functools.partial(sparse._unique, num_rows=num_rows, inverse_by=inverse_by)
+      functools.partial(ids_module._unique, num_rows=num_rows, inverse_by=inverse_by)
     )(jnp.asarray(ids, jnp.int32))
     want = np.unique(ids)
     expected = np.full(n, num_rows)
