@@ -7,6 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from optax_blockada import _geometry
 
@@ -47,7 +48,7 @@ def _host_ids_in_range(ids: Any, num_rows: int) -> Any:
   return np.where(valid, host, num_rows).astype(np.int32)
 
 
-def as_ids(ids: Any, num_rows: int, *, checked: bool = False) -> jax.Array:
+def as_ids(ids: ArrayLike, num_rows: int, *, checked: bool = False) -> jax.Array:
   r"""Host ids of any integer dtype as a device array, out-of-range ids mapped to ``V``.
 
   With ``jax_enable_x64`` off (JAX's default), JAX truncates 64-bit integers to 32 bits

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from jax.typing import ArrayLike
+
 from optax_blockada.sparse._step import apply_gradients
 from optax_blockada.sparse._tables import gather
 
@@ -13,7 +15,7 @@ def nnx_update(
   model: Any,
   optimizer: Any,
   loss_fn: Callable[..., Any],
-  ids: Mapping[Any, Any],
+  ids: Mapping[str, ArrayLike],
   *args: Any,
   has_aux: bool = False,
   checked: bool = False,

@@ -11,6 +11,7 @@ import numpy as np
 import optax
 
 from optax_blockada import _geometry
+from optax_blockada._typing import OptState, Params, Updates
 from optax_blockada.sparse._ids import _unique, _valid_ids
 from optax_blockada.sparse._plan import _state_plan
 from optax_blockada.sparse._tables import _put_rows, _row_mask, _take_rows, gather
@@ -79,13 +80,13 @@ def _merge_sparse_grad(g: SparseGrad, leaf: Any, name: str, checked: bool):
 
 def apply_gradients(
   tx: optax.GradientTransformation,
-  grads: Any,
-  opt_state: optax.OptState,
-  params: Any,
+  grads: Updates,
+  opt_state: OptState,
+  params: Params,
   touched: TouchedRows | None = None,
   *,
   checked: bool = False,
-) -> tuple[Any, optax.OptState]:
+) -> tuple[Params, OptState]:
   r"""One optimizer step that reads and writes only the touched rows of every table.
 
   Runs ``tx.update`` on the gathered rows of the tables (and their gathered per-row
@@ -210,7 +211,7 @@ def apply_gradients(
 
 def value_and_grad(
   fun: Callable[..., Any], *, has_aux: bool = False, checked: bool = False
-) -> Callable[..., tuple[Any, Any, TouchedRows]]:
+) -> Callable[..., tuple[Any, Updates, TouchedRows]]:
   r"""``jax.value_and_grad`` with respect to the looked-up rows of the tables.
 
   ``fun(params, ids, *args)`` must look up every table only through the ids it is

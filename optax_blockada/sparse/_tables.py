@@ -7,8 +7,10 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.typing import ArrayLike
 
 from optax_blockada import _geometry
+from optax_blockada._typing import Params
 from optax_blockada.sparse._ids import _merge_ids
 from optax_blockada.sparse._types import TouchedRows
 
@@ -101,7 +103,9 @@ def _resolve_tables(leaves_with_path, ids: Any):
   return groups, names
 
 
-def gather(params: Any, ids: Mapping[Any, Any], *, checked: bool = False):
+def gather(
+  params: Params, ids: Mapping[Any, ArrayLike], *, checked: bool = False
+) -> tuple[Params, dict[Any, jax.Array], TouchedRows]:
   r"""Gathers the rows a batch looks up: the small tables to differentiate.
 
   For every key of ``ids`` (a table's path in ``params``; a key naming a subtree
