@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.typing import ArrayLike
 
@@ -393,7 +394,7 @@ def _glove_labels(tree: Any) -> Any:
 
 
 def glove_adagrad(
-  eta: Any = 0.05, grad_clip_value: ArrayLike = 100.0
+  eta: ArrayLike = 0.05, grad_clip_value: ArrayLike = 100.0
 ) -> optax.GradientTransformationExtraArgs:
   r"""The reference GloVe implementation's Adagrad (``stanfordnlp/GloVe``, ``glove.c``).
 
@@ -433,7 +434,7 @@ def glove_adagrad(
     `stanfordnlp/GloVe <https://github.com/stanfordnlp/GloVe>`_.
   """
   _validation.check_nonnegative("eta", eta)
-  if not _validation.is_traced(eta) and float(eta) == 0.0:
+  if not _validation.is_traced(eta) and not np.any(np.asarray(eta) != 0.0):
     raise ValueError("eta must be > 0 (it sets the accumulators' start 1 / eta**2).")
   _validation.check_nonnegative("grad_clip_value", grad_clip_value)
   vectors = optax.chain(

@@ -68,7 +68,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -82,6 +82,9 @@ from optax_blockada.sparse import _ids as sparse_ids
 from optax_blockada.sparse import _plan as sparse_plan
 from optax_blockada.sparse import _step as sparse_step
 from optax_blockada.sparse import _tables as sparse_tables
+
+if TYPE_CHECKING:  # Flax is imported where the adapter runs, not with the library.
+  from flax import nnx
 
 __all__ = [
   "RoutingStats",
@@ -693,8 +696,8 @@ def suggest_capacity(
 
 
 def nnx_update(
-  model: Any,
-  optimizer: Any,
+  model: nnx.Module,
+  optimizer: nnx.Optimizer,
   loss_fn: Callable[..., Any],
   ids: Mapping[str, jax.Array],
   *args: Any,

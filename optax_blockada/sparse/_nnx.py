@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jax.typing import ArrayLike
 
 from optax_blockada.sparse._step import apply_gradients
 from optax_blockada.sparse._tables import gather
 
+if TYPE_CHECKING:  # Flax is imported where the adapter runs, not with the library.
+  from flax import nnx
+
 
 def nnx_update(
-  model: Any,
-  optimizer: Any,
+  model: nnx.Module,
+  optimizer: nnx.Optimizer,
   loss_fn: Callable[..., Any],
   ids: Mapping[str, ArrayLike],
   *args: Any,
