@@ -333,6 +333,15 @@ def fbgemm_rowwise_adagrad(
   matches FBGEMM's CUDA kernel and differs from its CPU kernel whenever
   ``max_norm > 0``.
 
+  **FBGEMM's CPU fast path has no weight decay.** On CPU, a float32 table that only one
+  feature looks up goes through fbgemm's fused ``SparseAdaGrad`` kernel, called with
+  weight decay 0 (``embedding_backward_split_cpu_template.cpp``, FBGEMM-GPU-CPU 1.9.0):
+  ``'l2'`` and ``'decoupled'`` then give exactly the ``'none'`` numbers. Tables shared by
+  several features take the generic CPU path, which decays as above. This preset follows
+  the formula above (FBGEMM's CUDA kernel and its generic CPU path); for the fast path,
+  pass ``weight_decay=0``. Measured against FBGEMM-GPU-CPU 1.9.0 with recorded
+  trajectories in ``tests/fixtures`` (at most 7.2e-7 on the parameters, 24 steps).
+
   Args:
     learning_rate: ``lr`` (a float or an optax schedule).
     eps: added outside the square root.
