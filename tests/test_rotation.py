@@ -293,23 +293,46 @@ def test_planted_total_count_scales_counts():
 
 
 @pytest.mark.parametrize(
-  ("kwargs", "match"),
+  ("kwargs", "error", "match"),
   [
-    ({"vocab_size": 1}, "vocab_size"),
-    ({"vocab_size": 2.5}, "vocab_size"),
-    ({"vocab_size": True}, "vocab_size"),
-    ({"rank": 0}, "rank"),
-    ({"total_count": 0.0}, "total_count"),
-    ({"total_count": float("inf")}, "total_count"),
-    ({"zipf_exponent": -1.0}, "zipf_exponent"),
-    ({"zipf_exponent": float("nan")}, "zipf_exponent"),
-    ({"seed": -1}, "seed"),
-    ({"seed": "0"}, "seed"),
+    ({"vocab_size": 1}, ValueError, "vocab_size must be >= 2, got 1"),
+    ({"vocab_size": 2.5}, TypeError, "vocab_size must be an integer, got 2.5"),
+    ({"vocab_size": True}, TypeError, r"vocab_size must be an integer, got True \(a bool\)"),
+    ({"rank": 0}, ValueError, "rank must be >= 1, got 0"),
+    ({"total_count": 0.0}, ValueError, "total_count"),
+    ({"total_count": float("inf")}, ValueError, "total_count"),
+    ({"zipf_exponent": -1.0}, ValueError, "zipf_exponent"),
+    ({"zipf_exponent": float("nan")}, ValueError, "zipf_exponent"),
+    ({"seed": -1}, ValueError, "seed must be >= 0, got -1; pass an int >= 0"),
+    ({"seed": "0"}, TypeError, "seed must be an integer, got '0' \\(a str\\); pass an int >= 0"),
   ],
 )
-def test_planted_argument_errors(kwargs, match):
-  with pytest.raises(ValueError, match=match):
+def test_planted_argument_errors(kwargs, error, match):
+  with pytest.raises(error, match=match):
     planted_cooccurrence(**kwargs)
+
+
+def test_one_integer_check_for_every_example():
+  # _cli.check_int is the examples' one rule: TypeError for a non-integer, ValueError
+  # below the minimum, each naming the argument, the value and the fix.
+  from optax_blockada.examples import movielens, recommender, text
+  from optax_blockada.examples._cli import check_int
+
+  assert check_int("n", np.int64(3), 1) == 3 and type(check_int("n", np.int64(3), 1)) is int
+  with pytest.raises(
+    TypeError, match=r"n must be an integer, got 2\.0 \(a float\); pass an int >= 1, e\.g\. 2\."
+  ):
+    check_int("n", 2.0, 1)
+  with pytest.raises(ValueError, match=r"^n must be >= 1, got 0; pass an int >= 1\.$"):
+    check_int("n", 0, 1)
+  with pytest.raises(TypeError, match="dim must be an integer"):
+    rot.init_params(4, 2.0)
+  with pytest.raises(TypeError, match="n_users must be an integer"):
+    movielens.planted_ratings(n_users=1.5)
+  with pytest.raises(TypeError, match="k must be an integer"):
+    recommender.ranking_metrics(np.zeros((2, 3)), ([0], [0]), ([1], [1]), k=1.0)
+  with pytest.raises(TypeError, match="min_count must be an integer"):
+    text.build_vocabulary([["a"]], min_count=1.0)
 
 
 def test_planted_smallest_vocabulary():

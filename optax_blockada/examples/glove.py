@@ -65,7 +65,7 @@ import optax_blockada as ob
 from optax_blockada.examples import rotation as rot
 from optax_blockada.examples import text, word_eval
 from optax_blockada.examples._checkpoint import Checkpointer, CheckpointError
-from optax_blockada.examples._cli import float_in, int_at_least
+from optax_blockada.examples._cli import check_int, float_in, int_at_least
 from optax_blockada.examples.glove_model import (
   ALPHA,
   X_MAX,
@@ -292,9 +292,9 @@ def train_loop(
     >>> r.steps, round(float(r.params), 2)  # the mean of 1..9
     (90, 5.0)
   """
-  epochs = _check_int("epochs", epochs, 1)
-  batch_size = _check_int("batch_size", batch_size, 1)
-  chunk_steps = _check_int("chunk_steps", chunk_steps, 1)
+  epochs = check_int("epochs", epochs, 1)
+  batch_size = check_int("batch_size", batch_size, 1)
+  chunk_steps = check_int("chunk_steps", chunk_steps, 1)
   base_key = jax.random.key(seed)
 
   def chunk_fn(carry, arrays, start, stop, global_start):
@@ -381,14 +381,6 @@ def train_loop(
 def _pad_to(array: np.ndarray, size: int) -> np.ndarray:
   pad = [(0, size - array.shape[0])] + [(0, 0)] * (array.ndim - 1)
   return np.pad(array, pad)
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"{name} must be an int, got {value!r}.")
-  if value < minimum:
-    raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-  return int(value)
 
 
 def train_glove(

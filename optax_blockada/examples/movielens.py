@@ -38,6 +38,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from optax_blockada.examples._cli import check_int
+
 __all__ = [
   "AGE_BUCKETS",
   "DOWNLOAD_URL",
@@ -196,14 +198,6 @@ class FeatureMatrix(NamedTuple):
 
 
 # -- checks --------------------------------------------------------------------------
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-    raise ValueError(f"{name} must be an integer, got {value!r}.")
-  if value < minimum:
-    raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-  return int(value)
 
 
 def _check_real(name: str, value: object, *, minimum: float = 0.0) -> float:
@@ -547,9 +541,9 @@ def holdout_split(
     >>> np.bincount(user[test], minlength=3).tolist()  # min(2, n_u // 2)
     [2, 2, 0]
   """
-  n_users = _check_int("n_users", n_users, 1)
-  per_user = _check_int("per_user", per_user, 0)
-  seed = _check_int("seed", seed, 0)
+  n_users = check_int("n_users", n_users, 1)
+  per_user = check_int("per_user", per_user, 0)
+  seed = check_int("seed", seed, 0)
   user = np.asarray(user)
   if user.ndim != 1 or (user.size and (user.min() < 0 or user.max() >= n_users)):
     raise ValueError(f"user must be a 1-d array of indices in [0, {n_users}).")
@@ -600,7 +594,7 @@ def feature_matrix(
     >>> f.ids.tolist(), f.weights.round(3).tolist()
     ([[0, 2, 3], [1, 3, 0]], [[0.333, 0.333, 0.333], [0.5, 0.5, 0.0]])
   """
-  n_rows = _check_int("n_rows", n_rows, 1)
+  n_rows = check_int("n_rows", n_rows, 1)
   side = dict(side or {})
   names = [f"{prefix}{r}" for r in range(n_rows)] if indicator else []
   id_blocks, valid_blocks = [], []
@@ -698,16 +692,16 @@ def planted_ratings(
     >>> np.bincount(data.user).tolist() == [5] * 20
     True
   """
-  n_users = _check_int("n_users", n_users, 1)
-  n_items = _check_int("n_items", n_items, 2)
-  rank = _check_int("rank", rank, 1)
-  ratings_per_user = _check_int("ratings_per_user", ratings_per_user, 1)
+  n_users = check_int("n_users", n_users, 1)
+  n_items = check_int("n_items", n_items, 2)
+  rank = check_int("rank", rank, 1)
+  ratings_per_user = check_int("ratings_per_user", ratings_per_user, 1)
   if ratings_per_user > n_items:
     raise ValueError(f"ratings_per_user must be <= n_items ({n_items}), got {ratings_per_user}.")
   zipf_exponent = _check_real("zipf_exponent", zipf_exponent)
-  n_segments = _check_int("n_segments", n_segments, 1)
-  n_genres = _check_int("n_genres", n_genres, 2)
-  seed = _check_int("seed", seed, 0)
+  n_segments = check_int("n_segments", n_segments, 1)
+  n_genres = check_int("n_genres", n_genres, 2)
+  seed = check_int("seed", seed, 0)
 
   rng = np.random.default_rng(seed)
   scale = rank**-0.25

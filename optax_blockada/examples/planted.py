@@ -12,16 +12,9 @@ import numbers
 
 import numpy as np
 
+from optax_blockada.examples._cli import check_int
+
 __all__ = ["planted_cooccurrence"]
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-    raise ValueError(f"{name} must be an integer, got {value!r}")
-  value = int(value)
-  if value < minimum:
-    raise ValueError(f"{name} must be >= {minimum}, got {value}")
-  return value
 
 
 def _check_real(name: str, value: object, *, positive: bool) -> float:
@@ -92,9 +85,9 @@ def planted_cooccurrence(
     >>> bool((x == planted_cooccurrence(50, 4, total_count=1e5, seed=0)).all())
     True
   """
-  vocab_size = _check_int("vocab_size", vocab_size, 2)
-  rank = _check_int("rank", rank, 1)
-  seed = _check_int("seed", seed, 0)
+  vocab_size = check_int("vocab_size", vocab_size, 2)
+  rank = check_int("rank", rank, 1)
+  seed = check_int("seed", seed, 0)
   total_count = _check_real("total_count", total_count, positive=True)
   zipf_exponent = _check_real("zipf_exponent", zipf_exponent, positive=False)
 

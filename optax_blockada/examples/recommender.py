@@ -78,7 +78,7 @@ from flax import nnx
 import optax_blockada as ob
 from optax_blockada.examples import glove, movielens
 from optax_blockada.examples._checkpoint import Checkpointer, CheckpointError
-from optax_blockada.examples._cli import float_in, int_at_least
+from optax_blockada.examples._cli import check_int, float_in, int_at_least
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES, make_optimizer
 
 __all__ = [
@@ -106,14 +106,6 @@ DEFAULT_LEARNING_RATES = (0.003, 0.01, 0.03, 0.1)
 
 _QUICK_LEARNING_RATES = (0.03, 0.1)
 _MAX_LOSS = 10.0  # LightFM clips the WARP weight at MAX_LOSS.
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise ValueError(f"{name} must be an integer, got {value!r}.")
-  if value < minimum:
-    raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-  return int(value)
 
 
 # -- data --------------------------------------------------------------------------------
@@ -258,7 +250,7 @@ class LightFM(nnx.Module):
     *,
     rngs: nnx.Rngs,
   ):
-    dim = _check_int("dim", dim, 1)
+    dim = check_int("dim", dim, 1)
     self.user_ids = FeatureIndex(jnp.asarray(user_features.ids, jnp.int32))
     self.user_weights = FeatureIndex(jnp.asarray(user_features.weights, jnp.float32))
     self.item_ids = FeatureIndex(jnp.asarray(item_features.ids, jnp.int32))
@@ -579,11 +571,11 @@ def train(
     negatives = "popularity" if loss == "bpr" else "uniform"
   if negatives not in ("popularity", "uniform"):
     raise ValueError(f"negatives must be 'popularity' or 'uniform', got {negatives!r}.")
-  epochs = _check_int("epochs", epochs, 1)
-  batch_size = _check_int("batch_size", batch_size, 1)
-  max_sampled = _check_int("max_sampled", max_sampled, 1)
-  seed = _check_int("seed", seed, 0)
-  checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1)
+  epochs = check_int("epochs", epochs, 1)
+  batch_size = check_int("batch_size", batch_size, 1)
+  max_sampled = check_int("max_sampled", max_sampled, 1)
+  seed = check_int("seed", seed, 0)
+  checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
   user = np.asarray(positives[0], np.int32)
   item = np.asarray(positives[1], np.int32)
   if user.ndim != 1 or user.shape != item.shape or user.size == 0:
@@ -761,7 +753,7 @@ def ranking_metrics(
   if scores.ndim != 2:
     raise ValueError(f"scores must be (n_users, n_items), got shape {scores.shape}.")
   n_users, n_items = scores.shape
-  k = _check_int("k", k, 1)
+  k = check_int("k", k, 1)
   if k > n_items:
     raise ValueError(f"k must be <= n_items ({n_items}), got {k}.")
   train_mask = _dense_mask(*train, n_users, n_items)
@@ -815,8 +807,8 @@ def evaluate(
     >>> sorted(m), bool(0.3 < m['auc'] < 0.7)  # an untrained model is near chance
     (['auc', 'precision', 'recall', 'users'], True)
   """
-  k = _check_int("k", k, 1)
-  chunk_size = _check_int("chunk_size", chunk_size, 1)
+  k = check_int("k", k, 1)
+  chunk_size = check_int("chunk_size", chunk_size, 1)
   n_users, n_items = model.n_users, model.n_items
   if k > n_items:
     raise ValueError(f"k must be <= n_items ({n_items}), got {k}.")

@@ -42,7 +42,7 @@ import optax
 from flax import nnx
 
 from optax_blockada.examples import glove, text
-from optax_blockada.examples._cli import float_in, int_at_least
+from optax_blockada.examples._cli import check_int, float_in, int_at_least
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES
 
 __all__ = [
@@ -156,7 +156,7 @@ def skipgram_pairs(
     >>> sorted(zip(c.tolist(), x.tolist()))
     [(0, 1), (1, 0), (1, 2), (2, 1)]
   """
-  window = glove._check_int("window", window, 1)
+  window = check_int("window", window, 1)
   if not (math.isfinite(subsample) and subsample >= 0):
     raise ValueError(f"subsample must be a finite number >= 0, got {subsample!r}.")
   ids, doc = np.asarray(corpus.ids), np.asarray(corpus.document)
@@ -298,7 +298,7 @@ def train_sgns(
     >>> bool(r.epoch_losses[-1] < 0.8 * r.epoch_losses[0])
     True
   """
-  negatives = glove._check_int("negatives", negatives, 1)
+  negatives = check_int("negatives", negatives, 1)
   cdf = jnp.asarray(noise_distribution(counts))
 
   def epoch_data(epoch: int) -> tuple[dict[str, np.ndarray], int]:

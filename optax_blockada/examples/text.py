@@ -35,6 +35,8 @@ from typing import NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
+from optax_blockada.examples._cli import check_int
+
 __all__ = [
   "TEXT8_URL",
   "Cooccurrence",
@@ -264,14 +266,6 @@ class Vocabulary(NamedTuple):
   index: dict[str, int]  # word -> id
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-    raise TypeError(f"{name} must be an int, got {value!r}.")
-  if value < minimum:
-    raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-  return int(value)
-
-
 def build_vocabulary(
   documents: Iterable[Sequence[str]], *, min_count: int = 5, max_size: int | None = None
 ) -> Vocabulary:
@@ -297,9 +291,9 @@ def build_vocabulary(
     >>> vocab.words, vocab.counts.tolist()
     (('a', 'b'), [2, 2])
   """
-  min_count = _check_int("min_count", min_count, 1)
+  min_count = check_int("min_count", min_count, 1)
   if max_size is not None:
-    max_size = _check_int("max_size", max_size, 1)
+    max_size = check_int("max_size", max_size, 1)
   counter = collections.Counter()
   for doc in documents:
     counter.update(doc)
@@ -436,8 +430,8 @@ def cooccurrence(
      [1.5 0.  1. ]
      [1.5 1.  0. ]]
   """
-  vocab_size = _check_int("vocab_size", vocab_size, 1)
-  window = _check_int("window", window, 1)
+  vocab_size = check_int("vocab_size", vocab_size, 1)
+  window = check_int("window", window, 1)
   ids = np.asarray(corpus.ids)
   document = np.asarray(corpus.document)
   if ids.shape != document.shape or ids.ndim != 1:
