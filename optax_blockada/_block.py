@@ -631,11 +631,7 @@ class _Config:
     elif not (isinstance(max_state_bytes, float) and max_state_bytes == math.inf):
       max_state_bytes = _validation.static_int("max_state_bytes", max_state_bytes)
     _check_accumulator_dtype(accumulator_dtype)
-    if isinstance(feature_axes, jax.Array):
-      raise TypeError(
-        "feature_axes must be Python ints, got a JAX array. With "
-        "optax.inject_hyperparams pass static_args=('feature_axes', ...)."
-      )
+    _validation.check_static_feature_axes(feature_axes)
     return cls(
       structure=structure,
       block_size=block_size,

@@ -128,11 +128,7 @@ def skip_nonfinite_rows(
       f"{name}: inner must be an optax.GradientTransformation (e.g. "
       f"ob.rowwise_adagrad(0.1)), got {type(inner).__name__}."
     )
-  if isinstance(feature_axes, jax.Array):
-    raise TypeError(
-      "feature_axes must be Python ints, got a JAX array. With "
-      "optax.inject_hyperparams pass static_args=('feature_axes', ...)."
-    )
+  _validation.check_static_feature_axes(feature_axes)
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):

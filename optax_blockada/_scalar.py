@@ -123,11 +123,7 @@ def _scale_by_scalar_adagrad(
   eps_in_sqrt = _validation.static_bool("eps_in_sqrt", eps_in_sqrt)
   use_old_accumulator = _validation.static_bool("use_old_accumulator", use_old_accumulator)
   _check_accumulator_dtype(accumulator_dtype)
-  if isinstance(feature_axes, jax.Array):
-    raise TypeError(
-      "feature_axes must be Python ints, got a JAX array. With "
-      "optax.inject_hyperparams pass static_args=('feature_axes', ...)."
-    )
+  _validation.check_static_feature_axes(feature_axes)
   if isinstance(axis_name, jax.Array) or (
     not callable(axis_name) and not jax.tree.all(jax.tree.map(_geometry.is_axis_names, axis_name))
   ):

@@ -172,3 +172,16 @@ def checked_updates(
 def as_arrays(tree: Any) -> Any:
   """``tree`` with Python and numpy scalars as arrays (optax accepts them as params)."""
   return jax.tree.map(lambda x: x if hasattr(x, "shape") else jnp.asarray(x), tree)
+
+
+def check_static_feature_axes(feature_axes: Any) -> None:
+  """Raises ``TypeError`` for a JAX array as ``feature_axes`` (it must be static ints).
+
+  ``optax.inject_hyperparams`` turns numeric arguments into arrays unless they are
+  listed in ``static_args``.
+  """
+  if isinstance(feature_axes, jax.Array):
+    raise TypeError(
+      "feature_axes must be Python ints, got a JAX array. With "
+      "optax.inject_hyperparams pass static_args=('feature_axes', ...)."
+    )
