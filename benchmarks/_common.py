@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
-import platform
 import re
 import statistics
 import time
@@ -19,6 +17,7 @@ import numpy as np
 import optax
 
 import optax_blockada as ob
+from optax_blockada.examples.report import machine_facts
 
 __all__ = [
   "dense_update_step",
@@ -149,20 +148,6 @@ def kernel_counts(hlo_text: str) -> dict[str, int]:
     raise ValueError("kernel_counts: no ENTRY computation in the HLO text")
   walk(entry, 1)
   return {"kernels": counts.pop("kernels", 0), "loops": counts.pop("loops", 0), **counts}
-
-
-def machine_facts(**extra: Any) -> dict[str, Any]:
-  """The machine and versions a benchmark ran on, plus ``extra`` entries (for the JSON)."""
-  return {
-    "platform": platform.platform(),
-    "processor": platform.processor() or platform.machine(),
-    "cpu_count": os.cpu_count(),
-    "jax": jax.__version__,
-    "optax": optax.__version__,
-    "backend": jax.default_backend(),
-    "devices": [str(d) for d in jax.devices()],
-    **extra,
-  }
 
 
 def write_report(out: str | Path, payload: Mapping[str, Any], lines: Sequence[str]) -> None:

@@ -43,13 +43,10 @@ at initialisation). The other optimizers need no clip.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -75,6 +72,15 @@ from optax_blockada.examples.glove_model import (
   weighting,
 )
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES, make_optimizer
+from optax_blockada.examples.report import (
+  format_number,
+  format_rates,
+  machine_description,
+  markdown_table,
+  save_loss_plot,
+  write_atomically,
+  write_json,
+)
 
 __all__ = [
   "ALPHA",
@@ -191,7 +197,7 @@ def weighted_loss(params: Params, data: GloVeData, *, chunk: int = 1 << 18) -> f
   n = data.rows.size
   for start in range(0, n, chunk):
     stop = min(n, start + chunk)
-    batch = _pad(
+    batch = text.pad_batch(
       {
         "rows": data.rows[start:stop],
         "cols": data.cols[start:stop],
@@ -202,11 +208,6 @@ def weighted_loss(params: Params, data: GloVeData, *, chunk: int = 1 << 18) -> f
     )
     total += float(_jitted_cost(params, batch))
   return total / n
-
-
-def _pad(batch: Mapping[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-  """Pads every array with zeros to ``size`` entries (weight 0 = no contribution)."""
-  return {k: np.pad(v, (0, size - v.shape[0])) for k, v in batch.items()}
 
 
 class TrainResult(NamedTuple):
@@ -691,14 +692,6 @@ def sweep_optimizers(
   return rows
 
 
-def _fmt(value: Any, spec: str) -> str:
-  if value is None:
-    return "-"
-  if isinstance(value, float) and not math.isfinite(value):
-    return "diverged" if spec == ".5f" else "n/a"  # only a loss diverges
-  return format(value, spec)
-
-
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
   """The main job's table, in markdown.
 
@@ -717,11 +710,9 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     >>> print(format_table([row]).splitlines()[-1])
     | rowwise | 0.1 | 0.02000 | 5.0 (10.0 / 2.0) | 0.300 | 0.100 | 4,000 | 100 | 1.0e-07 |
   """
-  lines = [
-    "| optimizer | best lr | final loss | analogy % (sem / syn) | WordSim | SimLex "
-    "| state bytes | steps/s | rotation drift |",
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-  ]
+  header = ["optimizer", "best lr", "final loss", "analogy % (sem / syn)", "WordSim", "SimLex"]
+  header += ["state bytes", "steps/s", "rotation drift"]
+  cells = []
   for r in rows:
 
     def pct(key: str, r: Mapping[str, Any] = r) -> str:
@@ -729,13 +720,20 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
       return "n/a" if not math.isfinite(value) else f"{100 * value:.1f}"
 
     analogy = f"{pct('analogy_total')} ({pct('analogy_semantic')} / {pct('analogy_syntactic')})"
-    lines.append(
-      f"| {r['optimizer']} | {_fmt(r['learning_rate'], 'g')} | {_fmt(r['loss'], '.5f')} "
-      f"| {analogy} | {_fmt(r['wordsim353'], '.3f')} | {_fmt(r['simlex999'], '.3f')} "
-      f"| {_fmt(r['state_bytes'], ',')} | {_fmt(r['steps_per_second'], '.0f')} "
-      f"| {_fmt(r['drift'], '.1e')} |"
+    cells.append(
+      [
+        r["optimizer"],
+        format_number(r["learning_rate"], "g"),
+        format_number(r["loss"], ".5f", missing="diverged"),  # only a loss diverges
+        analogy,
+        format_number(r["wordsim353"], ".3f"),
+        format_number(r["simlex999"], ".3f"),
+        format_number(r["state_bytes"], ","),
+        format_number(r["steps_per_second"], ".0f"),
+        format_number(r["drift"], ".1e"),
+      ]
     )
-  return "\n".join(lines)
+  return markdown_table(header, "l" + "r" * 8, cells)
 
 
 def add_common_arguments(
@@ -944,42 +942,6 @@ def load_corpus(
   return name, vocab, encoded, tokens
 
 
-def write_atomically(path: str, write: Callable[[str], None]) -> None:
-  """Calls ``write(tmp)`` on a temporary file next to ``path``, then renames it to ``path``.
-
-  A crash leaves either the old file or the new one, never a half-written one. The file
-  gets the permissions a plain ``open(path, 'w')`` would give (``0o666`` less the
-  process umask), not the ``0o600`` of a temporary file.
-
-  Args:
-    path: the destination.
-    write: writes the whole file at the path it is given.
-
-  Example:
-    >>> import pathlib, tempfile
-    >>> from optax_blockada.examples.glove import write_atomically
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...   out = pathlib.Path(d) / "a.txt"
-    ...   write_atomically(str(out), lambda tmp: pathlib.Path(tmp).write_text("hi"))
-    ...   print(out.read_text())
-    hi
-  """
-  directory = os.path.dirname(os.path.abspath(path))
-  suffix = os.path.splitext(path)[1]
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
-  os.close(fd)
-  umask = os.umask(0)
-  os.umask(umask)
-  try:
-    write(tmp)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def save_word2vec(path: str, words: Sequence[str], vectors: Any) -> None:
   """Writes ``vectors`` (row ``i`` is ``words[i]``) in word2vec's text format, atomically.
 
@@ -1050,74 +1012,6 @@ def check_output_paths(args: argparse.Namespace) -> None:
       raise UsageError(f"--save-vectors: cannot create {save_vectors!r}: {e}") from e
 
 
-def save_loss_plot(path: str, rows: Sequence[Mapping[str, Any]], title: str, ylabel: str) -> None:
-  """Saves the per-epoch training loss of each optimizer (its best rate) as an image.
-
-  Args:
-    path: the image file (its suffix picks the format, e.g. ``.png``, ``.svg``).
-    rows: rows with ``optimizer``, ``learning_rate`` and ``epoch_losses``.
-    title: the plot's title.
-    ylabel: the y axis label (with units).
-
-  Example:
-    >>> import pathlib, tempfile
-    >>> from optax_blockada.examples.glove import save_loss_plot
-    >>> rows = [{"optimizer": "rowwise", "learning_rate": 0.1, "epoch_losses": [2.0, 1.0]}]
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...   save_loss_plot(f"{d}/loss.png", rows, "GloVe", "loss")
-    ...   print(pathlib.Path(f"{d}/loss.png").stat().st_size > 1000)
-    True
-  """
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  from matplotlib.ticker import MaxNLocator
-
-  fig, ax = plt.subplots(figsize=(8, 5))
-  for r in rows:
-    if r["epoch_losses"]:
-      epochs = np.arange(1, len(r["epoch_losses"]) + 1)
-      ax.plot(
-        epochs, r["epoch_losses"], marker="o", label=f"{r['optimizer']} (lr {r['learning_rate']:g})"
-      )
-  ax.set_yscale("log")
-  ax.set_xlabel("epoch (passes over the training data)")
-  ax.set_ylabel(ylabel)
-  ax.set_title(title, fontsize=11)
-  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  try:
-    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120))
-  finally:
-    plt.close(fig)
-
-
-def machine_description() -> str:
-  """One line naming the machine: CPU, core count, jax version and backend.
-
-  Example:
-    >>> from optax_blockada.examples.glove import machine_description
-    >>> "jax" in machine_description()
-    True
-  """
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
-  return (
-    f"{cpu}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()}, "
-    f"{datetime.date.today().isoformat()}"
-  )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   """Command-line entry point (see the module docstring); returns the exit status.
 
@@ -1181,7 +1075,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     f"{settings['min_count']}), {data.rows.size:,} nonzero co-occurrences (window "
     f"{settings['window']}); d={settings['dim']}, {settings['epochs']} epochs of batches of "
     f"{args.batch_size}, x_max={args.x_max:g}, alpha={args.alpha:g}, seed {args.seed}.\n"
-    f"Best learning rate per optimizer: {_SELECTION}; tried {_rates_text(rates)}.\n"
+    f"Best learning rate per optimizer: {_SELECTION}; tried {format_rates(rates)}.\n"
     f"{machine_description()}; total wall time {seconds:.0f} s."
   )
   print(header)
@@ -1220,7 +1114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       "seconds": seconds,
       "results": rows,
     }
-    write_atomically(args.json, lambda tmp: _dump_json(tmp, payload))
+    write_json(args.json, payload)
   if args.plot is not None:
     save_loss_plot(
       args.plot,
@@ -1229,10 +1123,6 @@ def main(argv: Sequence[str] | None = None) -> int:
       "weighted loss per pair (glove.c cost, dimensionless)",
     )
   return 0
-
-
-def _rates_text(rates: Mapping[str, Sequence[float]]) -> str:
-  return "; ".join(f"{n}: {', '.join(f'{r:g}' for r in rs)}" for n, rs in rates.items())
 
 
 def prepare_checkpoint_dir(args: argparse.Namespace, run_settings: Mapping[str, Any]) -> None:
@@ -1296,19 +1186,13 @@ def prepare_checkpoint_dir(args: argparse.Namespace, run_settings: Mapping[str, 
       "them, or give an empty directory."
     )
   os.makedirs(directory, exist_ok=True)
-  write_atomically(path, lambda tmp: _dump_json(tmp, wanted))
+  write_json(path, wanted)
 
 
 def _has_checkpoints(directory: str) -> bool:
   return os.path.isdir(directory) and any(
     name.isdigit() for _, dirs, _ in os.walk(directory) for name in dirs
   )
-
-
-def _dump_json(path: str, payload: Any) -> None:
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(payload, f, indent=2, allow_nan=True)
-    f.write("\n")
 
 
 if __name__ == "__main__":

@@ -76,10 +76,11 @@ import scipy.stats
 from flax import nnx
 
 import optax_blockada as ob
-from optax_blockada.examples import glove, movielens
+from optax_blockada.examples import movielens
 from optax_blockada.examples._checkpoint import Checkpointer, CheckpointError
 from optax_blockada.examples._cli import check_int, float_in, int_at_least
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES, make_optimizer
+from optax_blockada.examples.report import markdown_table, write_json
 
 __all__ = [
   "DEFAULT_LEARNING_RATES",
@@ -989,17 +990,15 @@ def run_comparison(
 
 
 def _format_table(rows: Sequence[Mapping[str, Any]], k: int) -> str:
-  lines = [
-    f"| optimizer | loss | best lr | P@{k} | R@{k} | AUC | train loss | state bytes | seconds |",
-    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+  header = ["optimizer", "loss", "best lr", f"P@{k}", f"R@{k}", "AUC", "train loss"]
+  header += ["state bytes", "seconds"]
+  cells = [
+    [r["optimizer"], r["loss"].upper(), f"{r['learning_rate']:g}"]
+    + [f"{r[key]:.4f}" for key in ("precision", "recall", "auc", "train_loss")]
+    + [f"{r['state_bytes']:,}", f"{r['seconds']:.1f}"]
+    for r in rows
   ]
-  for r in rows:
-    lines.append(
-      f"| {r['optimizer']} | {r['loss'].upper()} | {r['learning_rate']:g} "
-      f"| {r['precision']:.4f} | {r['recall']:.4f} | {r['auc']:.4f} | {r['train_loss']:.4f} "
-      f"| {r['state_bytes']:,} | {r['seconds']:.1f} |"
-    )
-  return "\n".join(lines)
+  return markdown_table(header, "llrrrrrrr", cells)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -1113,17 +1112,6 @@ def _load(args, parser) -> movielens.Ratings:
     parser.error(str(e))
 
 
-def _write_json(path: str, payload: Any) -> None:
-  """Writes ``payload`` to ``path`` atomically (:func:`glove.write_atomically`)."""
-
-  def write(tmp: str) -> None:
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(payload, f, indent=2)
-      f.write("\n")
-
-  glove.write_atomically(path, write)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   """Command-line entry point; returns the process exit status.
 
@@ -1222,7 +1210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         {**r, "validation": {f"{lr:g}": v for lr, v in r["validation"].items()}} for r in rows
       ],
     }
-    _write_json(args.json, payload)
+    write_json(args.json, payload)
   return 0
 
 

@@ -27,7 +27,6 @@ state size.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -43,6 +42,7 @@ import optax_blockada as ob
 from optax_blockada.examples._cli import check_int, int_at_least
 from optax_blockada.examples.glove_model import ALPHA, X_MAX, Params, cost, init_params, weighting
 from optax_blockada.examples.planted import planted_cooccurrence
+from optax_blockada.examples.report import markdown_table, write_json
 
 __all__ = [
   "ALPHA",
@@ -495,14 +495,12 @@ def run_experiment(
 
 
 def _format_table(results: Sequence[Mapping[str, Any]]) -> str:
-  header = "| optimizer | loss (W) | loss (W R) | drift | state bytes |"
-  lines = [header, "| --- | ---: | ---: | ---: | ---: |"]
+  header = ["optimizer", "loss (W)", "loss (W R)", "drift", "state bytes"]
+  cells = []
   for r in results:
-    lines.append(
-      f"| {r['name']} | {r['loss']:.6f} | {r['loss_rotated']:.6f} "
-      f"| {r['drift']:.2e} | {r['state_bytes']:,} |"
-    )
-  return "\n".join(lines)
+    losses = [f"{r['loss']:.6f}", f"{r['loss_rotated']:.6f}"]
+    cells.append([r["name"], *losses, f"{r['drift']:.2e}", f"{r['state_bytes']:,}"])
+  return markdown_table(header, "lrrrr", cells)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -601,9 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       "seconds": seconds,
       "results": results,
     }
-    with open(args.json, "w", encoding="utf-8") as f:
-      json.dump(payload, f, indent=2)
-      f.write("\n")
+    write_json(args.json, payload)
   return 0
 
 

@@ -41,7 +41,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from optax_blockada.examples import glove, text
+from optax_blockada.examples import glove, report, text
 from optax_blockada.examples._cli import check_int, float_in, int_at_least
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES
 
@@ -353,7 +353,7 @@ def evaluation_loss(
   cdf = jnp.asarray(noise_distribution(counts))
   total, n = 0.0, int(np.size(centres))
   for i, start in enumerate(range(0, n, chunk)):
-    batch = glove._pad(
+    batch = text.pad_batch(
       _batch(centres[start : start + chunk], contexts[start : start + chunk]), chunk
     )
     key = jax.random.fold_in(jax.random.key(seed), i)
@@ -544,8 +544,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     f"{settings['min_count']}); d={settings['dim']}, dynamic window {settings['window']}, "
     f"{args.negatives} negatives, subsampling {args.subsample:g}, {settings['epochs']} epochs "
     f"of batches of {args.batch_size}, seed {args.seed}.\n"
-    f"Best learning rate per optimizer: {_SELECTION}; tried {glove._rates_text(rates)}.\n"
-    f"{glove.machine_description()}; total wall time {seconds:.0f} s."
+    f"Best learning rate per optimizer: {_SELECTION}; tried {report.format_rates(rates)}.\n"
+    f"{report.machine_description()}; total wall time {seconds:.0f} s."
   )
   print()
   print(glove.format_table(rows))
@@ -567,13 +567,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "selection": _SELECTION,
       },
       "corpus": {"name": corpus_name, "tokens": tokens, "vocab_size": len(vocab.words)},
-      "machine": glove.machine_description(),
+      "machine": report.machine_description(),
       "seconds": seconds,
       "results": rows,
     }
-    glove.write_atomically(args.json, lambda tmp: glove._dump_json(tmp, payload))
+    report.write_json(args.json, payload)
   if args.plot is not None:
-    glove.save_loss_plot(
+    report.save_loss_plot(
       args.plot,
       rows[1:],
       f"SGNS on {corpus_name} (d={settings['dim']}):\ntraining loss at each optimizer's best rate",

@@ -43,7 +43,6 @@ the state like the params and the step keeps those sharding types.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -61,6 +60,7 @@ from optax_blockada import routed
 from optax_blockada.examples._cli import int_at_least
 from optax_blockada.examples.glove_model import cost, init_params, predict, weighting
 from optax_blockada.examples.planted import planted_cooccurrence
+from optax_blockada.examples.report import markdown_table, write_json
 from optax_blockada.sharding import state_shardings
 
 __all__ = [
@@ -417,13 +417,9 @@ def shard_report(tree: Any, name: str) -> list[dict[str, Any]]:
 
 
 def _format_report(rows: Sequence[dict[str, Any]]) -> str:
-  lines = [
-    "| leaf | global shape | partition spec | shard on each device |",
-    "| --- | --- | --- | --- |",
-  ]
-  for r in rows:
-    lines.append(f"| {r['path']} | {r['shape']} | {r['spec']} | {r['shard_shape']} |")
-  return "\n".join(lines)
+  header = ["leaf", "global shape", "partition spec", "shard on each device"]
+  cells = [[str(r[k]) for k in ("path", "shape", "spec", "shard_shape")] for r in rows]
+  return markdown_table(header, "llll", cells)
 
 
 def _max_relative_difference(a: Any, b: Any) -> float:
@@ -663,9 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       "seconds": {"sharded": sharded_seconds, "single_device": single_seconds},
       "routing": summary,
     }
-    with open(args.json, "w", encoding="utf-8") as f:
-      json.dump(payload, f, indent=2)
-      f.write("\n")
+    write_json(args.json, payload)
   return 0 if equal else 1
 
 

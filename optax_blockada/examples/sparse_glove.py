@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
 import sys
 import time
@@ -42,6 +41,7 @@ import optax_blockada as ob
 from optax_blockada import sparse
 from optax_blockada.examples.glove_model import init_table, predict, squared_errors, weighting
 from optax_blockada.examples.planted import planted_cooccurrence
+from optax_blockada.examples.report import write_json
 
 __all__ = [
   "OPTIMIZERS",
@@ -368,9 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     f"params {r['max_param_difference']:.2e} (float32 rounding)"
   )
   if args.json is not None:
-    with open(args.json, "w", encoding="utf-8") as f:
-      json.dump(r, f, indent=2)
-      f.write("\n")
+    write_json(args.json, r)
   return 0
 
 

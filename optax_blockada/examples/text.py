@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import urllib.request
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -47,6 +47,7 @@ __all__ = [
   "download_text8",
   "encode",
   "gensim_corpus",
+  "pad_batch",
   "read_corpus",
   "tokenize",
 ]
@@ -461,3 +462,25 @@ def cooccurrence(
   rows = (keys // vocab_size).astype(np.int32)
   cols = (keys % vocab_size).astype(np.int32)
   return Cooccurrence(rows, cols, values.astype(np.float64), vocab_size)
+
+
+def pad_batch(batch: Mapping[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+  """Pads every 1-D array of a batch with zeros to ``size`` entries.
+
+  The last, short batch of an evaluation pass keeps the compiled shape this way; the
+  padded entries must contribute nothing (a GloVe pair of weight 0, an SGNS pair of
+  weight 0).
+
+  Args:
+    batch: arrays of one length ``<= size``.
+    size: the padded length.
+
+  Returns:
+    A new dict of arrays of length ``size``.
+
+  Example:
+    >>> from optax_blockada.examples.text import pad_batch
+    >>> pad_batch({"rows": np.array([3, 4])}, 4)["rows"].tolist()
+    [3, 4, 0, 0]
+  """
+  return {k: np.pad(v, (0, size - v.shape[0])) for k, v in batch.items()}

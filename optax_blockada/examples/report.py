@@ -1,0 +1,251 @@
+"""What the examples print and write: markdown tables, JSON and plot files, machine facts.
+
+One report layer for every example (and the benchmarks): :func:`markdown_table` lays out
+the printed tables, :func:`write_json` and :func:`save_loss_plot` write ``--json`` and
+``--plot`` files atomically with the permissions a plain ``open(path, 'w')`` gives (the
+user's umask), and :func:`machine_description` / :func:`machine_facts` say where a run ran.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+__all__ = [
+  "format_number",
+  "format_rates",
+  "machine_description",
+  "machine_facts",
+  "markdown_table",
+  "save_loss_plot",
+  "write_atomically",
+  "write_json",
+]
+
+_ALIGN = {"l": "---", "r": "---:"}
+
+
+def markdown_table(header: Sequence[str], align: str, rows: Iterable[Sequence[str]]) -> str:
+  """A markdown table from formatted cells.
+
+  Args:
+    header: the column titles.
+    align: one letter per column, ``'l'`` (``---``) or ``'r'`` (``---:``).
+    rows: each row's cells, already formatted as strings.
+
+  Returns:
+    The table, one line per row, without a trailing newline.
+
+  Example:
+    >>> from optax_blockada.examples.report import markdown_table
+    >>> print(markdown_table(["name", "loss"], "lr", [["rowwise", "0.12"]]))
+    | name | loss |
+    | --- | ---: |
+    | rowwise | 0.12 |
+  """
+  if len(align) != len(header) or set(align) - set(_ALIGN):
+    raise ValueError(f"align must have one of 'l'/'r' per column ({len(header)}), got {align!r}.")
+
+  def line(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+  return "\n".join([line(header), line([_ALIGN[a] for a in align]), *map(line, rows)])
+
+
+def format_number(value: Any, spec: str, *, missing: str = "n/a") -> str:
+  """``format(value, spec)``, with ``'-'`` for ``None`` and ``missing`` for NaN/infinity.
+
+  Args:
+    value: a number or ``None``.
+    spec: a format spec, e.g. ``'.3f'`` or ``','``.
+    missing: what a non-finite float shows (e.g. ``'diverged'`` for a loss).
+
+  Returns:
+    The formatted cell.
+
+  Example:
+    >>> from optax_blockada.examples.report import format_number
+    >>> format_number(4000, ","), format_number(None, ".3f"), format_number(float("nan"), ".3f")
+    ('4,000', '-', 'n/a')
+  """
+  if value is None:
+    return "-"
+  if isinstance(value, float) and not math.isfinite(value):
+    return missing
+  return format(value, spec)
+
+
+def format_rates(rates: Mapping[str, Sequence[float]]) -> str:
+  """The learning rates tried per optimizer, on one line.
+
+  Example:
+    >>> from optax_blockada.examples.report import format_rates
+    >>> format_rates({"rowwise": [0.1, 0.2], "glove": [0.05]})
+    'rowwise: 0.1, 0.2; glove: 0.05'
+  """
+  return "; ".join(f"{n}: {', '.join(f'{r:g}' for r in rs)}" for n, rs in rates.items())
+
+
+def write_atomically(path: str, write: Callable[[str], None]) -> None:
+  """Calls ``write(tmp)`` on a temporary file next to ``path``, then renames it to ``path``.
+
+  A crash leaves either the old file or the new one, never a half-written one. The file
+  gets the permissions a plain ``open(path, 'w')`` would give (``0o666`` less the
+  process umask), not the ``0o600`` of a temporary file.
+
+  Args:
+    path: the destination.
+    write: writes the whole file at the path it is given.
+
+  Example:
+    >>> import pathlib, tempfile
+    >>> from optax_blockada.examples.report import write_atomically
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...   out = pathlib.Path(d) / "a.txt"
+    ...   write_atomically(str(out), lambda tmp: pathlib.Path(tmp).write_text("hi"))
+    ...   print(out.read_text())
+    hi
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  suffix = os.path.splitext(path)[1]
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+  os.close(fd)
+  umask = os.umask(0)
+  os.umask(umask)
+  try:
+    write(tmp)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_json(path: str, payload: Any) -> None:
+  """Writes ``payload`` as indented JSON (NaN allowed) and a newline, atomically.
+
+  Args:
+    path: the destination (see :func:`write_atomically`).
+    payload: anything ``json.dump`` accepts.
+
+  Example:
+    >>> import pathlib, tempfile
+    >>> from optax_blockada.examples.report import write_json
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...   write_json(f"{d}/r.json", {"loss": 0.5})
+    ...   print(pathlib.Path(f"{d}/r.json").read_text(), end="")
+    {
+      "loss": 0.5
+    }
+  """
+
+  def write(tmp: str) -> None:
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(payload, f, indent=2, allow_nan=True)
+      f.write("\n")
+
+  write_atomically(path, write)
+
+
+def save_loss_plot(path: str, rows: Sequence[Mapping[str, Any]], title: str, ylabel: str) -> None:
+  """Saves the per-epoch training loss of each optimizer (its best rate) as an image.
+
+  Args:
+    path: the image file (its suffix picks the format, e.g. ``.png``, ``.svg``).
+    rows: rows with ``optimizer``, ``learning_rate`` and ``epoch_losses``.
+    title: the plot's title.
+    ylabel: the y axis label (with units).
+
+  Example:
+    >>> import pathlib, tempfile
+    >>> from optax_blockada.examples.report import save_loss_plot
+    >>> rows = [{"optimizer": "rowwise", "learning_rate": 0.1, "epoch_losses": [2.0, 1.0]}]
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...   save_loss_plot(f"{d}/loss.png", rows, "GloVe", "loss")
+    ...   print(pathlib.Path(f"{d}/loss.png").stat().st_size > 1000)
+    True
+  """
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from matplotlib.ticker import MaxNLocator
+
+  fig, ax = plt.subplots(figsize=(8, 5))
+  for r in rows:
+    if r["epoch_losses"]:
+      epochs = np.arange(1, len(r["epoch_losses"]) + 1)
+      ax.plot(
+        epochs, r["epoch_losses"], marker="o", label=f"{r['optimizer']} (lr {r['learning_rate']:g})"
+      )
+  ax.set_yscale("log")
+  ax.set_xlabel("epoch (passes over the training data)")
+  ax.set_ylabel(ylabel)
+  ax.set_title(title, fontsize=11)
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  try:
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120))
+  finally:
+    plt.close(fig)
+
+
+def _cpu_name() -> str:
+  """The CPU's model name from ``/proc/cpuinfo``, else what :mod:`platform` knows."""
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return cpu
+
+
+def machine_description() -> str:
+  """One line naming the machine: CPU, core count, jax version and backend, date.
+
+  Example:
+    >>> from optax_blockada.examples.report import machine_description
+    >>> "jax" in machine_description()
+    True
+  """
+  return (
+    f"{_cpu_name()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()}, "
+    f"{datetime.date.today().isoformat()}"
+  )
+
+
+def machine_facts(**extra: Any) -> dict[str, Any]:
+  """The machine and versions a run or benchmark ran on, plus ``extra`` entries (for JSON).
+
+  Example:
+    >>> from optax_blockada.examples.report import machine_facts
+    >>> facts = machine_facts(steps=3)
+    >>> facts["steps"], "jax" in facts and "cpu_count" in facts
+    (3, True)
+  """
+  return {
+    "platform": platform.platform(),
+    "processor": platform.processor() or platform.machine(),
+    "cpu_count": os.cpu_count(),
+    "jax": jax.__version__,
+    "optax": optax.__version__,
+    "backend": jax.default_backend(),
+    "devices": [str(d) for d in jax.devices()],
+    **extra,
+  }
