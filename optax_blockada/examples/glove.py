@@ -38,31 +38,33 @@ comparison the preset is therefore preceded by ``optax.clip(PRESET_CLIP)``
 (:data:`PRESET_CLIP` = 10): no element of a step is larger than the largest per-pair
 gradient ``glove.c`` itself meets (``|f(x) (prediction - log x)| <= log max X``, about 10
 at initialisation). The other optimizers need no clip.
+
+The pieces live in their own modules: the model and its cost in
+:mod:`~optax_blockada.examples.glove_model`, the data in
+:mod:`~optax_blockada.examples.glove_data`, the training loop and the learning-rate sweep
+(shared with SGNS) in :mod:`~optax_blockada.examples.training`, the options shared with SGNS
+in :mod:`~optax_blockada.examples.word_cli` and the table, JSON and plot writers in
+:mod:`~optax_blockada.examples.report`. This module holds the GloVe run, its table and
+:func:`main`; it re-exports the names it used to define.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm.auto import tqdm
 
-import optax_blockada as ob
-from optax_blockada.examples import rotation as rot
-from optax_blockada.examples import text, word_eval
-from optax_blockada.examples._checkpoint import Checkpointer, CheckpointError
-from optax_blockada.examples._cli import check_int, float_in, int_at_least
+from optax_blockada.examples import text
+from optax_blockada.examples._checkpoint import CheckpointError
+from optax_blockada.examples._cli import float_in, int_at_least
+from optax_blockada.examples.glove_data import GloVeData, prepare_data, weighted_loss
 from optax_blockada.examples.glove_model import (
   ALPHA,
   X_MAX,
@@ -71,15 +73,25 @@ from optax_blockada.examples.glove_model import (
   glove_cost,
   weighting,
 )
-from optax_blockada.examples.optimizers import OPTIMIZER_NAMES, make_optimizer
+from optax_blockada.examples.optimizers import OPTIMIZER_NAMES
 from optax_blockada.examples.report import (
   format_number,
   format_rates,
   machine_description,
   markdown_table,
   save_loss_plot,
+  save_word2vec,
   write_atomically,
   write_json,
+)
+from optax_blockada.examples.training import TrainResult, sweep_optimizers, train_loop
+from optax_blockada.examples.word_cli import (
+  UsageError,
+  add_common_arguments,
+  check_output_paths,
+  load_corpus,
+  prepare_checkpoint_dir,
+  settings_from_args,
 )
 
 __all__ = [
@@ -102,6 +114,7 @@ __all__ = [
   "prepare_checkpoint_dir",
   "prepare_data",
   "save_loss_plot",
+  "save_word2vec",
   "settings_from_args",
   "sweep_optimizers",
   "train_glove",
@@ -110,278 +123,6 @@ __all__ = [
   "weighting",
   "write_atomically",
 ]
-
-
-class GloVeData(NamedTuple):
-  """Nonzero co-occurrences prepared for training, as host numpy arrays.
-
-  Example:
-    >>> from optax_blockada.examples.glove import GloVeData
-    >>> GloVeData(*(np.zeros(1),) * 4, vocab_size=1).vocab_size
-    1
-  """
-
-  rows: np.ndarray  # shape=(n,), int32
-  cols: np.ndarray  # shape=(n,), int32
-  log_counts: np.ndarray  # shape=(n,), float32, log X_ij
-  weights: np.ndarray  # shape=(n,), float32, f(X_ij)
-  vocab_size: int  # V
-
-
-def prepare_data(
-  cooc: text.Cooccurrence, *, x_max: float = X_MAX, alpha: float = ALPHA
-) -> GloVeData:
-  """Logs and weights of the nonzero co-occurrences.
-
-  Args:
-    cooc: counts from :func:`optax_blockada.examples.text.cooccurrence`.
-    x_max: the weighting cut-off, ``> 0``.
-    alpha: the weighting exponent, ``> 0``.
-
-  Returns:
-    A :class:`GloVeData`.
-
-  Example:
-    >>> from optax_blockada.examples.glove import prepare_data
-    >>> from optax_blockada.examples.text import Cooccurrence
-    >>> d = prepare_data(Cooccurrence(np.array([0]), np.array([1]), np.array([10.0]), 2))
-    >>> float(d.weights[0]), round(float(d.log_counts[0]), 4)
-    (1.0, 2.3026)
-  """
-  for name, value in (("x_max", x_max), ("alpha", alpha)):
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-      raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
-  counts = np.asarray(cooc.counts, np.float64)
-  if counts.size == 0:
-    raise ValueError("the co-occurrence matrix is empty: the corpus has no pair in a window.")
-  if np.any(counts <= 0) or not np.all(np.isfinite(counts)):
-    raise ValueError("co-occurrence counts must be positive and finite.")
-  return GloVeData(
-    np.asarray(cooc.rows, np.int32),
-    np.asarray(cooc.cols, np.int32),
-    np.log(counts).astype(np.float32),
-    weighting(counts, x_max, alpha).astype(np.float32),
-    int(cooc.vocab_size),
-  )
-
-
-_jitted_cost = jax.jit(glove_cost)
-
-
-def weighted_loss(params: Params, data: GloVeData, *, chunk: int = 1 << 18) -> float:
-  """The final weighted loss: :func:`glove_cost` over all pairs, per nonzero pair.
-
-  This is the number ``glove.c`` prints after each iteration (its total cost divided
-  by the number of co-occurrence records), computed exactly at ``params``.
-
-  Args:
-    params: GloVe parameters.
-    data: the pairs.
-    chunk: pairs per evaluation call.
-
-  Returns:
-    A Python float.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from optax_blockada.examples.glove import prepare_data, weighted_loss
-    >>> from optax_blockada.examples.text import Cooccurrence
-    >>> data = prepare_data(Cooccurrence(np.array([0, 1]), np.array([1, 0]),
-    ...                                  np.array([10.0, 10.0]), 2))
-    >>> zeros = {'word': jnp.zeros((2, 1)), 'context': jnp.zeros((2, 1)),
-    ...          'word_bias': jnp.zeros(2), 'context_bias': jnp.zeros(2)}
-    >>> round(weighted_loss(zeros, data), 4)  # 0.5 * log(10)^2
-    2.6509
-  """
-  total = 0.0
-  n = data.rows.size
-  for start in range(0, n, chunk):
-    stop = min(n, start + chunk)
-    batch = text.pad_batch(
-      {
-        "rows": data.rows[start:stop],
-        "cols": data.cols[start:stop],
-        "log_counts": data.log_counts[start:stop],
-        "weights": data.weights[start:stop],
-      },
-      chunk,
-    )
-    total += float(_jitted_cost(params, batch))
-  return total / n
-
-
-class TrainResult(NamedTuple):
-  """What a training run returns.
-
-  Example:
-    >>> from optax_blockada.examples.glove import TrainResult
-    >>> TrainResult({}, np.zeros(2), 10, 1.0, 10).steps_per_second
-    10.0
-  """
-
-  params: Any  # the trained parameters
-  epoch_losses: np.ndarray  # shape=(epochs,), mean cost per item during each epoch
-  steps: int  # optimizer steps taken in total
-  seconds: float  # wall time of the steps run in this call (compilation excluded)
-  steps_run: int  # steps run in this call (fewer than ``steps`` after a resume)
-
-  @property
-  def steps_per_second(self) -> float:
-    """Steps run in this call per second of their wall time."""
-    return self.steps_run / self.seconds if self.seconds > 0 else math.nan
-
-
-EpochData = Callable[[int], tuple[dict[str, np.ndarray], int]]
-
-
-def train_loop(
-  cost: Callable[[Any, Mapping[str, jax.Array], jax.Array], jax.Array],
-  params: Any,
-  tx: optax.GradientTransformation,
-  epoch_data: EpochData,
-  *,
-  epochs: int,
-  batch_size: int,
-  seed: int = 0,
-  checkpoint_dir: str | os.PathLike | None = None,
-  checkpoint_every: int = 1000,
-  resume: bool = False,
-  progress: bool = False,
-  desc: str = "training",
-  chunk_steps: int = 100,
-) -> TrainResult:
-  """Minibatch training with a jitted step, checkpoints and exact resumption.
-
-  Each epoch, ``epoch_data(epoch)`` returns ``(arrays, n)``: a dict of host arrays with
-  ``n`` items in training order (already shuffled) along axis 0. Step ``s`` of the
-  epoch trains on items ``[s B, (s + 1) B)``; the last batch is padded with zeros
-  (padding must cost nothing, e.g. a weight or mask of 0). The step minimises
-  ``cost(params, batch, key)``, where ``key`` is ``fold_in(key(seed), global_step)``.
-  Steps run in compiled chunks of up to ``chunk_steps`` (one ``fori_loop`` each).
-
-  Because the data of an epoch and the key of a step are functions of the seed, the
-  epoch and the step, a run resumed from a checkpoint (``resume=True``) equals the
-  uninterrupted run. Checkpoints (model parameters, optimizer state, loss sums,
-  position) are written with orbax every ``checkpoint_every`` steps and at the end.
-
-  Args:
-    cost: ``(params, batch, key) -> summed cost`` of the batch (a float32 scalar).
-    params: the initial parameters (not modified).
-    tx: the optimizer.
-    epoch_data: ``epoch -> (arrays, n)``, deterministic.
-    epochs: number of epochs, ``>= 1``.
-    batch_size: items per step, ``>= 1``.
-    seed: the seed of the step keys.
-    checkpoint_dir: where to write checkpoints (``None``: none).
-    checkpoint_every: steps between checkpoints.
-    resume: continue from the newest checkpoint in ``checkpoint_dir`` if there is one.
-    progress: show a tqdm progress bar.
-    desc: the progress bar's label.
-    chunk_steps: steps per compiled call.
-
-  Returns:
-    A :class:`TrainResult`; ``epoch_losses[e]`` is the summed cost of epoch ``e``
-    divided by its ``n``.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> from optax_blockada.examples.glove import train_loop
-    >>> data = lambda epoch: ({"x": np.arange(10.0, dtype=np.float32)}, 10)
-    >>> cost = lambda p, b, key: jnp.sum(jnp.where(b["x"] > 0, (p - b["x"]) ** 2, 0.0))
-    >>> r = train_loop(cost, jnp.zeros(()), optax.sgd(0.01), data, epochs=30, batch_size=4)
-    >>> r.steps, round(float(r.params), 2)  # the mean of 1..9
-    (90, 5.0)
-  """
-  epochs = check_int("epochs", epochs, 1)
-  batch_size = check_int("batch_size", batch_size, 1)
-  chunk_steps = check_int("chunk_steps", chunk_steps, 1)
-  base_key = jax.random.key(seed)
-
-  def chunk_fn(carry, arrays, start, stop, global_start):
-    def body(s, carry):
-      params, opt_state, loss_sum = carry
-      batch = {
-        k: jax.lax.dynamic_slice_in_dim(v, s * batch_size, batch_size) for k, v in arrays.items()
-      }
-      key = jax.random.fold_in(base_key, global_start + s - start)
-      value, grads = jax.value_and_grad(cost)(params, batch, key)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state, loss_sum + value
-
-    return jax.lax.fori_loop(start, stop, body, carry)
-
-  jitted = jax.jit(chunk_fn, donate_argnums=0)
-  compiled: dict[Any, Any] = {}
-
-  params = jax.tree.map(jnp.array, params)  # a copy: the chunks donate their inputs
-  state = {
-    "params": params,
-    "opt_state": tx.init(params),
-    "loss_sum": jnp.zeros((), jnp.float32),
-    "epoch_losses": jnp.zeros((epochs,), jnp.float32),
-    "epoch": jnp.zeros((), jnp.int32),
-    "offset": jnp.zeros((), jnp.int32),
-    "step": jnp.zeros((), jnp.int32),
-  }
-  ckpt = None
-  if checkpoint_dir is not None:
-    ckpt = Checkpointer(checkpoint_dir, every=checkpoint_every)
-    if resume and ckpt.latest_step() is not None:
-      _, state = ckpt.restore_latest(state)
-  seconds, steps_run = 0.0, 0
-  try:
-    epoch, offset, step = int(state["epoch"]), int(state["offset"]), int(state["step"])
-    losses = np.asarray(state["epoch_losses"]).copy()
-    carry = (state["params"], state["opt_state"], state["loss_sum"])
-    with tqdm(desc=desc, unit="step", disable=not progress, leave=False) as bar:
-      while epoch < epochs:
-        arrays, n = epoch_data(epoch)
-        steps = -(-n // batch_size)
-        bar.total = (bar.total or 0) + steps - offset
-        bar.refresh()
-        capacity = -(-steps // 64) * 64 * batch_size  # few distinct shapes: few compilations
-        arrays = {k: _pad_to(v, capacity) for k, v in arrays.items()}
-        done = False
-        while not done:
-          stop = min(steps, offset + chunk_steps)
-          if ckpt is not None:
-            stop = min(stop, (step // checkpoint_every + 1) * checkpoint_every - step + offset)
-          args = (carry, arrays, np.int32(offset), np.int32(stop), np.int32(step))
-          shapes = tuple((k, v.shape) for k, v in arrays.items())
-          if shapes not in compiled:
-            compiled[shapes] = jitted.lower(*args).compile()
-          tic = time.perf_counter()
-          carry = jax.block_until_ready(compiled[shapes](*args))
-          seconds += time.perf_counter() - tic
-          steps_run += stop - offset
-          bar.update(stop - offset)
-          step += stop - offset
-          offset = stop
-          if offset == steps:
-            losses[epoch] = float(carry[2]) / n
-            carry = (carry[0], carry[1], jnp.zeros((), jnp.float32))
-            epoch, offset, done = epoch + 1, 0, True
-          if ckpt is not None:
-            state = {
-              "params": carry[0],
-              "opt_state": carry[1],
-              "loss_sum": carry[2],
-              "epoch_losses": jnp.asarray(losses),
-              "epoch": jnp.asarray(epoch, jnp.int32),
-              "offset": jnp.asarray(offset, jnp.int32),
-              "step": jnp.asarray(step, jnp.int32),
-            }
-            ckpt.save(step, state, force=epoch == epochs)
-  finally:
-    if ckpt is not None:
-      ckpt.close()
-  return TrainResult(carry[0], losses, step, seconds, steps_run)
-
-
-def _pad_to(array: np.ndarray, size: int) -> np.ndarray:
-  pad = [(0, size - array.shape[0])] + [(0, 0)] * (array.ndim - 1)
-  return np.pad(array, pad)
 
 
 def train_glove(
@@ -468,14 +209,8 @@ QUICK_LEARNING_RATES = {name: rates[1:] for name, rates in LEARNING_RATES.items(
 
 _DEFAULTS = {"dim": 50, "epochs": 8, "min_count": 5, "max_vocab": None, "window": 10}
 _QUICK = {"dim": 32, "epochs": 4, "min_count": 5, "max_vocab": 2000, "window": 10}
-_MAX_LEARNING_RATE = 10.0
-_LEARNING_RATE = float_in(0, _MAX_LEARNING_RATE, label="learning rates ")
 _POSITIVE = float_in(0)
 _SELECTION = "lowest final weighted loss (the training objective)"
-
-
-def _tables(params: Params) -> Params:
-  return {k: params[k] for k in ("word", "context")}
 
 
 def _vectors(params: Params) -> np.ndarray:
@@ -571,127 +306,6 @@ def _clip_preset(name: str, tx: optax.GradientTransformation) -> optax.GradientT
   return optax.chain(optax.clip(PRESET_CLIP), tx) if name == "preset" else tx
 
 
-def sweep_optimizers(
-  train: Callable[..., TrainResult],
-  final_loss: Callable[[Params, TrainResult], float],
-  vectors: Callable[[Params], np.ndarray],
-  params0: Params,
-  words: Sequence[str],
-  *,
-  optimizers: Sequence[str],
-  learning_rates: Mapping[str, Sequence[float]],
-  preset: str,
-  rotation_seed: int,
-  checkpoint_dir: str | None = None,
-  checkpoint_every: int = 1000,
-  resume: bool = False,
-  progress: bool = False,
-  wrap: Callable[[str, optax.GradientTransformation], optax.GradientTransformation] | None = None,
-  save_vectors: str | None = None,
-) -> list[dict[str, Any]]:
-  """The learning-rate sweep and the table rows, for any model with word/context tables.
-
-  For each optimizer and rate, ``train(tx, init, **kwargs)`` trains from ``params0``
-  (``kwargs``: checkpoint and progress options for :func:`train_loop`); the rate with
-  the lowest finite ``final_loss(params, result)`` wins; its ``vectors(params)`` are
-  evaluated and the run is repeated from ``params0`` with its ``'word'`` and
-  ``'context'`` tables rotated by ``random_orthogonal(d, rotation_seed)`` to measure
-  the rotation drift.
-
-  Args:
-    train: trains one run.
-    final_loss: the selection criterion (lower is better).
-    vectors: the word vectors to evaluate.
-    params0: the initial parameters (with ``'word'`` and ``'context'`` tables).
-    words: the vocabulary.
-    optimizers: names for :func:`make_optimizer`.
-    learning_rates: name -> rates.
-    preset: what ``'preset'`` stands for (see :data:`optimizers.PRESETS`).
-    rotation_seed: seed of the rotation.
-    checkpoint_dir: if set, run ``r`` of optimizer ``o`` checkpoints in ``DIR/o/r``.
-    checkpoint_every: steps between checkpoints.
-    resume: resume runs from their checkpoints.
-    progress: show progress bars.
-    wrap: ``(name, tx) -> tx``, applied to every optimizer (default: none).
-    save_vectors: a directory: each optimizer's vectors at its best rate are written
-      there as ``<optimizer>.txt`` in word2vec's text format (:func:`save_word2vec`).
-
-  Returns:
-    A ``random init`` row, then one row per optimizer.
-
-  Example:
-    >>> from optax_blockada.examples.glove import sweep_optimizers
-    >>> callable(sweep_optimizers)  # used by compare_optimizers and sgns.compare_optimizers
-    True
-  """
-  dim = int(params0["word"].shape[1])
-  rotation = rot.random_orthogonal(dim, rotation_seed)
-  rotated0 = {**params0, **rot.rotate(_tables(params0), rotation)}
-
-  def optimizer(name: str, lr: float) -> optax.GradientTransformation:
-    tx = make_optimizer(name, lr, preset=preset)
-    return tx if wrap is None else wrap(name, tx)
-
-  def run(name: str, lr: float, init: Params, tag: str) -> TrainResult:
-    directory = None
-    if checkpoint_dir is not None:
-      directory = os.path.join(checkpoint_dir, name, tag)
-    return train(
-      optimizer(name, lr),
-      init,
-      checkpoint_dir=directory,
-      checkpoint_every=checkpoint_every,
-      resume=resume,
-      progress=progress,
-      desc=f"{name} lr={lr:g}{' (W R)' if tag == 'rotated' else ''}",
-    )
-
-  baseline = word_eval.evaluate(vectors(params0), words)
-  rows = [
-    {
-      "optimizer": "random init",
-      "learning_rate": None,
-      "loss": final_loss(params0, None),
-      **baseline,
-      "state_bytes": None,
-      "steps_per_second": None,
-      "drift": None,
-      "sweep": {},
-      "epoch_losses": [],
-    }
-  ]
-  for name in optimizers:
-    sweep, results = {}, {}
-    for lr in learning_rates[name]:
-      result = run(name, lr, params0, f"lr={lr:g}")
-      loss = final_loss(result.params, result)
-      sweep[lr] = loss if math.isfinite(loss) else math.inf
-      results[lr] = result
-    best = min(sweep, key=sweep.get)
-    result = results[best]
-    diverged = not math.isfinite(sweep[best])
-    row: dict[str, Any] = {
-      "optimizer": name,
-      "learning_rate": best,
-      "loss": sweep[best] if not diverged else math.nan,
-      "state_bytes": ob.state_bytes(jax.eval_shape(optimizer(name, best).init, params0)),
-      "steps_per_second": result.steps_per_second,
-      "sweep": {f"{lr:g}": loss for lr, loss in sweep.items()},
-      "epoch_losses": [float(x) for x in result.epoch_losses],
-    }
-    if diverged:
-      row.update({k: math.nan for k in baseline})
-      row["drift"] = math.nan
-    else:
-      row.update(word_eval.evaluate(vectors(result.params), words))
-      if save_vectors is not None:
-        save_word2vec(os.path.join(save_vectors, f"{name}.txt"), words, vectors(result.params))
-      rotated = run(name, best, rotated0, "rotated")
-      row["drift"] = rot.relative_drift(_tables(result.params), _tables(rotated.params), rotation)
-    rows.append(row)
-  return rows
-
-
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
   """The main job's table, in markdown.
 
@@ -736,99 +350,13 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
   return markdown_table(header, "l" + "r" * 8, cells)
 
 
-def add_common_arguments(
-  parser: argparse.ArgumentParser,
-  defaults: Mapping[str, Any] = _DEFAULTS,
-  quick: Mapping[str, Any] = _QUICK,
-) -> None:
-  """Adds the options the word-vector examples share (corpus, sizes, outputs, resume).
-
-  Args:
-    parser: the parser to extend.
-    defaults: the example's sizes (for the help text).
-    quick: its ``--quick`` sizes.
-
-  Example:
-    >>> import argparse
-    >>> from optax_blockada.examples.glove import add_common_arguments
-    >>> parser = argparse.ArgumentParser()
-    >>> add_common_arguments(parser)
-    >>> parser.parse_args(["--quick"]).quick
-    True
-  """
-  parser.add_argument(
-    "--corpus",
-    metavar="PATH",
-    help="a plain text file, one document a line "
-    "(default: gensim's Wikipedia excerpt + Lee corpus)",
-  )
-  parser.add_argument(
-    "--quick", action="store_true", help="a smaller setting (fewer words, epochs and rates)"
-  )
-  parser.add_argument(
-    "--optimizers",
-    nargs="+",
-    choices=OPTIMIZER_NAMES,
-    metavar="NAME",
-    help=f"a subset of {', '.join(OPTIMIZER_NAMES)} (default: all)",
-  )
-  parser.add_argument(
-    "--learning-rates",
-    nargs="+",
-    type=_LEARNING_RATE,
-    metavar="LR",
-    help=f"rates to try for every optimizer, each in (0, "
-    f"{_MAX_LEARNING_RATE:g}] (default: a grid per optimizer)",
-  )
-
-  def sizes(key: str) -> str:
-    return f"(default: {defaults[key]}; with --quick: {quick[key]})"
-
-  parser.add_argument("--dim", type=int_at_least(1), help=f"vector size d {sizes('dim')}")
-  parser.add_argument(
-    "--epochs", type=int_at_least(1), help=f"passes over the data per run {sizes('epochs')}"
-  )
-  parser.add_argument(
-    "--min-count", type=int_at_least(1), help=f"smallest word count kept {sizes('min_count')}"
-  )
-  parser.add_argument(
-    "--max-vocab", type=int_at_least(1), help=f"keep at most this many words {sizes('max_vocab')}"
-  )
-  parser.add_argument("--window", type=int_at_least(1), help=f"context window {sizes('window')}")
-  parser.add_argument(
-    "--seed",
-    type=int_at_least(0),
-    default=0,
-    help="seed of initialisation, data order and rotation (default: 0)",
-  )
-  parser.add_argument("--json", metavar="PATH", help="write the results to this JSON file")
-  parser.add_argument("--plot", metavar="PATH", help="save the loss curves to this image")
-  parser.add_argument(
-    "--save-vectors",
-    metavar="DIR",
-    help="write each optimizer's trained vectors to DIR/<optimizer>.txt (word2vec text "
-    "format, for gensim's KeyedVectors.load_word2vec_format)",
-  )
-  parser.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint every run here (orbax)")
-  parser.add_argument(
-    "--checkpoint-every",
-    type=int_at_least(1),
-    default=1000,
-    help="steps between checkpoints (default: %(default)s)",
-  )
-  parser.add_argument(
-    "--resume", action="store_true", help="continue the runs saved in --checkpoint-dir"
-  )
-  parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m optax_blockada.examples.glove",
     description="Train GloVe with each Adagrad variant (a short learning-rate sweep each) and "
     "print one comparison table.",
   )
-  add_common_arguments(parser)
+  add_common_arguments(parser, _DEFAULTS, _QUICK)
   parser.add_argument(
     "--batch-size",
     type=int_at_least(1),
@@ -847,169 +375,19 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-class UsageError(Exception):
-  """Bad input found after parsing (a corpus, vocabulary or checkpoint problem).
-
-  Example:
-    >>> from optax_blockada.examples.glove import UsageError
-    >>> str(UsageError("the corpus is empty"))
-    'the corpus is empty'
-  """
-
-
-def settings_from_args(
-  args: argparse.Namespace,
-  defaults: Mapping[str, Any] = _DEFAULTS,
-  quick: Mapping[str, Any] = _QUICK,
-) -> dict[str, Any]:
-  """The run's sizes: the defaults (or ``--quick``'s) overridden by explicit options.
-
-  Args:
-    args: parsed by a parser with :func:`add_common_arguments`.
-    defaults: the sizes of a full run.
-    quick: the sizes of a ``--quick`` run.
-
-  Returns:
-    ``{'dim', 'epochs', 'min_count', 'max_vocab', 'window'}``.
-
-  Example:
-    >>> from optax_blockada.examples.glove import _parser, settings_from_args
-    >>> settings_from_args(_parser().parse_args(["--quick", "--dim", "8"]))["dim"]
-    8
-  """
-  settings = dict(quick if args.quick else defaults)
-  for key in settings:
-    if getattr(args, key) is not None:
-      settings[key] = getattr(args, key)
-  return settings
-
-
-def load_corpus(
-  args: argparse.Namespace, settings: Mapping[str, Any]
-) -> tuple[str, text.Vocabulary, text.EncodedCorpus, int]:
-  """Reads ``--corpus`` (or the default), builds the vocabulary and checks it is usable.
-
-  Args:
-    args: parsed arguments.
-    settings: from :func:`settings_from_args`.
-
-  Returns:
-    ``(corpus name, vocabulary, encoded corpus, token count)``.
-
-  Raises:
-    UsageError: a missing or empty file, a corpus shorter than the window, or a
-      vocabulary that covers no evaluation question or pair.
-
-  Example:
-    >>> import pathlib, tempfile
-    >>> from optax_blockada.examples.glove import _parser, load_corpus, settings_from_args
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...   path = pathlib.Path(d) / "c.txt"
-    ...   _ = path.write_text("the tiger and the cat\\n" * 3)
-    ...   args = _parser().parse_args(["--corpus", str(path), "--min-count", "1",
-    ...                                "--window", "2"])
-    ...   name, vocab, enc, n = load_corpus(args, settings_from_args(args))
-    >>> vocab.words, n
-    (('the', 'and', 'cat', 'tiger'), 15)
-  """
-  progress = not args.no_progress
-  try:
-    if args.corpus is None:
-      name = "gensim Wikipedia excerpt + Lee corpus"
-      documents = text.gensim_corpus(progress=progress)
-    else:
-      name = os.path.basename(args.corpus)
-      documents = text.read_corpus(args.corpus, progress=progress)
-    vocab = text.build_vocabulary(
-      documents, min_count=settings["min_count"], max_size=settings["max_vocab"]
-    )
-  except (OSError, ValueError) as e:
-    raise UsageError(str(e)) from e
-  encoded = text.encode(documents, vocab)
-  tokens = sum(map(len, documents))
-  if encoded.ids.size <= settings["window"]:
-    raise UsageError(
-      f"the corpus has {encoded.ids.size} in-vocabulary tokens, not more than the window "
-      f"({settings['window']}): use a longer corpus, a smaller --window or --min-count."
-    )
-  coverage = word_eval.benchmark_coverage(vocab.words)
-  if not any(coverage.values()):
-    raise UsageError(
-      f"the vocabulary ({len(vocab.words)} words) covers no analogy question and no "
-      "WordSim-353 or SimLex-999 pair, so the vectors cannot be evaluated: use an English "
-      "corpus with common words, or a lower --min-count."
-    )
-  return name, vocab, encoded, tokens
-
-
-def save_word2vec(path: str, words: Sequence[str], vectors: Any) -> None:
-  """Writes ``vectors`` (row ``i`` is ``words[i]``) in word2vec's text format, atomically.
-
-  Written by gensim (:meth:`gensim.models.KeyedVectors.save_word2vec_format`), so
-  ``KeyedVectors.load_word2vec_format(path)`` reads them back exactly (float32).
-
-  Args:
-    path: the file to write.
-    words: the vocabulary.
-    vectors: ``(len(words), d)`` array.
-
-  Example:
-    >>> import pathlib, tempfile
-    >>> import numpy as np
-    >>> from gensim.models import KeyedVectors
-    >>> from optax_blockada.examples.glove import save_word2vec
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...   path = str(pathlib.Path(d) / "v.txt")
-    ...   save_word2vec(path, ["cat", "dog"], np.array([[1.0, 0.5], [0.25, 2.0]]))
-    ...   print(KeyedVectors.load_word2vec_format(path)["dog"])
-    [0.25 2.  ]
-  """
-  from gensim.models import KeyedVectors
-
-  vectors = np.asarray(vectors, np.float32)
-  kv = KeyedVectors(vector_size=vectors.shape[1], dtype=np.float32)
-  kv.add_vectors(list(words), vectors)
-  # gensim writes in descending order of a per-word attribute: keep the vocabulary's order.
-  for i, word in enumerate(words):
-    kv.set_vecattr(word, "rank", len(words) - i)
-  write_atomically(path, lambda tmp: kv.save_word2vec_format(tmp, binary=False, sort_attr="rank"))
-
-
-def check_output_paths(args: argparse.Namespace) -> None:
-  """Fails early if ``--json``, ``--plot`` or ``--save-vectors`` cannot be written.
-
-  Args:
-    args: parsed arguments.
-
-  Raises:
-    UsageError: if an output's directory does not exist, or ``--resume`` lacks
-      ``--checkpoint-dir``.
-
-  Example:
-    >>> import argparse
-    >>> from optax_blockada.examples.glove import check_output_paths
-    >>> check_output_paths(argparse.Namespace(json="/no/such/dir/out.json", plot=None,
-    ...                                       resume=False, checkpoint_dir=None))
-    Traceback (most recent call last):
-    ...
-    optax_blockada.examples.glove.UsageError: --json: the directory '/no/such/dir' does not exist.
-  """
-  for option in ("json", "plot"):
-    path = getattr(args, option)
-    if path is not None:
-      directory = os.path.dirname(os.path.abspath(path))
-      if not os.path.isdir(directory):
-        raise UsageError(f"--{option}: the directory {directory!r} does not exist.")
-  if args.resume and args.checkpoint_dir is None:
-    raise UsageError("--resume needs --checkpoint-dir (where the runs were saved).")
-  save_vectors = getattr(args, "save_vectors", None)
-  if save_vectors is not None:
-    if os.path.exists(save_vectors) and not os.path.isdir(save_vectors):
-      raise UsageError(f"--save-vectors: {save_vectors!r} exists and is not a directory.")
-    try:
-      os.makedirs(save_vectors, exist_ok=True)
-    except OSError as e:
-      raise UsageError(f"--save-vectors: cannot create {save_vectors!r}: {e}") from e
+def _legend(baseline: Mapping[str, Any]) -> str:
+  """The table's legend; ``baseline`` (the random-init row) gives the coverages."""
+  return (
+    "final loss: glove.c's weighted cost per nonzero pair over all pairs after training. "
+    "analogy: 3CosAdd accuracy on the questions-words questions the vocabulary covers "
+    f"({100 * baseline['analogy_coverage']:.0f}%). WordSim/SimLex: Spearman rho of cosine "
+    f"similarities (pairs covered: {100 * baseline['wordsim353_coverage']:.0f}% / "
+    f"{100 * baseline['simlex999_coverage']:.0f}%). state bytes: optimizer state. steps/s: "
+    "training steps per second at the best rate (compilation excluded). rotation drift: "
+    "||W_T - W'_T R^T|| / ||W_T|| between the runs from W and from W R (0 = "
+    "rotation-equivariant). 'preset' is glove.c's Adagrad behind optax.clip(10): summed "
+    "minibatch gradients would make its un-damped first bias step overshoot."
+  )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1023,10 +401,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   """
   start = time.perf_counter()
   args = _parser().parse_args(argv)
-  settings = settings_from_args(args)
+  settings = settings_from_args(args, _DEFAULTS, _QUICK)
   names = tuple(args.optimizers or OPTIMIZER_NAMES)
   rates_table = QUICK_LEARNING_RATES if args.quick else LEARNING_RATES
   rates = {n: tuple(args.learning_rates or rates_table[n]) for n in names}
+  run_settings = {**settings, "corpus": args.corpus, "batch_size": args.batch_size}
+  run_settings.update(x_max=args.x_max, alpha=args.alpha, seed=args.seed, learning_rates=rates)
   try:
     check_output_paths(args)
     corpus, vocab, encoded, tokens = load_corpus(args, settings)
@@ -1034,18 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       encoded, len(vocab.words), window=settings["window"], progress=not args.no_progress
     )
     data = prepare_data(cooc, x_max=args.x_max, alpha=args.alpha)
-    prepare_checkpoint_dir(
-      args,
-      {
-        **settings,
-        "corpus": args.corpus,
-        "batch_size": args.batch_size,
-        "x_max": args.x_max,
-        "alpha": args.alpha,
-        "seed": args.seed,
-        "learning_rates": rates,
-      },
-    )
+    prepare_checkpoint_dir(args, run_settings)
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -1082,28 +451,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   print()
   print(format_table(rows))
   print()
-  print(
-    "final loss: glove.c's weighted cost per nonzero pair over all pairs after training. "
-    "analogy: 3CosAdd accuracy on the questions-words questions the vocabulary covers "
-    f"({100 * rows[0]['analogy_coverage']:.0f}%). WordSim/SimLex: Spearman rho of cosine "
-    f"similarities (pairs covered: {100 * rows[0]['wordsim353_coverage']:.0f}% / "
-    f"{100 * rows[0]['simlex999_coverage']:.0f}%). state bytes: optimizer state. steps/s: "
-    "training steps per second at the best rate (compilation excluded). rotation drift: "
-    "||W_T - W'_T R^T|| / ||W_T|| between the runs from W and from W R (0 = "
-    "rotation-equivariant). 'preset' is glove.c's Adagrad behind optax.clip(10): summed "
-    "minibatch gradients would make its un-damped first bias step overshoot."
-  )
+  print(_legend(rows[0]))
   if args.json is not None:
     payload = {
-      "settings": {
-        **settings,
-        "batch_size": args.batch_size,
-        "x_max": args.x_max,
-        "alpha": args.alpha,
-        "seed": args.seed,
-        "learning_rates": rates,
-        "selection": _SELECTION,
-      },
+      "settings": {k: v for k, v in run_settings.items() if k != "corpus"}
+      | {"selection": _SELECTION},
       "corpus": {
         "name": corpus,
         "tokens": tokens,
@@ -1123,76 +475,6 @@ def main(argv: Sequence[str] | None = None) -> int:
       "weighted loss per pair (glove.c cost, dimensionless)",
     )
   return 0
-
-
-def prepare_checkpoint_dir(args: argparse.Namespace, run_settings: Mapping[str, Any]) -> None:
-  """Checks ``--checkpoint-dir``/``--resume`` and records the run's settings there.
-
-  A fresh run needs a directory without checkpoints (old ones would be resumed later by
-  mistake); ``--resume`` needs checkpoints written with the same settings, which are
-  kept in ``settings.json`` (written atomically).
-
-  Args:
-    args: parsed arguments (``checkpoint_dir``, ``resume``).
-    run_settings: everything that determines the runs (JSON-serialisable).
-
-  Raises:
-    UsageError: if the directory does not fit the request.
-
-  Example:
-    >>> import argparse, tempfile
-    >>> from optax_blockada.examples.glove import prepare_checkpoint_dir
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...   prepare_checkpoint_dir(argparse.Namespace(checkpoint_dir=d, resume=False), {"dim": 8})
-    ...   prepare_checkpoint_dir(argparse.Namespace(checkpoint_dir=d, resume=True), {"dim": 9})
-    ... # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    optax_blockada.examples.glove.UsageError: --resume: no checkpoint in ...
-  """
-  directory = args.checkpoint_dir
-  if directory is None:
-    return
-  path = os.path.join(directory, "settings.json")
-  wanted = json.loads(json.dumps(run_settings))
-  if args.resume:
-    if not _has_checkpoints(directory):
-      raise UsageError(f"--resume: no checkpoint in {directory!r}; run without --resume.")
-    try:
-      with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-    except FileNotFoundError:
-      raise UsageError(
-        f"--resume: {path!r} is missing, so the checkpoints in {directory!r} cannot be "
-        "checked against this run's settings; restore the file, or start anew in an "
-        "empty directory."
-      ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise UsageError(
-        f"--resume: {path!r} is damaged ({e}); restore it, or start anew in an empty directory."
-      ) from None
-    if not isinstance(saved, dict):
-      raise UsageError(f"--resume: {path!r} does not hold the settings of a run.")
-    if saved != wanted:
-      changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-      raise UsageError(
-        f"--resume: the checkpoints in {directory!r} were written with other settings "
-        f"({', '.join(changed)} differ); resume with the same options or use a new directory."
-      )
-    return
-  if _has_checkpoints(directory):
-    raise UsageError(
-      f"--checkpoint-dir {directory!r} already holds checkpoints: add --resume to continue "
-      "them, or give an empty directory."
-    )
-  os.makedirs(directory, exist_ok=True)
-  write_json(path, wanted)
-
-
-def _has_checkpoints(directory: str) -> bool:
-  return os.path.isdir(directory) and any(
-    name.isdigit() for _, dirs, _ in os.walk(directory) for name in dirs
-  )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ __all__ = [
   "machine_facts",
   "markdown_table",
   "save_loss_plot",
+  "save_word2vec",
   "write_atomically",
   "write_json",
 ]
@@ -201,6 +202,39 @@ def save_loss_plot(path: str, rows: Sequence[Mapping[str, Any]], title: str, yla
     write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120))
   finally:
     plt.close(fig)
+
+
+def save_word2vec(path: str, words: Sequence[str], vectors: Any) -> None:
+  """Writes ``vectors`` (row ``i`` is ``words[i]``) in word2vec's text format, atomically.
+
+  Written by gensim (:meth:`gensim.models.KeyedVectors.save_word2vec_format`), so
+  ``KeyedVectors.load_word2vec_format(path)`` reads them back exactly (float32).
+
+  Args:
+    path: the file to write.
+    words: the vocabulary.
+    vectors: ``(len(words), d)`` array.
+
+  Example:
+    >>> import pathlib, tempfile
+    >>> import numpy as np
+    >>> from gensim.models import KeyedVectors
+    >>> from optax_blockada.examples.report import save_word2vec
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...   path = str(pathlib.Path(d) / "v.txt")
+    ...   save_word2vec(path, ["cat", "dog"], np.array([[1.0, 0.5], [0.25, 2.0]]))
+    ...   print(KeyedVectors.load_word2vec_format(path)["dog"])
+    [0.25 2.  ]
+  """
+  from gensim.models import KeyedVectors
+
+  vectors = np.asarray(vectors, np.float32)
+  kv = KeyedVectors(vector_size=vectors.shape[1], dtype=np.float32)
+  kv.add_vectors(list(words), vectors)
+  # gensim writes in descending order of a per-word attribute: keep the vocabulary's order.
+  for i, word in enumerate(words):
+    kv.set_vecattr(word, "rank", len(words) - i)
+  write_atomically(path, lambda tmp: kv.save_word2vec_format(tmp, binary=False, sort_attr="rank"))
 
 
 def _cpu_name() -> str:

@@ -41,7 +41,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from optax_blockada.examples import glove, report, text
+from optax_blockada.examples import glove, report, text, training, word_cli
 from optax_blockada.examples._cli import check_int, float_in, int_at_least
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES
 
@@ -263,7 +263,7 @@ def train_sgns(
   subsample: float = 1e-3,
   seed: int = 0,
   **kwargs: Any,
-) -> glove.TrainResult:
+) -> training.TrainResult:
   """Trains SGNS on shuffled minibatches of pairs with the summed cost.
 
   Epoch ``e`` draws its pairs (:func:`skipgram_pairs`) and their order from
@@ -280,10 +280,10 @@ def train_sgns(
     negatives: ``K`` per pair.
     subsample: ``s`` (0: none).
     seed: the seed of pairs, order and negatives.
-    **kwargs: passed to :func:`glove.train_loop` (checkpoints, progress).
+    **kwargs: passed to :func:`training.train_loop` (checkpoints, progress).
 
   Returns:
-    A :class:`glove.TrainResult` (``epoch_losses``: cost per pair in each epoch).
+    A :class:`training.TrainResult` (``epoch_losses``: cost per pair in each epoch).
 
   Example:
     >>> import numpy as np, optax
@@ -312,7 +312,7 @@ def train_sgns(
   def cost(p: Params, batch: Mapping[str, jax.Array], key: jax.Array) -> jax.Array:
     return sgns_cost(p, batch, key, cdf=cdf, negatives=negatives)
 
-  return glove.train_loop(
+  return training.train_loop(
     cost, params, tx, epoch_data, epochs=epochs, batch_size=batch_size, seed=seed, **kwargs
   )
 
@@ -396,10 +396,10 @@ def compare_optimizers(
     negatives: ``K``.
     subsample: ``s``.
     seed: seed of init, pairs, negatives and rotation.
-    **kwargs: checkpoint and progress options of :func:`glove.sweep_optimizers`.
+    **kwargs: checkpoint and progress options of :func:`training.sweep_optimizers`.
 
   Returns:
-    The table rows (see :func:`glove.sweep_optimizers`).
+    The table rows (see :func:`training.sweep_optimizers`).
 
   Example:
     >>> import numpy as np
@@ -444,7 +444,7 @@ def compare_optimizers(
   def final_loss(params: Params, result: Any) -> float:
     return evaluation_loss(params, *eval_pairs, counts, negatives=negatives, seed=seed)
 
-  return glove.sweep_optimizers(
+  return training.sweep_optimizers(
     train,
     final_loss,
     lambda params: np.asarray(params["word"]),
@@ -464,7 +464,7 @@ def _parser() -> argparse.ArgumentParser:
     description="Train word2vec skip-gram with negative sampling with each Adagrad variant "
     "(a short learning-rate sweep each) and print one comparison table.",
   )
-  glove.add_common_arguments(parser, _DEFAULTS, _QUICK)
+  word_cli.add_common_arguments(parser, _DEFAULTS, _QUICK)
   parser.add_argument(
     "--batch-size",
     type=int_at_least(1),
@@ -497,14 +497,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   """
   start = time.perf_counter()
   args = _parser().parse_args(argv)
-  settings = glove.settings_from_args(args, _DEFAULTS, _QUICK)
+  settings = word_cli.settings_from_args(args, _DEFAULTS, _QUICK)
   names = tuple(args.optimizers or OPTIMIZER_NAMES)
   grid = {n: rates[-1:] for n, rates in LEARNING_RATES.items()} if args.quick else LEARNING_RATES
   rates = {n: tuple(args.learning_rates or grid[n]) for n in names}
   try:
-    glove.check_output_paths(args)
-    corpus_name, vocab, encoded, tokens = glove.load_corpus(args, settings)
-    glove.prepare_checkpoint_dir(
+    word_cli.check_output_paths(args)
+    corpus_name, vocab, encoded, tokens = word_cli.load_corpus(args, settings)
+    word_cli.prepare_checkpoint_dir(
       args,
       {
         **settings,
@@ -516,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "learning_rates": rates,
       },
     )
-  except glove.UsageError as e:
+  except word_cli.UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
 

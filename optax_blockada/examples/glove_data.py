@@ -1,0 +1,118 @@
+"""GloVe's training data: the nonzero co-occurrences, their logs and weights, and the loss.
+
+:func:`prepare_data` turns the counts of :func:`optax_blockada.examples.text.cooccurrence`
+into :class:`GloVeData` (host numpy arrays); :func:`weighted_loss` is the number
+``glove.c`` prints after each iteration, the cost of
+:func:`optax_blockada.examples.glove_model.glove_cost` per nonzero pair.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from optax_blockada.examples import text
+from optax_blockada.examples.glove_model import ALPHA, X_MAX, Params, glove_cost, weighting
+
+__all__ = ["GloVeData", "prepare_data", "weighted_loss"]
+
+
+class GloVeData(NamedTuple):
+  """Nonzero co-occurrences prepared for training, as host numpy arrays.
+
+  Example:
+    >>> from optax_blockada.examples.glove_data import GloVeData
+    >>> GloVeData(*(np.zeros(1),) * 4, vocab_size=1).vocab_size
+    1
+  """
+
+  rows: np.ndarray  # shape=(n,), int32
+  cols: np.ndarray  # shape=(n,), int32
+  log_counts: np.ndarray  # shape=(n,), float32, log X_ij
+  weights: np.ndarray  # shape=(n,), float32, f(X_ij)
+  vocab_size: int  # V
+
+
+def prepare_data(
+  cooc: text.Cooccurrence, *, x_max: float = X_MAX, alpha: float = ALPHA
+) -> GloVeData:
+  """Logs and weights of the nonzero co-occurrences.
+
+  Args:
+    cooc: counts from :func:`optax_blockada.examples.text.cooccurrence`.
+    x_max: the weighting cut-off, ``> 0``.
+    alpha: the weighting exponent, ``> 0``.
+
+  Returns:
+    A :class:`GloVeData`.
+
+  Example:
+    >>> from optax_blockada.examples.glove_data import prepare_data
+    >>> from optax_blockada.examples.text import Cooccurrence
+    >>> d = prepare_data(Cooccurrence(np.array([0]), np.array([1]), np.array([10.0]), 2))
+    >>> float(d.weights[0]), round(float(d.log_counts[0]), 4)
+    (1.0, 2.3026)
+  """
+  for name, value in (("x_max", x_max), ("alpha", alpha)):
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+      raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+  counts = np.asarray(cooc.counts, np.float64)
+  if counts.size == 0:
+    raise ValueError("the co-occurrence matrix is empty: the corpus has no pair in a window.")
+  if np.any(counts <= 0) or not np.all(np.isfinite(counts)):
+    raise ValueError("co-occurrence counts must be positive and finite.")
+  return GloVeData(
+    np.asarray(cooc.rows, np.int32),
+    np.asarray(cooc.cols, np.int32),
+    np.log(counts).astype(np.float32),
+    weighting(counts, x_max, alpha).astype(np.float32),
+    int(cooc.vocab_size),
+  )
+
+
+_jitted_cost = jax.jit(glove_cost)
+
+
+def weighted_loss(params: Params, data: GloVeData, *, chunk: int = 1 << 18) -> float:
+  """The final weighted loss: :func:`glove_cost` over all pairs, per nonzero pair.
+
+  This is the number ``glove.c`` prints after each iteration (its total cost divided
+  by the number of co-occurrence records), computed exactly at ``params``.
+
+  Args:
+    params: GloVe parameters.
+    data: the pairs.
+    chunk: pairs per evaluation call.
+
+  Returns:
+    A Python float.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_blockada.examples.glove_data import prepare_data, weighted_loss
+    >>> from optax_blockada.examples.text import Cooccurrence
+    >>> data = prepare_data(Cooccurrence(np.array([0, 1]), np.array([1, 0]),
+    ...                                  np.array([10.0, 10.0]), 2))
+    >>> zeros = {'word': jnp.zeros((2, 1)), 'context': jnp.zeros((2, 1)),
+    ...          'word_bias': jnp.zeros(2), 'context_bias': jnp.zeros(2)}
+    >>> round(weighted_loss(zeros, data), 4)  # 0.5 * log(10)^2
+    2.6509
+  """
+  total = 0.0
+  n = data.rows.size
+  for start in range(0, n, chunk):
+    stop = min(n, start + chunk)
+    batch = text.pad_batch(
+      {
+        "rows": data.rows[start:stop],
+        "cols": data.cols[start:stop],
+        "log_counts": data.log_counts[start:stop],
+        "weights": data.weights[start:stop],
+      },
+      chunk,
+    )
+    total += float(_jitted_cost(params, batch))
+  return total / n
