@@ -69,7 +69,10 @@ for name, tx in adagrads.items():
   state = tx.init(table)
   updates, state = tx.update(grad, state, table)
   shapes = {
-    k: v.shape for k, v in ob.find_adagrad_states(state)[0]._asdict().items() if v is not None
+    # Every field is an array, but the shared structures' cache: optax.EmptyState() here.
+    k: v.shape
+    for k, v in ob.find_adagrad_states(state)[0]._asdict().items()
+    if hasattr(v, "shape")
   }
   print(f"{name}: state {shapes}\n  update\n{np.round(np.asarray(updates), 4)}")
   assert not np.any(updates[1]) and not np.any(updates[3])  # untouched rows do not move

@@ -86,7 +86,7 @@ CONTRACT = {
     ob.rowwise_adagrad, {"initial_accumulator_value": 1.0, "eps": 0.0, "use_old_accumulator": True}
   ),
   "rowwise_skip_nonfinite": Entry(ob.rowwise_adagrad, {"skip_nonfinite_rows": True}),
-  "block_rows": Entry(ob.block_adagrad),
+  # 'rows' (the default structure) runs as "scale_by_block_adagrad" above.
   "block_blocks_ns": Entry(
     ob.block_adagrad,
     {
@@ -178,10 +178,13 @@ def test_jit_without_retracing_and_state_type_stable(name):
   for t in range(4):
     params, state = step(params, state, grads_for(params, t))
   assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == init_types
-  # Eager and jitted updates agree (one step: eager block roots dispatch op by op).
-  eager, _ = run(CONTRACT[name].make(), make_params(), steps=1, jit=False)
-  jitted, _ = run(CONTRACT[name].make(), make_params(), steps=1, jit=True)
-  assert_trees_close(eager, jitted, rtol=1e-5, atol=1e-6)
+  # Eager and jitted updates agree. Block Adagrad's eager step dispatches its roots op by
+  # op (about 10 s here per structure); the docstring examples of scale_by_block_adagrad
+  # and test_block's unusable-row test ('shared', 'rows_x_shared') run it eagerly.
+  if "block" not in name:
+    eager, _ = run(CONTRACT[name].make(), make_params(), steps=1, jit=False)
+    jitted, _ = run(CONTRACT[name].make(), make_params(), steps=1, jit=True)
+    assert_trees_close(eager, jitted, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", list(CONTRACT))
