@@ -673,6 +673,7 @@ def _transform(
   """``init`` and ``update`` of block Adagrad for a checked ``config``."""
   structure = config.structure
   state_class = _STATE_CLASSES[structure]
+  step = _STEPS[structure]
   cached = config.every > 1
 
   def leaf_fields(layout: _Layout) -> dict[str, _Field]:
@@ -765,7 +766,6 @@ def _transform(
       jnp.asarray(optax.safe_increment(state.count)), new_trees
     )
 
-  step = _STEPS[structure]
   return optax.GradientTransformation(init_fn, update_fn)
 
 
