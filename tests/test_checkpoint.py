@@ -6,11 +6,12 @@ truncated metadata file, an emptied step folder), as a crash or a bad disk would
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optax_blockada.examples._checkpoint import Checkpointer, CheckpointError
+from optax_blockada.examples._checkpoint import Checkpointer, CheckpointError, SettingsMismatch
 
 
 def make_state(step):
@@ -90,3 +91,55 @@ def test_an_intact_checkpoint_restores_silently(tmp_path, capsys):
     step, state = ckpt.restore_latest(make_state(0))
   assert step == 4 and int(state["step"]) == 4
   assert capsys.readouterr().err == ""
+
+
+def save_with_settings(directory, settings):
+  with Checkpointer(directory, every=2, settings=settings) as ckpt:
+    assert not ckpt.save(1, make_state(1))  # orbax's interval policy: not a multiple of 2
+    assert ckpt.save(2, make_state(2))
+    assert ckpt.save(3, make_state(3), force=True)
+
+
+def test_settings_are_stored_as_orbax_metadata_and_checked_on_restore(tmp_path):
+  save_with_settings(tmp_path, {"lr": 0.1, "rates": (0.1, 0.2)})
+  assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == ["2", "3"]
+  with Checkpointer(tmp_path, every=2, settings={"lr": 0.1, "rates": [0.1, 0.2]}) as ckpt:
+    step, state = ckpt.restore_latest(make_state(0))  # tuples and lists compare as JSON does
+  assert step == 3 and int(state["step"]) == 3
+  with Checkpointer(tmp_path, every=2, settings={"lr": 0.2, "rates": [0.1, 0.2], "d": 8}) as ckpt:
+    with pytest.raises(SettingsMismatch, match=r"other settings \(d, lr differ\)"):
+      ckpt.restore_latest(make_state(0))
+
+
+def root_metadata(directory):
+  found = [p for p in (directory / "metadata").rglob("*") if p.is_file()]
+  assert len(found) == 1, found
+  return found[0]
+
+
+@pytest.mark.parametrize("fault", ["missing", "damaged"])
+def test_missing_or_damaged_settings_are_an_error_not_a_silent_resume(fault, tmp_path):
+  save_with_settings(tmp_path, {"lr": 0.1})
+  path = root_metadata(tmp_path)
+  if fault == "missing":
+    path.unlink()
+  else:
+    path.write_text(path.read_text()[:10])
+  for _ in range(2):  # the first refusal must not write new settings in their place
+    with Checkpointer(tmp_path, every=2, settings={"lr": 0.1}) as ckpt:
+      with pytest.raises(SettingsMismatch, match="cannot be checked against this run's set"):
+        ckpt.restore_latest(make_state(0))
+
+
+def test_a_background_save_keeps_the_values_of_the_step_it_was_given(tmp_path):
+  # Saves are asynchronous: the arrays are copied first, so donating them to the next
+  # step (as the training loop does) cannot change what is written.
+  step = jax.jit(lambda s: jax.tree.map(lambda x: x + 1, s), donate_argnums=0)
+  state = make_state(2)
+  expected = np.asarray(state["params"]["table"]).copy()
+  with Checkpointer(tmp_path, every=1) as ckpt:
+    ckpt.save(2, state)
+    state = step(state)
+  with Checkpointer(tmp_path, every=1) as ckpt:
+    _, restored = ckpt.restore_latest(make_state(0))
+  np.testing.assert_array_equal(restored["params"]["table"], expected)

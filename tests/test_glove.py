@@ -316,16 +316,19 @@ def test_cli_resume_continues_the_saved_runs(tiny_corpus, tmp_path, capsys):
   assert "already holds checkpoints" in capsys.readouterr().err
   assert glove.main([*args, "--resume", "--seed", "1"]) == 2
   assert "seed differ" in capsys.readouterr().err
-  # Damaged or missing settings, and checkpoints that are all damaged: a clear exit 2.
-  settings = ckpt / "settings.json"
-  saved = settings.read_text()
-  settings.write_text(saved[: len(saved) // 2])
+  # Damaged or missing settings (orbax metadata of each run's checkpoints), and
+  # checkpoints that are all damaged: a clear exit 2.
+  (metadata,) = (ckpt / "rowwise" / "lr=0.1" / "metadata").iterdir()  # the first run's
+  saved = metadata.read_text()
+  metadata.write_text(saved[: len(saved) // 2])
   assert glove.main([*args, "--resume"]) == 2
-  assert "settings.json' is damaged" in capsys.readouterr().err
-  settings.unlink()
+  assert "cannot be checked against this run's settings: their settings cannot be read" in (
+    capsys.readouterr().err
+  )
+  metadata.unlink()
   assert glove.main([*args, "--resume"]) == 2
-  assert "settings.json' is missing" in capsys.readouterr().err
-  settings.write_text(saved)
+  assert "cannot be checked against this run's settings" in capsys.readouterr().err
+  metadata.write_text(saved)
   steps = [d for d in ckpt.rglob("*") if d.is_dir() and d.name.isdigit()]
   assert steps
   for step in steps:

@@ -1,46 +1,48 @@
 """Checkpointing for the example training loops: save every N steps, resume exactly.
 
-A thin wrapper over :class:`orbax.checkpoint.CheckpointManager`. The training state is
-any pytree of arrays (model parameters, optimizer state, step counters, a raw
-``uint32`` PRNG key); orbax writes each checkpoint to a temporary folder and renames it
-when complete, so an interrupted save never leaves a half-written checkpoint behind.
-Resuming from step ``s`` and training to ``T`` gives the same result as training to
-``T`` without interruption, as long as everything the loop depends on (data order,
-random keys) is either in the state or a function of the step.
+A thin layer over :class:`orbax.checkpoint.CheckpointManager`, which does the work:
+its :class:`~orbax.checkpoint.checkpoint_managers.FixedIntervalPolicy` decides which
+steps are saved, saves run in the background while training goes on (each one is
+written to a temporary folder and renamed when complete, so an interrupted save leaves
+no half-written checkpoint), and the run's settings are stored as the checkpoint
+directory's metadata. Resuming from step ``s`` and training to ``T`` gives the same
+result as training to ``T`` without interruption, as long as everything the loop
+depends on (data order, random keys) is in the state or a function of the step.
 
-Every checkpoint also stores a SHA-256 checksum of each array (its dtype, shape and
-bytes). A restore recomputes them: a checkpoint whose data changed on disk, or that
-cannot be read at all, is reported and the next older one is tried; if none is intact,
-:class:`CheckpointError` names every step tried and what was wrong with it. Training
-never resumes silently from changed data.
+What this layer adds is verification. Every checkpoint stores a SHA-256 checksum of
+each array; a restore recomputes them, reports a checkpoint whose data changed on disk
+or cannot be read, and tries the next older one (:class:`CheckpointError` if none is
+intact). A resume with other settings than those stored, or with the stored settings
+missing or damaged, is refused (:class:`SettingsMismatch`). Training never resumes
+silently from changed data.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["CheckpointError", "Checkpointer", "checksums"]
+__all__ = ["CheckpointError", "Checkpointer", "SettingsMismatch", "checksums"]
 
 
 class CheckpointError(RuntimeError):
   """No intact checkpoint to resume from: every one is damaged or unreadable."""
 
 
+class SettingsMismatch(CheckpointError, ValueError):
+  """The checkpoints were written with other settings, or their settings are unreadable."""
+
+
 def checksums(state: Any) -> dict[str, str]:
   """A SHA-256 of every array leaf of ``state`` (dtype, shape and bytes), by key path.
-
-  Args:
-    state: a pytree of arrays.
-
-  Returns:
-    ``{jax.tree_util.keystr(path): hex digest}``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -60,6 +62,14 @@ def checksums(state: Any) -> dict[str, str]:
   return out
 
 
+def _options(every: int, max_to_keep: int, **kwargs: Any) -> ocp.CheckpointManagerOptions:
+  return ocp.CheckpointManagerOptions(
+    max_to_keep=max_to_keep,
+    save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every),
+    **kwargs,
+  )
+
+
 class Checkpointer:
   """Saves a training-state pytree every ``every`` steps and restores the latest one.
 
@@ -68,52 +78,117 @@ class Checkpointer:
     every: save at steps that are multiples of ``every`` (``save(..., force=True)``
       saves at any step, e.g. the last one).
     max_to_keep: how many of the newest checkpoints to keep.
+    settings: what determines the run (a JSON-serialisable mapping), stored as the
+      directory's orbax metadata; :meth:`restore_latest` refuses checkpoints written with
+      other settings. ``None``: not checked.
 
   Example:
-    >>> import tempfile
+    >>> import shutil, tempfile
     >>> import jax.numpy as jnp
-    >>> from optax_blockada.examples._checkpoint import Checkpointer
+    >>> from optax_blockada.examples._checkpoint import Checkpointer, SettingsMismatch
     >>> state = {"w": jnp.ones(3), "step": jnp.asarray(0)}
-    >>> with tempfile.TemporaryDirectory() as d, Checkpointer(d, every=2) as ckpt:
+    >>> d = tempfile.mkdtemp()
+    >>> with Checkpointer(d, every=2, settings={"lr": 0.1}) as ckpt:
     ...   ckpt.save(1, state), ckpt.save(2, {"w": 2 * jnp.ones(3), "step": jnp.asarray(2)})
-    ...   step, restored = ckpt.restore_latest(state)
-    ...   print(step, restored["w"])
     (False, True)
+    >>> with Checkpointer(d, every=2, settings={"lr": 0.1}) as ckpt:
+    ...   step, restored = ckpt.restore_latest(state)
+    >>> print(step, restored["w"])
     2 [2. 2. 2.]
+    >>> with Checkpointer(d, every=2, settings={"lr": 0.2}) as ckpt:
+    ...   try:
+    ...     ckpt.restore_latest(state)
+    ...   except SettingsMismatch as e:
+    ...     print(str(e).split("written with ")[1].split(";")[0])
+    other settings (lr differ)
+    >>> shutil.rmtree(d)
   """
 
-  def __init__(self, directory: str | os.PathLike, *, every: int, max_to_keep: int = 2):
+  def __init__(
+    self,
+    directory: str | os.PathLike,
+    *,
+    every: int,
+    max_to_keep: int = 2,
+    settings: Mapping[str, Any] | None = None,
+  ):
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
       raise ValueError(f"every must be a positive int (save every N steps), got {every!r}.")
     if isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1:
       raise ValueError(f"max_to_keep must be a positive int, got {max_to_keep!r}.")
     self.directory = os.path.abspath(os.fspath(directory))
     self.every = every
+    # As JSON gives them back (tuples become lists), so that the comparison is exact.
+    self.settings = None if settings is None else json.loads(json.dumps(settings))
+    self._saved_settings: Any = None
+    self._settings_problem: str | None = None
+    has_steps = os.path.isdir(self.directory) and self._read_saved_settings(every, max_to_keep)
+    # Settings are written with the first checkpoint of a directory, and never over those
+    # of existing checkpoints (orbax would write them where they went missing).
     self._manager = ocp.CheckpointManager(
       self.directory,
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+      options=_options(every, max_to_keep, create=True),
+      metadata=None if has_steps else self.settings,
     )
+
+  def _read_saved_settings(self, every: int, max_to_keep: int) -> bool:
+    """Reads the settings stored with existing checkpoints; whether there are any."""
+    probe = ocp.CheckpointManager(self.directory, options=_options(every, max_to_keep))
+    try:
+      if not probe.all_steps():
+        return False
+      if self.settings is not None:
+        try:
+          self._saved_settings = probe.metadata().custom_metadata
+        except Exception as e:  # orbax raises OSError and others for a damaged file
+          self._settings_problem = f"their settings cannot be read ({e})"
+        else:
+          if not self._saved_settings:
+            self._settings_problem = "no settings are stored with them"
+      return True
+    finally:
+      probe.close()
 
   def latest_step(self) -> int | None:
     """The step of the newest complete checkpoint, or ``None`` if there is none."""
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, *, force: bool = False) -> bool:
-    """Saves ``state`` as step ``step`` if ``step % every == 0`` or ``force``.
+    """Starts saving ``state`` as step ``step`` if ``step % every == 0`` or ``force``.
+
+    The arrays are copied to the host first, so the caller may donate or change them
+    while the checkpoint is written in the background.
 
     Returns:
-      Whether a checkpoint was written. The write is finished when this returns.
+      Whether a save was started (:meth:`close` waits for it to finish).
     """
-    if not force and step % self.every != 0:
-      return False
     if step in self._manager.all_steps():
       return False
+    if not (force or self._manager.should_save(step)):
+      return False
+    host = jax.tree.map(lambda x: np.array(x, copy=True), state)
     args = ocp.args.Composite(
-      state=ocp.args.StandardSave(state), checksums=ocp.args.JsonSave(checksums(state))
+      state=ocp.args.StandardSave(host), checksums=ocp.args.JsonSave(checksums(host))
     )
-    self._manager.save(step, args=args, force=True)
-    self._manager.wait_until_finished()
-    return True
+    return self._manager.save(step, args=args, force=True)
+
+  def _check_settings(self) -> None:
+    if self.settings is None:
+      return
+    where = f"the checkpoints in {self.directory!r}"
+    if self._settings_problem is not None:
+      raise SettingsMismatch(
+        f"{where} cannot be checked against this run's settings: {self._settings_problem}; "
+        "start anew in an empty directory."
+      )
+    saved = self._saved_settings
+    if saved is not None and saved != self.settings:
+      keys = set(saved) | set(self.settings) if isinstance(saved, dict) else set(self.settings)
+      changed = sorted(k for k in keys if (saved or {}).get(k) != self.settings.get(k))
+      raise SettingsMismatch(
+        f"{where} were written with other settings ({', '.join(changed)} differ); resume "
+        "with the same options or use a new directory."
+      )
 
   def restore_latest(self, like: Any) -> tuple[int, Any]:
     """Restores the newest intact checkpoint into the structure, shapes and dtypes of ``like``.
@@ -130,13 +205,17 @@ class Checkpointer:
 
     Raises:
       FileNotFoundError: if the directory holds no checkpoint.
+      SettingsMismatch: if ``settings`` were given and differ from the stored ones, or
+        these are missing or unreadable.
       CheckpointError: if no checkpoint is intact (every step tried is named).
     """
+    self._manager.wait_until_finished()
     steps = sorted(self._manager.all_steps(), reverse=True)
     if not steps:
       raise FileNotFoundError(
         f"no checkpoint to resume from in {self.directory!r}; run without --resume first."
       )
+    self._check_settings()
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     problems = []
     for step in steps:

@@ -229,6 +229,7 @@ def compare_optimizers(
   seed: int = 0,
   checkpoint_dir: str | None = None,
   checkpoint_every: int = 1000,
+  checkpoint_settings: Mapping[str, Any] | None = None,
   resume: bool = False,
   progress: bool = False,
   save_vectors: str | None = None,
@@ -254,6 +255,7 @@ def compare_optimizers(
     seed: seed of the initialisation, the data order and the rotation.
     checkpoint_dir: if set, each run checkpoints under ``DIR/<optimizer>/<run>``.
     checkpoint_every: steps between checkpoints.
+    checkpoint_settings: the settings stored with the checkpoints, checked on resume.
     resume: resume each run from its newest checkpoint (runs without one start anew).
     progress: show progress bars.
     save_vectors: a directory for each optimizer's vectors ``W + W~`` at its best rate
@@ -294,6 +296,7 @@ def compare_optimizers(
     wrap=_clip_preset,
     checkpoint_dir=checkpoint_dir,
     checkpoint_every=checkpoint_every,
+    checkpoint_settings=checkpoint_settings,
     resume=resume,
     progress=progress,
     save_vectors=save_vectors,
@@ -414,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       encoded, len(vocab.words), window=settings["window"], progress=not args.no_progress
     )
     data = prepare_data(cooc, x_max=args.x_max, alpha=args.alpha)
-    prepare_checkpoint_dir(args, run_settings)
+    prepare_checkpoint_dir(args)
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -431,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       seed=args.seed,
       checkpoint_dir=args.checkpoint_dir,
       checkpoint_every=args.checkpoint_every,
+      checkpoint_settings=run_settings,
       resume=args.resume,
       progress=not args.no_progress,
       save_vectors=args.save_vectors,

@@ -42,6 +42,7 @@ import optax
 from flax import nnx
 
 from optax_blockada.examples import glove, report, text, training, word_cli
+from optax_blockada.examples._checkpoint import CheckpointError
 from optax_blockada.examples._cli import check_int, float_in, int_at_least
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES
 
@@ -501,43 +502,41 @@ def main(argv: Sequence[str] | None = None) -> int:
   names = tuple(args.optimizers or OPTIMIZER_NAMES)
   grid = {n: rates[-1:] for n, rates in LEARNING_RATES.items()} if args.quick else LEARNING_RATES
   rates = {n: tuple(args.learning_rates or grid[n]) for n in names}
+  run_settings = {**settings, "corpus": args.corpus, "batch_size": args.batch_size}
+  run_settings.update(
+    negatives=args.negatives, subsample=args.subsample, seed=args.seed, learning_rates=rates
+  )
   try:
     word_cli.check_output_paths(args)
     corpus_name, vocab, encoded, tokens = word_cli.load_corpus(args, settings)
-    word_cli.prepare_checkpoint_dir(
-      args,
-      {
-        **settings,
-        "corpus": args.corpus,
-        "batch_size": args.batch_size,
-        "negatives": args.negatives,
-        "subsample": args.subsample,
-        "seed": args.seed,
-        "learning_rates": rates,
-      },
-    )
+    word_cli.prepare_checkpoint_dir(args)
   except word_cli.UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
 
-  rows = compare_optimizers(
-    encoded,
-    vocab,
-    optimizers=names,
-    learning_rates=rates,
-    dim=settings["dim"],
-    epochs=settings["epochs"],
-    batch_size=args.batch_size,
-    window=settings["window"],
-    negatives=args.negatives,
-    subsample=args.subsample,
-    seed=args.seed,
-    checkpoint_dir=args.checkpoint_dir,
-    checkpoint_every=args.checkpoint_every,
-    resume=args.resume,
-    progress=not args.no_progress,
-    save_vectors=args.save_vectors,
-  )
+  try:
+    rows = compare_optimizers(
+      encoded,
+      vocab,
+      optimizers=names,
+      learning_rates=rates,
+      dim=settings["dim"],
+      epochs=settings["epochs"],
+      batch_size=args.batch_size,
+      window=settings["window"],
+      negatives=args.negatives,
+      subsample=args.subsample,
+      seed=args.seed,
+      checkpoint_dir=args.checkpoint_dir,
+      checkpoint_every=args.checkpoint_every,
+      checkpoint_settings=run_settings,
+      resume=args.resume,
+      progress=not args.no_progress,
+      save_vectors=args.save_vectors,
+    )
+  except CheckpointError as e:
+    print(f"error: --resume: {e}", file=sys.stderr)
+    return 2
   seconds = time.perf_counter() - start
   print(
     f"SGNS on {corpus_name}: {tokens:,} tokens, {len(vocab.words):,} words (min count "

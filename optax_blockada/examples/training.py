@@ -67,6 +67,7 @@ def train_loop(
   seed: int = 0,
   checkpoint_dir: str | os.PathLike | None = None,
   checkpoint_every: int = 1000,
+  checkpoint_settings: Mapping[str, Any] | None = None,
   resume: bool = False,
   progress: bool = False,
   desc: str = "training",
@@ -84,7 +85,9 @@ def train_loop(
   Because the data of an epoch and the key of a step are functions of the seed, the
   epoch and the step, a run resumed from a checkpoint (``resume=True``) equals the
   uninterrupted run. Checkpoints (model parameters, optimizer state, loss sums,
-  position) are written with orbax every ``checkpoint_every`` steps and at the end.
+  position) are written with orbax every ``checkpoint_every`` steps (in the background)
+  and at the end; ``checkpoint_settings`` are stored with them and a resume with other
+  settings is refused.
 
   Args:
     cost: ``(params, batch, key) -> summed cost`` of the batch (a float32 scalar).
@@ -96,6 +99,8 @@ def train_loop(
     seed: the seed of the step keys.
     checkpoint_dir: where to write checkpoints (``None``: none).
     checkpoint_every: steps between checkpoints.
+    checkpoint_settings: what determines the run (JSON-serialisable), stored as the
+      checkpoints' metadata and checked on resume (see :class:`Checkpointer`).
     resume: continue from the newest checkpoint in ``checkpoint_dir`` if there is one.
     progress: show a tqdm progress bar.
     desc: the progress bar's label.
@@ -148,7 +153,7 @@ def train_loop(
   }
   ckpt = None
   if checkpoint_dir is not None:
-    ckpt = Checkpointer(checkpoint_dir, every=checkpoint_every)
+    ckpt = Checkpointer(checkpoint_dir, every=checkpoint_every, settings=checkpoint_settings)
     if resume and ckpt.latest_step() is not None:
       _, state = ckpt.restore_latest(state)
   seconds, steps_run = 0.0, 0
@@ -223,6 +228,7 @@ def sweep_optimizers(
   rotation_seed: int,
   checkpoint_dir: str | None = None,
   checkpoint_every: int = 1000,
+  checkpoint_settings: Mapping[str, Any] | None = None,
   resume: bool = False,
   progress: bool = False,
   wrap: Callable[[str, optax.GradientTransformation], optax.GradientTransformation] | None = None,
@@ -249,6 +255,8 @@ def sweep_optimizers(
     rotation_seed: seed of the rotation.
     checkpoint_dir: if set, run ``r`` of optimizer ``o`` checkpoints in ``DIR/o/r``.
     checkpoint_every: steps between checkpoints.
+    checkpoint_settings: the run's settings, stored with each run's checkpoints (with
+      its optimizer, learning rate and tag) and checked on resume.
     resume: resume runs from their checkpoints.
     progress: show progress bars.
     wrap: ``(name, tx) -> tx``, applied to every optimizer (default: none).
@@ -272,14 +280,16 @@ def sweep_optimizers(
     return tx if wrap is None else wrap(name, tx)
 
   def run(name: str, lr: float, init: Params, tag: str) -> TrainResult:
-    directory = None
+    directory, settings = None, None
     if checkpoint_dir is not None:
       directory = os.path.join(checkpoint_dir, name, tag)
+      settings = {**(checkpoint_settings or {}), "optimizer": name, "learning_rate": lr}
     return train(
       optimizer(name, lr),
       init,
       checkpoint_dir=directory,
       checkpoint_every=checkpoint_every,
+      checkpoint_settings=settings,
       resume=resume,
       progress=progress,
       desc=f"{name} lr={lr:g}{' (W R)' if tag == 'rotated' else ''}",

@@ -10,7 +10,6 @@ input raises :class:`UsageError`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -18,7 +17,6 @@ from typing import Any
 from optax_blockada.examples import text, word_eval
 from optax_blockada.examples._cli import float_in, int_at_least
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES
-from optax_blockada.examples.report import write_json
 
 __all__ = [
   "UsageError",
@@ -263,16 +261,16 @@ def check_output_paths(args: argparse.Namespace) -> None:
       raise UsageError(f"--save-vectors: cannot create {save_vectors!r}: {e}") from e
 
 
-def prepare_checkpoint_dir(args: argparse.Namespace, run_settings: Mapping[str, Any]) -> None:
-  """Checks ``--checkpoint-dir``/``--resume`` and records the run's settings there.
+def prepare_checkpoint_dir(args: argparse.Namespace) -> None:
+  """Checks ``--checkpoint-dir``/``--resume`` before any training.
 
   A fresh run needs a directory without checkpoints (old ones would be resumed later by
-  mistake); ``--resume`` needs checkpoints written with the same settings, which are
-  kept in ``settings.json`` (written atomically).
+  mistake); ``--resume`` needs checkpoints. The run's settings are stored with the
+  checkpoints as orbax metadata and checked when each run resumes
+  (:class:`~optax_blockada.examples._checkpoint.Checkpointer`).
 
   Args:
     args: parsed arguments (``checkpoint_dir``, ``resume``).
-    run_settings: everything that determines the runs (JSON-serialisable).
 
   Raises:
     UsageError: if the directory does not fit the request.
@@ -281,8 +279,7 @@ def prepare_checkpoint_dir(args: argparse.Namespace, run_settings: Mapping[str, 
     >>> import argparse, tempfile
     >>> from optax_blockada.examples.word_cli import prepare_checkpoint_dir
     >>> with tempfile.TemporaryDirectory() as d:
-    ...   prepare_checkpoint_dir(argparse.Namespace(checkpoint_dir=d, resume=False), {"dim": 8})
-    ...   prepare_checkpoint_dir(argparse.Namespace(checkpoint_dir=d, resume=True), {"dim": 9})
+    ...   prepare_checkpoint_dir(argparse.Namespace(checkpoint_dir=d, resume=True))
     ... # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -291,32 +288,9 @@ def prepare_checkpoint_dir(args: argparse.Namespace, run_settings: Mapping[str, 
   directory = args.checkpoint_dir
   if directory is None:
     return
-  path = os.path.join(directory, "settings.json")
-  wanted = json.loads(json.dumps(run_settings))
   if args.resume:
     if not _has_checkpoints(directory):
       raise UsageError(f"--resume: no checkpoint in {directory!r}; run without --resume.")
-    try:
-      with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-    except FileNotFoundError:
-      raise UsageError(
-        f"--resume: {path!r} is missing, so the checkpoints in {directory!r} cannot be "
-        "checked against this run's settings; restore the file, or start anew in an "
-        "empty directory."
-      ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise UsageError(
-        f"--resume: {path!r} is damaged ({e}); restore it, or start anew in an empty directory."
-      ) from None
-    if not isinstance(saved, dict):
-      raise UsageError(f"--resume: {path!r} does not hold the settings of a run.")
-    if saved != wanted:
-      changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-      raise UsageError(
-        f"--resume: the checkpoints in {directory!r} were written with other settings "
-        f"({', '.join(changed)} differ); resume with the same options or use a new directory."
-      )
     return
   if _has_checkpoints(directory):
     raise UsageError(
@@ -324,7 +298,6 @@ def prepare_checkpoint_dir(args: argparse.Namespace, run_settings: Mapping[str, 
       "them, or give an empty directory."
     )
   os.makedirs(directory, exist_ok=True)
-  write_json(path, wanted)
 
 
 def _has_checkpoints(directory: str) -> bool:
