@@ -39,7 +39,12 @@ PRESETS: dict[str, Callable[[float], optax.GradientTransformation]] = {
 
 
 def make_optimizer(
-  name: str, learning_rate: float, *, preset: str = "torch"
+  name: str,
+  learning_rate: float,
+  *,
+  preset: str = "torch",
+  block_structure: str = "rows_x_shared",
+  root: str = "auto",
 ) -> optax.GradientTransformation:
   """Builds the optimizer called ``name`` (see :data:`OPTIMIZER_NAMES`).
 
@@ -47,6 +52,9 @@ def make_optimizer(
     name: one of :data:`OPTIMIZER_NAMES`.
     learning_rate: a positive, finite step size (GloVe's ``eta`` for its preset).
     preset: which of :data:`PRESETS` the name ``'preset'`` stands for.
+    block_structure: the ``structure`` of ``'block'`` (e.g. ``'rows'``, one ``d x d``
+      block per row, as the sharded GloVe example uses).
+    root: the inverse root method of ``'block'`` (e.g. ``'newton_schulz'``).
 
   Returns:
     An :class:`optax.GradientTransformation`.
@@ -82,4 +90,4 @@ def make_optimizer(
     return PRESETS[preset](lr)
   if name == "rowwise":
     return ob.rowwise_adagrad(lr)
-  return ob.block_adagrad(lr, structure="rows_x_shared")
+  return ob.block_adagrad(lr, structure=block_structure, root=root)

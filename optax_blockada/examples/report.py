@@ -1,5 +1,8 @@
 """What the examples print and write: markdown tables, JSON and plot files, machine facts.
 
+Progress (:func:`progress_bar`) follows one convention: a tqdm bar per run with a fixed
+total, the run counter in its description and the current loss as its postfix.
+
 One report layer for every example (and the benchmarks): :func:`markdown_table` lays out
 the printed tables, :func:`write_json` and :func:`save_loss_plot` write ``--json`` and
 ``--plot`` files atomically with the permissions a plain ``open(path, 'w')`` gives (the
@@ -20,6 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
 __all__ = [
   "format_number",
@@ -27,6 +31,7 @@ __all__ = [
   "machine_description",
   "machine_facts",
   "markdown_table",
+  "progress_bar",
   "save_loss_plot",
   "save_word2vec",
   "write_atomically",
@@ -61,6 +66,22 @@ def markdown_table(header: Sequence[str], align: str, rows: Iterable[Sequence[st
     return "| " + " | ".join(cells) + " |"
 
   return "\n".join([line(header), line([_ALIGN[a] for a in align]), *map(line, rows)])
+
+
+def progress_bar(what: str, run: int, runs: int, total: int, *, enabled: bool = True) -> tqdm:
+  """The examples' progress bar for run ``run`` of ``runs``: ``total`` steps, on stderr.
+
+  Show the current loss with ``bar.set_postfix(loss=...)``; use it as a context manager.
+
+  Example:
+    >>> from optax_blockada.examples.report import progress_bar
+    >>> with progress_bar("rowwise", 2, 6, total=10) as bar:
+    ...   bar.set_postfix(loss=0.5)
+    ...   _ = bar.update(10)
+    >>> bar.desc, bar.n
+    ('rowwise (run 2 of 6)', 10)
+  """
+  return tqdm(total=total, desc=f"{what} (run {run} of {runs})", disable=not enabled, leave=False)
 
 
 def format_number(value: Any, spec: str, *, missing: str = "n/a") -> str:
