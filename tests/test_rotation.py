@@ -373,7 +373,7 @@ def test_cli_end_to_end(tmp_path):
   assert payload["settings"]["steps"] == 5
   assert payload["settings"]["dim"] == 4
   assert payload["settings"]["vocab_size"] == 30
-  assert payload["jax_version"]
+  assert payload["jax"]
   assert payload["backend"]
   for r in payload["results"]:
     assert set(r) >= {"name", "loss", "loss_rotated", "drift", "state_bytes", "seconds"}

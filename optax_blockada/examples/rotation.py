@@ -1,32 +1,26 @@
 """Rotation experiment: diagonal Adagrad depends on the basis, row-wise Adagrad does not.
 
-A GloVe-style model has two embedding tables, ``word`` and ``context``, whose
-predictions ``w_i . c_j + b_i + b~_j`` are unchanged when every row of *both*
-tables is multiplied by the same orthogonal matrix ``R``. Training from
-``(W, C)`` and from ``(W R, C R)`` is therefore the same problem written in two
-bases. An optimizer is *rotation-equivariant* if the second run stays exactly
-the rotated copy of the first, ``W'_t = W_t R`` for all ``t``:
-
-* row-wise Adagrad keeps one accumulator per row, fed by ``|g_i|^2``, which a
-  rotation leaves unchanged, so it is equivariant (up to float rounding);
-* diagonal Adagrad keeps one accumulator per coordinate, fed by ``g_ik^2``,
-  which a rotation mixes, so the two runs drift apart.
+GloVe's predictions ``w_i . c_j + b_i + b~_j`` are unchanged when every row of both tables
+is multiplied by the same orthogonal ``R``, so training from ``(W, C)`` and from
+``(W R, C R)`` is one problem in two bases. Row-wise Adagrad's accumulator, fed by
+``|g_i|^2``, does not see ``R``: the second run stays the rotated copy of the first (up to
+float rounding). Diagonal Adagrad's, fed by ``g_ik^2``, does: the runs drift apart.
 
 Run it with::
 
     python -m optax_blockada.examples.rotation [--steps 300] [--dim 32]
-        [--vocab-size 500] [--seed 0] [--json results.json]
+        [--vocab-size 500] [--seed 0] [--json results.json] [--no-progress]
 
-It trains every optimizer of :func:`default_optimizers` twice, full batch, on a
-planted co-occurrence matrix (:mod:`optax_blockada.examples.planted`) and prints
-the final loss of both runs, their relative drift
-``||W_T - W'_T R^T||_F / ||W_T||_F`` (both tables stacked) and the optimizer's
-state size.
+It trains each optimizer of :func:`default_optimizers` from ``W`` and from ``W R``, full
+batch, on a planted co-occurrence matrix (:mod:`optax_blockada.examples.planted`) with the
+cost of :mod:`optax_blockada.examples.glove_model`, and prints both final losses, the drift
+``||W_T - W'_T R^T||_F / ||W_T||_F`` (both tables) and the optimizer's state size.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import time
@@ -42,7 +36,7 @@ import optax_blockada as ob
 from optax_blockada.examples._cli import check_int, int_at_least
 from optax_blockada.examples.glove_model import ALPHA, X_MAX, Params, cost, init_params, weighting
 from optax_blockada.examples.planted import planted_cooccurrence
-from optax_blockada.examples.report import markdown_table, write_json
+from optax_blockada.examples.report import machine_facts, markdown_table, progress_bar, write_json
 
 __all__ = [
   "ALPHA",
@@ -62,34 +56,19 @@ __all__ = [
 _PLANTED_RANK = 8
 _HIGHEST = jax.lax.Precision.HIGHEST
 _TABLES = ("word", "context")
+_COLUMNS = (("loss", ".6f"), ("loss_rotated", ".6f"), ("drift", ".2e"), ("state_bytes", ","))
 
 
-def _prepare(cooc: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Returns ``(weight, log_cooc, nonzero_pairs)`` for a dense count matrix."""
+def _problem(params: Params, cooc: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Checks ``params`` and ``cooc``; returns ``(f(X), log X, nonzero pairs)`` in the params'
+  dtype (zero where ``X = 0``), so float64 params under ``jax.enable_x64`` run in float64."""
   counts = np.asarray(cooc, dtype=np.float32)
   if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
     raise ValueError(f"cooc must be a square matrix, got shape {counts.shape}")
   if not np.all(np.isfinite(counts)) or np.any(counts < 0):
     raise ValueError("cooc must be finite and non-negative")
-  nonzero = int(np.count_nonzero(counts))
-  if nonzero == 0:
+  if not np.any(counts):
     raise ValueError("cooc has no positive entry")
-  x = jnp.asarray(counts, jnp.float32)
-  mask = x > 0
-  safe_x = jnp.where(mask, x, jnp.ones_like(x))
-  weight = jnp.where(mask, weighting(safe_x), jnp.zeros_like(x))
-  log_cooc = jnp.where(mask, jnp.log(safe_x), jnp.zeros_like(x))
-  return weight, log_cooc, jnp.asarray(nonzero, jnp.float32)
-
-
-def _glove_cost(params: Params, weight: jax.Array, log_cooc: jax.Array) -> jax.Array:
-  """glove.c's total cost: sum of ``f(X_ij) (w_i.c_j + b_i + b~_j - log X_ij)^2 / 2``."""
-  pred = jnp.matmul(params["word"], params["context"].T, precision=_HIGHEST)
-  pred = pred + params["word_bias"][:, None] + params["context_bias"][None, :]
-  return cost(pred, log_cooc, weight)
-
-
-def _check_params(params: Mapping[str, Any], vocab_size: int | None = None) -> None:
   missing = {"word", "context", "word_bias", "context_bias"} - set(params)
   if missing:
     raise ValueError(f"params is missing {sorted(missing)}")
@@ -98,85 +77,70 @@ def _check_params(params: Mapping[str, Any], vocab_size: int | None = None) -> N
     raise ValueError("params['word'] and params['context'] must have the same shape")
   if np.shape(params["word_bias"]) != (v,) or np.shape(params["context_bias"]) != (v,):
     raise ValueError(f"the biases must have shape ({v},)")
-  if vocab_size is not None and v != vocab_size:
-    raise ValueError(f"params have {v} rows but cooc is {vocab_size} x {vocab_size}")
+  if v != counts.shape[0]:
+    raise ValueError(f"params have {v} rows but cooc is {counts.shape[0]} x {counts.shape[0]}")
+  x = jnp.asarray(counts, jnp.float32)
+  mask = x > 0
+  safe_x = jnp.where(mask, x, jnp.ones_like(x))
+  weight = jnp.where(mask, weighting(safe_x), jnp.zeros_like(x))
+  log_cooc = jnp.where(mask, jnp.log(safe_x), jnp.zeros_like(x))
+  dtype = jnp.result_type(params["word"])
+  nonzero = jnp.asarray(np.count_nonzero(counts), jnp.float32)
+  return weight.astype(dtype), log_cooc.astype(dtype), nonzero.astype(dtype)
+
+
+def _glove_cost(params: Params, weight: jax.Array, log_cooc: jax.Array) -> jax.Array:
+  """glove_model's :func:`cost` of the dense ``(V, V)`` prediction ``W C^T + b + b~^T``."""
+  pred = jnp.matmul(params["word"], params["context"].T, precision=_HIGHEST)
+  pred = pred + params["word_bias"][:, None] + params["context_bias"][None, :]
+  return cost(pred, log_cooc, weight)
 
 
 def glove_loss(params: Params, cooc: Any) -> jax.Array:
-  r"""GloVe loss per nonzero co-occurrence pair, as glove.c computes and reports it.
+  r"""GloVe's cost per nonzero pair, as glove.c reports it, computed densely (small V).
 
-  .. math::
-      L = \frac{1}{|\{X_{ij} > 0\}|} \sum_{X_{ij} > 0} \tfrac12 f(X_{ij})
-          (w_i^\top c_j + b_i + \tilde b_j - \log X_{ij})^2,
-      \qquad f(x) = \min(1, (x / x_{max})^\alpha),
-
-  with ``x_max = 10`` and ``alpha = 0.75``. Computed densely over the
-  ``(V, V)`` matrix with a mask, so it is meant for small vocabularies.
+  :math:`\frac{1}{|\{X_{ij} > 0\}|} \sum_{X_{ij} > 0} \tfrac12 f(X_{ij})
+  (w_i^\top c_j + b_i + \tilde b_j - \log X_{ij})^2` with glove_model's ``f``.
 
   Args:
-    params: ``{'word': (V, d), 'context': (V, d), 'word_bias': (V,),
-      'context_bias': (V,)}`` float32 arrays.
+    params: ``{'word': (V, d), 'context': (V, d), 'word_bias': (V,), 'context_bias': (V,)}``.
     cooc: the ``(V, V)`` co-occurrence counts (non-negative, not all zero).
 
   Returns:
-    A float32 scalar.
+    A scalar in the params' dtype.
 
   Example:
     >>> import numpy as np
     >>> from optax_blockada.examples.rotation import glove_loss, init_params
-    >>> params = init_params(vocab_size=3, dim=2, seed=0)
-    >>> params = {**params, 'word': 0 * params['word']}  # predictions are 0
+    >>> params = {**init_params(3, 2), 'word': np.zeros((3, 2), np.float32)}  # predicts 0
     >>> cooc = np.array([[0, 10, 1], [10, 0, 0], [1, 0, 0]], np.float32)
-    >>> # pairs (0,1),(1,0): f=1, log 10; pairs (0,2),(2,0): log 1 = 0
-    >>> print(f"{float(glove_loss(params, cooc)):.4f}")
+    >>> print(f"{float(glove_loss(params, cooc)):.4f}")  # 2 pairs of log 10, 2 of log 1
     1.3255
   """
-  weight, log_cooc, nonzero = _prepare(cooc)
-  _check_params(params, weight.shape[0])
+  weight, log_cooc, nonzero = _problem(params, cooc)
   return _glove_cost(params, weight, log_cooc) / nonzero
 
 
 def random_orthogonal(dim: int, seed: int = 0) -> jax.Array:
-  """A Haar-random orthogonal ``d x d`` matrix: QR of a seeded Gaussian, sign-fixed.
-
-  The QR factorisation is done in float64 numpy (``numpy.random.default_rng(seed)``)
-  and the result cast to float32, so ``R R^T = I`` to float32 precision.
-
-  Args:
-    dim: the size ``d``.
-    seed: seed of the numpy generator.
-
-  Returns:
-    A float32 ``(d, d)`` orthogonal matrix (its determinant may be -1).
+  """A Haar-random orthogonal float32 ``(d, d)`` matrix: sign-fixed QR of a Gaussian, in
+  float64 numpy (``numpy.random.default_rng(seed)``).
 
   Example:
     >>> import numpy as np
     >>> from optax_blockada.examples.rotation import random_orthogonal
     >>> r = np.asarray(random_orthogonal(4, seed=0))
-    >>> r.shape, r.dtype, bool(np.allclose(r @ r.T, np.eye(4), atol=1e-6))
-    ((4, 4), dtype('float32'), True)
+    >>> r.dtype, bool(np.allclose(r @ r.T, np.eye(4), atol=1e-6))
+    (dtype('float32'), True)
   """
   dim = check_int("dim", dim, 1)
   seed = check_int("seed", seed, 0)
-  gaussian = np.random.default_rng(seed).standard_normal((dim, dim))
-  q, r = np.linalg.qr(gaussian)
-  # Fix the signs so that the distribution is Haar (QR alone is not unique).
-  signs = np.where(np.diag(r) < 0, -1.0, 1.0)
+  q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((dim, dim)))
+  signs = np.where(np.diag(r) < 0, -1.0, 1.0)  # QR alone is not unique, nor Haar
   return jnp.asarray(q * signs[None, :], jnp.float32)
 
 
 def rotate(params: Params, rotation: jax.Array) -> Params:
-  """Right-multiplies every row of both tables by ``rotation``; biases are untouched.
-
-  Since ``(w_i R) . (c_j R) = w_i . c_j`` for orthogonal ``R``, the model's
-  predictions and loss are unchanged.
-
-  Args:
-    params: GloVe parameters (see :func:`glove_loss`).
-    rotation: a ``(d, d)`` orthogonal matrix.
-
-  Returns:
-    New parameters ``{'word': W R, 'context': C R, ...}``.
+  """``{'word': W R, 'context': C R, ...}``: the same predictions; biases untouched.
 
   Example:
     >>> import numpy as np
@@ -188,22 +152,11 @@ def rotate(params: Params, rotation: jax.Array) -> Params:
     True
   """
   rotation = jnp.asarray(rotation, jnp.float32)
-  out = dict(params)
-  for name in _TABLES:
-    out[name] = jnp.matmul(params[name], rotation, precision=_HIGHEST)
-  return out
+  return {**params, **{k: jnp.matmul(params[k], rotation, precision=_HIGHEST) for k in _TABLES}}
 
 
 def relative_drift(params: Params, rotated_params: Params, rotation: jax.Array) -> float:
-  """``||W - W' R^T||_F / ||W||_F`` over the word and context tables stacked.
-
-  Args:
-    params: parameters trained from ``W``.
-    rotated_params: parameters trained from ``W R``.
-    rotation: the orthogonal ``R``.
-
-  Returns:
-    The relative drift as a Python float; 0 for an equivariant optimizer.
+  """``||W - W' R^T||_F / ||W||_F`` over both tables; 0 for an equivariant optimizer.
 
   Example:
     >>> from optax_blockada.examples.rotation import (
@@ -216,7 +169,6 @@ def relative_drift(params: Params, rotated_params: Params, rotation: jax.Array) 
 
 
 def _drift(params: Params, rotated_params: Params, rotation: jax.Array) -> jax.Array:
-  """:func:`relative_drift` as a float32 JAX scalar (traceable)."""
   diff_sq = jnp.zeros((), jnp.float32)
   norm_sq = jnp.zeros((), jnp.float32)
   for name in _TABLES:
@@ -226,90 +178,86 @@ def _drift(params: Params, rotated_params: Params, rotation: jax.Array) -> jax.A
   return jnp.sqrt(diff_sq) / jnp.sqrt(norm_sq)
 
 
-def train(
-  tx: optax.GradientTransformation, params: Params, cooc: Any, steps: int
-) -> tuple[Params, jax.Array]:
-  """Full-batch training of the GloVe model, compiled as one ``jax.lax.scan``.
+def _step_fn(tx: optax.GradientTransformation, params: Params, cooc: Any):
+  """One full-batch step ``(params, state) -> (params, state, loss before it)``.
 
-  The gradient is that of glove.c's *summed* cost (each nonzero pair
-  contributes its own, un-normalised gradient, as in glove.c's per-pair
-  updates); the recorded loss is that cost divided by the number of nonzero
-  pairs, i.e. :func:`glove_loss`, which is also what glove.c prints. (Dividing
-  the objective itself by ~10^5 pairs would make every gradient negligible
-  next to Adagrad's initial accumulator, and nothing would train.)
+  The gradient is that of glove.c's summed cost (each pair's own gradient, as its
+  per-pair updates); the loss is :func:`glove_loss`. Dividing the objective by ~1e5 pairs
+  would make every gradient negligible next to Adagrad's initial accumulator."""
+  weight, log_cooc, nonzero = _problem(params, cooc)
+
+  def step(p, state):
+    total, grads = jax.value_and_grad(_glove_cost)(p, weight, log_cooc)
+    updates, state = tx.update(grads, state, p)
+    return optax.apply_updates(p, updates), state, total / nonzero
+
+  return step, lambda p: _glove_cost(p, weight, log_cooc) / nonzero
+
+
+def train(
+  tx: optax.GradientTransformation, params: Params, cooc: Any, steps: int, bar: Any = None
+) -> tuple[Params, jax.Array]:
+  """Full-batch training of the GloVe model: a jitted ``jax.lax.scan`` in up to 10 chunks.
 
   Args:
     tx: the optimizer; ``tx.update`` is always given ``params``.
     params: initial GloVe parameters (see :func:`glove_loss`).
     cooc: the ``(V, V)`` co-occurrence counts.
-    steps: number of optimizer steps, at least 1.
+    steps: number of steps, at least 1.
+    bar: a :func:`~optax_blockada.examples.report.progress_bar` to advance, or ``None``.
 
   Returns:
-    ``(final_params, losses)`` where ``losses[t]`` is :func:`glove_loss` at
-    the parameters *before* step ``t`` (shape ``(steps,)``, in the params' dtype:
-    float32, or float64 for float64 params under ``jax.enable_x64``).
+    ``(final_params, losses)``, ``losses[t]`` the :func:`glove_loss` before step ``t``,
+    in the params' dtype (float64 for float64 params under ``jax.enable_x64``).
 
   Example:
     >>> import optax
     >>> from optax_blockada.examples.planted import planted_cooccurrence
     >>> from optax_blockada.examples.rotation import glove_loss, init_params, train
     >>> cooc = planted_cooccurrence(vocab_size=20, rank=2)
-    >>> params = init_params(vocab_size=20, dim=4)
-    >>> final, losses = train(optax.adagrad(0.1), params, cooc, steps=3)
+    >>> final, losses = train(optax.adagrad(0.1), init_params(20, 4), cooc, steps=3)
     >>> losses.shape, bool(glove_loss(final, cooc) < losses[0])
     ((3,), True)
   """
   steps = check_int("steps", steps, 1)
-  weight, log_cooc, nonzero = _prepare(cooc)
-  _check_params(params, weight.shape[0])
-  # The data follows the params' dtype, so float64 params (under jax.enable_x64) train
-  # in float64 throughout: the tests' reference for float32 rounding.
-  dtype = jnp.result_type(params["word"])
-  weight, log_cooc, nonzero = (a.astype(dtype) for a in (weight, log_cooc, nonzero))
+  step, _ = _step_fn(tx, params, cooc)
 
-  def step(carry, _):
-    p, state = carry
-    cost, grads = jax.value_and_grad(_glove_cost)(p, weight, log_cooc)
-    updates, state = tx.update(grads, state, p)
-    return (optax.apply_updates(p, updates), state), cost / nonzero
+  def body(carry, _):
+    p, state, loss = step(*carry)
+    return (p, state), loss
 
-  @jax.jit
-  def run(p):
-    (p, _), losses = jax.lax.scan(step, (p, tx.init(p)), None, length=steps)
-    return p, losses
+  @functools.partial(jax.jit, static_argnums=2)
+  def run(p, state, length):
+    (p, state), losses = jax.lax.scan(body, (p, state), None, length=length)
+    return p, state, losses
 
-  return run(params)
+  chunk = -(-steps // 10)
+  state, losses = jax.jit(tx.init)(params), []
+  for start in range(0, steps, chunk):
+    params, state, out = run(params, state, min(chunk, steps - start))
+    losses.append(out)
+    if bar is not None:
+      bar.set_postfix(loss=f"{float(out[-1]):.6f}")
+      bar.update(len(out))
+  return params, jnp.concatenate(losses)
 
 
 def drift_over_steps(
-  tx: optax.GradientTransformation,
-  params: Params,
-  cooc: Any,
-  rotation: jax.Array,
-  steps: int,
+  tx: optax.GradientTransformation, params: Params, cooc: Any, rotation: jax.Array, steps: int
 ) -> dict[str, np.ndarray]:
-  """Trains from ``W`` and from ``W R`` side by side and records the drift after every step.
-
-  The two runs are :func:`train`'s full-batch steps, compiled together in one
-  ``jax.lax.scan``: one starts from ``params``, the other from
-  ``rotate(params, rotation)``, both with a fresh ``tx.init``. After each step
-  the function records :func:`relative_drift` of the two runs' tables and the
-  :func:`glove_loss` of each, so the growth of a basis dependence can be
-  plotted (the final drift is what :func:`run_experiment` reports, up to float
-  rounding).
+  """Trains from ``W`` and from ``W R`` side by side (one scan) and records the drift.
 
   Args:
-    tx: the optimizer; ``tx.update`` is always given ``params``.
+    tx: the optimizer.
     params: initial GloVe parameters (see :func:`glove_loss`).
     cooc: the ``(V, V)`` co-occurrence counts.
     rotation: a ``(d, d)`` orthogonal matrix.
-    steps: number of optimizer steps of each run, at least 1.
+    steps: steps of each run, at least 1.
 
   Returns:
-    A dict of float64 numpy arrays of shape ``(steps + 1,)``, index ``t`` being
-    after ``t`` steps: ``step`` (``0 .. steps``), ``drift``
-    (``||W_t - W'_t R^T||_F / ||W_t||_F``, both tables), ``loss`` (of the run
-    from ``W``) and ``loss_rotated`` (of the run from ``W R``).
+    Float64 arrays of shape ``(steps + 1,)``, entry ``t`` after ``t`` steps: ``step``,
+    ``drift`` (:func:`relative_drift`; the final one is :func:`run_experiment`'s up to
+    float rounding), ``loss`` and ``loss_rotated`` (:func:`glove_loss` of each run).
 
   Example:
     >>> import optax_blockada as ob
@@ -322,64 +270,38 @@ def drift_over_steps(
     >>> diag = drift_over_steps(ob.diagonal_adagrad(0.1), params, cooc, r, steps=20)
     >>> row['drift'].shape, bool(row['drift'].max() < 1e-4), bool(diag['drift'][-1] > 1e-2)
     ((21,), True, True)
-    >>> bool(row['loss'][-1] < 0.5 * row['loss'][0])
-    True
   """
   steps = check_int("steps", steps, 1)
-  weight, log_cooc, nonzero = _prepare(cooc)
-  _check_params(params, weight.shape[0])
+  step, loss = _step_fn(tx, params, cooc)
   dim = np.shape(params["word"])[1]
   rotation = jnp.asarray(rotation, jnp.float32)
   if rotation.shape != (dim, dim):
     raise ValueError(f"rotation must have shape ({dim}, {dim}), got {rotation.shape}")
 
-  def one_step(p, state):
-    cost, grads = jax.value_and_grad(_glove_cost)(p, weight, log_cooc)
-    updates, state = tx.update(grads, state, p)
-    return optax.apply_updates(p, updates), state, cost / nonzero
-
-  def step(carry, _):
+  def both(carry, _):
     (p, p_state), (q, q_state) = carry
     drift = _drift(p, q, rotation)
-    p, p_state, loss = one_step(p, p_state)
-    q, q_state, loss_rotated = one_step(q, q_state)
-    return ((p, p_state), (q, q_state)), (drift, loss, loss_rotated)
+    p, p_state, p_loss = step(p, p_state)
+    q, q_state, q_loss = step(q, q_state)
+    return ((p, p_state), (q, q_state)), (drift, p_loss, q_loss)
 
   @jax.jit
   def run(p, q):
     carry = ((p, tx.init(p)), (q, tx.init(q)))
-    ((p, _), (q, _)), history = jax.lax.scan(step, carry, None, length=steps)
-    final = (
-      _drift(p, q, rotation),
-      _glove_cost(p, weight, log_cooc) / nonzero,
-      _glove_cost(q, weight, log_cooc) / nonzero,
-    )
+    ((p, _), (q, _)), history = jax.lax.scan(both, carry, None, length=steps)
+    final = (_drift(p, q, rotation), loss(p), loss(q))
     return tuple(jnp.append(h, f) for h, f in zip(history, final, strict=True))
 
-  drift, loss, loss_rotated = (
-    np.asarray(a, np.float64) for a in run(params, rotate(params, rotation))
-  )
-  return {
-    "step": np.arange(steps + 1, dtype=np.float64),
-    "drift": drift,
-    "loss": loss,
-    "loss_rotated": loss_rotated,
-  }
+  out = [np.asarray(a, np.float64) for a in run(params, rotate(params, rotation))]
+  names = ("drift", "loss", "loss_rotated")
+  return {"step": np.arange(steps + 1, dtype=np.float64), **dict(zip(names, out, strict=True))}
 
 
 def default_optimizers(dim: int) -> dict[str, optax.GradientTransformation]:
-  """The optimizers compared by the command-line experiment, in display order.
+  """The optimizers of the command-line experiment, by display name, in order.
 
-  All of them train the default problem (the loss falls from about 1.1 to
-  0.02-0.04 in 300 steps) at their nominal learning rates. GloVe's preset is
-  preceded by ``optax.clip(1.0)``: without it, its un-damped first bias step
-  makes this full-batch problem diverge (see the comment in the source).
-
-  Args:
-    dim: the embedding dimension ``d`` (used to rescale the ``sum`` variant).
-
-  Returns:
-    A dict from display name to optimizer.
+  All train the default problem (loss ~1.1 -> 0.02-0.04 in 300 steps) at their nominal
+  rates; GloVe's preset needs ``optax.clip(1.0)`` first (see the source).
 
   Example:
     >>> from optax_blockada.examples.rotation import default_optimizers
@@ -387,35 +309,25 @@ def default_optimizers(dim: int) -> dict[str, optax.GradientTransformation]:
     ['optax.adagrad(0.1)', 'diagonal_adagrad(0.1)']
   """
   dim = check_int("dim", dim, 1)
+  k = max(dim // 4, 1)
   return {
     "optax.adagrad(0.1)": optax.adagrad(0.1),
     "diagonal_adagrad(0.1)": ob.diagonal_adagrad(0.1),
     "presets.torch_adagrad(0.1)": ob.presets.torch_adagrad(learning_rate=0.1),
-    # glove.c's numerics divide by the *old* accumulator, and its bias accumulators
-    # start at 1 with no eta, so the first bias step is the raw gradient. glove.c's
-    # per-pair gradients are O(1); this full-batch gradient sums ~240 pairs per row
-    # (bias gradients ~300), and the bare preset diverges (loss ~1e5 after one step,
-    # 78 after 300, for any eta, which only scales the vectors). Clipping every
-    # gradient element to [-1, 1] first (glove.c itself clips vector gradients at
-    # 100) makes it train: loss 1.13 -> 0.037.
+    # glove.c divides by the *old* accumulator and starts bias accumulators at 1 without
+    # eta, so its first bias step is the raw gradient: here a sum over ~240 pairs (~300),
+    # which diverges for any eta. Clipping to [-1, 1] first (glove.c clips at 100) trains.
     "clip(1) + presets.glove_adagrad(0.05)": optax.chain(
       optax.clip(1.0), ob.presets.glove_adagrad(eta=0.05)
     ),
     "rowwise_adagrad(0.1, mean)": ob.rowwise_adagrad(0.1, reduction="mean"),
-    # A sum over d coordinates is d times the mean, so scaling the learning rate
-    # by sqrt(d) and the initial accumulator and eps by d gives exactly the
-    # mean variant's updates on the (V, d) tables. The rank-1 bias leaves have
-    # rows of one element (sum == mean), so there the rescaled hyperparameters
-    # give a different bias step size and slightly different losses.
+    # sum = d * mean: rate * sqrt(d), accumulator and eps * d give the mean variant's table
+    # updates; the biases (rows of one element) then take other steps.
     "rowwise_adagrad(0.1*sqrt(d), sum)": ob.rowwise_adagrad(
-      0.1 * math.sqrt(dim),
-      initial_accumulator_value=0.1 * dim,
-      eps=1e-7 * dim,
-      reduction="sum",
+      0.1 * math.sqrt(dim), initial_accumulator_value=0.1 * dim, eps=1e-7 * dim, reduction="sum"
     ),
     "presets.fbgemm_rowwise_adagrad(0.1)": ob.presets.fbgemm_rowwise_adagrad(learning_rate=0.1),
-    # Block Adagrad accumulates sums of squares (tr H grows by |g|^2), so its learning
-    # rate is scaled like the row-wise 'sum' variant: 0.1 * sqrt(k) for blocks of size k.
+    # Block Adagrad accumulates sums of squares, so its rate scales as 0.1 * sqrt(block).
     "block_adagrad(0.1*sqrt(d), rows)": ob.block_adagrad(0.1 * math.sqrt(dim)),
     "block_adagrad(0.1*sqrt(d), shared)": ob.block_adagrad(
       0.1 * math.sqrt(dim), structure="shared"
@@ -423,8 +335,8 @@ def default_optimizers(dim: int) -> dict[str, optax.GradientTransformation]:
     "block_adagrad(0.1*sqrt(d), rows_x_shared)": ob.block_adagrad(
       0.1 * math.sqrt(dim), structure="rows_x_shared"
     ),
-    f"block_adagrad(0.1*sqrt(k), blocks, k={max(dim // 4, 1)})": ob.block_adagrad(
-      0.1 * math.sqrt(max(dim // 4, 1)), structure="blocks", block_size=max(dim // 4, 1)
+    f"block_adagrad(0.1*sqrt(k), blocks, k={k})": ob.block_adagrad(
+      0.1 * math.sqrt(k), structure="blocks", block_size=k
     ),
   }
 
@@ -436,26 +348,17 @@ def run_experiment(
   dim: int = 32,
   steps: int = 300,
   seed: int = 0,
+  progress: bool = False,
 ) -> list[dict[str, Any]]:
-  """Trains each optimizer from ``W`` and from ``W R`` and measures the drift.
+  """Trains each optimizer from ``W`` and from ``W R`` (:func:`train`) and measures the drift.
 
-  The data is ``planted_cooccurrence(vocab_size, rank=8, seed=seed)``, the
-  initial parameters ``init_params(vocab_size, dim, seed)`` and the rotation
-  ``random_orthogonal(dim, seed + 1)``.
-
-  Args:
-    optimizers: display name -> optimizer.
-    vocab_size: vocabulary size ``V`` (at least 2).
-    dim: embedding dimension ``d`` (at least 1).
-    steps: full-batch steps per run (at least 1).
-    seed: seed for the data, the initialisation and the rotation.
+  Data ``planted_cooccurrence(vocab_size, rank=8, seed=seed)``, initial parameters
+  ``init_params(vocab_size, dim, seed)``, rotation ``random_orthogonal(dim, seed + 1)``.
 
   Returns:
-    One dict per optimizer, in order, with keys ``name``, ``loss`` (final
-    :func:`glove_loss` of the run from ``W``), ``loss_rotated`` (of the run
-    from ``W R``), ``drift`` (:func:`relative_drift` of the final tables),
-    ``state_bytes`` (of ``tx.init(params)``) and ``seconds`` (wall time of
-    both runs, compilation included).
+    One dict per optimizer, in order: ``name``, ``loss`` and ``loss_rotated`` (final
+    :func:`glove_loss` of the runs from ``W`` and ``W R``), ``drift``
+    (:func:`relative_drift`), ``state_bytes`` and ``seconds`` (both runs, compiling).
 
   Example:
     >>> import optax_blockada as ob
@@ -472,35 +375,27 @@ def run_experiment(
   cooc = planted_cooccurrence(vocab_size, _PLANTED_RANK, seed=seed)
   params = init_params(vocab_size, dim, seed)
   rotation = random_orthogonal(dim, seed + 1)
-  rotated = rotate(params, rotation)
-
-  results = []
-  for name, tx in optimizers.items():
-    start = time.perf_counter()
-    final, _ = train(tx, params, cooc, steps)
-    final_rotated, _ = train(tx, rotated, cooc, steps)
-    jax.block_until_ready((final, final_rotated))
+  starts = {"W": params, "W R": rotate(params, rotation)}
+  results, runs = [], 2 * len(optimizers)
+  for n, (name, tx) in enumerate(optimizers.items()):
+    start, final = time.perf_counter(), {}
+    for i, (basis, init) in enumerate(starts.items()):
+      what = f"{name} from {basis}"
+      with progress_bar(what, 2 * n + i + 1, runs, steps, enabled=progress) as bar:
+        final[basis] = train(tx, init, cooc, steps, bar)[0]
+    jax.block_until_ready(final)
     seconds = time.perf_counter() - start
     results.append(
       {
         "name": name,
-        "loss": float(glove_loss(final, cooc)),
-        "loss_rotated": float(glove_loss(final_rotated, cooc)),
-        "drift": relative_drift(final, final_rotated, rotation),
+        "loss": float(glove_loss(final["W"], cooc)),
+        "loss_rotated": float(glove_loss(final["W R"], cooc)),
+        "drift": relative_drift(final["W"], final["W R"], rotation),
         "state_bytes": int(ob.state_bytes(tx.init(params))),
         "seconds": seconds,
       }
     )
   return results
-
-
-def _format_table(results: Sequence[Mapping[str, Any]]) -> str:
-  header = ["optimizer", "loss (W)", "loss (W R)", "drift", "state bytes"]
-  cells = []
-  for r in results:
-    losses = [f"{r['loss']:.6f}", f"{r['loss_rotated']:.6f}"]
-    cells.append([r["name"], *losses, f"{r['drift']:.2e}", f"{r['state_bytes']:,}"])
-  return markdown_table(header, "lrrrr", cells)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -511,94 +406,52 @@ def _parser() -> argparse.ArgumentParser:
       "variants and report how far the two runs drift apart."
     ),
   )
-  parser.add_argument(
-    "--steps",
-    type=int_at_least(1),
-    default=300,
-    help="full-batch steps per run (default: %(default)s)",
-  )
-  parser.add_argument(
-    "--dim",
-    type=int_at_least(1),
-    default=32,
-    help="embedding dimension d (default: %(default)s)",
-  )
-  parser.add_argument(
-    "--vocab-size",
-    type=int_at_least(2),
-    default=500,
-    help="vocabulary size V (default: %(default)s)",
-  )
-  parser.add_argument(
-    "--seed",
-    type=int_at_least(0),
-    default=0,
-    help="seed for data, initialisation and rotation (default: %(default)s)",
-  )
-  parser.add_argument(
-    "--json",
-    metavar="PATH",
-    default=None,
-    help="also write the results and settings to this JSON file",
-  )
+  add = parser.add_argument
+  for flag, least, default, text in (
+    ("--steps", 1, 300, "full-batch steps per run"),
+    ("--dim", 1, 32, "embedding dimension d"),
+    ("--vocab-size", 2, 500, "vocabulary size V"),
+    ("--seed", 0, 0, "seed for data, initialisation and rotation"),
+  ):
+    add(flag, type=int_at_least(least), default=default, help=f"{text} (default: {default})")
+  add("--json", metavar="PATH", help="also write the results and settings to this JSON file")
+  add("--no-progress", action="store_true", help="no progress bars")
   return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Command-line entry point; returns the process exit status.
+  """Command-line entry point; returns 0 (argparse exits with 2 on bad arguments).
 
-  Args:
-    argv: the arguments (default: ``sys.argv[1:]``).
-
-  Returns:
-    0 on success (argparse exits with status 2 on bad arguments).
+  Example:
+    >>> from optax_blockada.examples.rotation import main
+    >>> main(['--steps', '0'])  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    SystemExit: 2
   """
   args = _parser().parse_args(argv)
-  nonzero = int(
-    np.count_nonzero(planted_cooccurrence(args.vocab_size, _PLANTED_RANK, seed=args.seed))
-  )
+  cooc = planted_cooccurrence(args.vocab_size, _PLANTED_RANK, seed=args.seed)
+  nonzero = int(np.count_nonzero(cooc))
+  settings = {k: getattr(args, k) for k in ("steps", "dim", "vocab_size", "seed")}
   start = time.perf_counter()
-  results = run_experiment(
-    default_optimizers(args.dim),
-    vocab_size=args.vocab_size,
-    dim=args.dim,
-    steps=args.steps,
-    seed=args.seed,
-  )
+  results = run_experiment(default_optimizers(args.dim), **settings, progress=not args.no_progress)
   seconds = time.perf_counter() - start
-
   print(
     f"GloVe-style model, V={args.vocab_size}, d={args.dim}, {args.steps} full-batch steps, "
     f"seed {args.seed}; loss = glove.c cost per nonzero pair ({nonzero} pairs); "
-    f"jax {jax.__version__} on {jax.default_backend()}, {seconds:.1f} s."
+    f"jax {jax.__version__} on {jax.default_backend()}, {seconds:.1f} s.\n"
   )
-  print()
-  print(_format_table(results))
-  print()
+  cells = [[r["name"], *(format(r[k], f) for k, f in _COLUMNS)] for r in results]
+  header = ["optimizer", "loss (W)", "loss (W R)", "drift", "state bytes"]
+  print(markdown_table(header, "lrrrr", cells) + "\n")
   print(
     "drift = ||W_T - W'_T R^T||_F / ||W_T||_F over both tables, where W' was trained from "
     "W R: ~0 for row-wise Adagrad (rotation-equivariant), large for diagonal Adagrad "
     "(basis-dependent)."
   )
-
   if args.json is not None:
-    payload = {
-      "settings": {
-        "steps": args.steps,
-        "dim": args.dim,
-        "vocab_size": args.vocab_size,
-        "seed": args.seed,
-        "planted_rank": _PLANTED_RANK,
-        "nonzero_pairs": nonzero,
-        "x_max": X_MAX,
-        "alpha": ALPHA,
-      },
-      "jax_version": jax.__version__,
-      "optax_version": optax.__version__,
-      "backend": jax.default_backend(),
-      "seconds": seconds,
-      "results": results,
-    }
+    settings |= {"planted_rank": _PLANTED_RANK, "nonzero_pairs": nonzero}
+    settings |= {"x_max": X_MAX, "alpha": ALPHA}
+    payload = machine_facts(settings=settings, seconds=seconds, results=results)
     write_json(args.json, payload)
   return 0
 
