@@ -14,8 +14,10 @@ import pytest
 from flax import nnx
 
 from optax_blockada.examples import movielens as ml
+from optax_blockada.examples import ranking
 from optax_blockada.examples import recommender as rec
-from optax_blockada.examples._checkpoint import Checkpointer
+from optax_blockada.examples import recommender_model as rm
+from optax_blockada.examples._checkpoint import Checkpointer, SettingsMismatch
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES, make_optimizer
 
 # -- tiny MovieLens files ------------------------------------------------------------------
@@ -200,7 +202,7 @@ def test_holdout_split_errors():
 
 def test_prepare_data_splits_partition_the_positives():
   ratings = ml.planted_ratings(n_users=60, n_items=80, ratings_per_user=30, seed=1)
-  data = rec.prepare_data(ratings, test_per_user=5, seed=2)
+  data = ml.prepare_data(ratings, test_per_user=5, seed=2)
   pairs = lambda p: set(zip(p[0].tolist(), p[1].tolist(), strict=True))
   all_positives = pairs(ratings.positives(4.0))
   train, test, fit, val = (pairs(p) for p in (data.train, data.test, data.fit, data.validation))
@@ -259,8 +261,8 @@ def test_planted_ratings():
 
 def _small_model(seed=0, dim=6):
   ratings = ml.planted_ratings(n_users=30, n_items=40, ratings_per_user=10, seed=seed)
-  data = rec.prepare_data(ratings, test_per_user=3, features="hybrid")
-  model = rec.LightFM(data.user_features, data.item_features, dim, rngs=nnx.Rngs(seed))
+  data = ml.prepare_data(ratings, test_per_user=3, features="hybrid")
+  model = rm.LightFM(data.user_features, data.item_features, dim, rngs=nnx.Rngs(seed))
   # Non-trivial biases, so that the bias terms are checked too.
   model.user_bias[...] = jnp.asarray(np.random.default_rng(1).normal(size=model.user_bias.shape))
   model.item_bias[...] = jnp.asarray(np.random.default_rng(2).normal(size=model.item_bias.shape))
@@ -314,9 +316,9 @@ def test_bpr_loss_and_its_gradient():
   pos = np.array([0.3, -2.0, 5.0], np.float32)
   neg = np.array([0.1, 1.0, -5.0], np.float32)
   expected = -np.log(1 / (1 + np.exp(-(pos.astype(float) - neg))))
-  np.testing.assert_allclose(rec.bpr_loss(jnp.asarray(pos), jnp.asarray(neg)), expected, rtol=1e-5)
+  np.testing.assert_allclose(rm.bpr_loss(jnp.asarray(pos), jnp.asarray(neg)), expected, rtol=1e-5)
   # d/d pos = -(1 - sigmoid(pos - neg)): LightFM's BPR step.
-  grad = jax.grad(lambda p: jnp.sum(rec.bpr_loss(p, jnp.asarray(neg))))(jnp.asarray(pos))
+  grad = jax.grad(lambda p: jnp.sum(rm.bpr_loss(p, jnp.asarray(neg))))(jnp.asarray(pos))
   diff = pos.astype(np.float64) - neg
   np.testing.assert_allclose(grad, -1 / (1 + np.exp(diff)), rtol=1e-5)
 
@@ -345,11 +347,11 @@ def test_warp_loss_against_lightfm_loop():
   neg = rng.normal(size=(64, 10)).astype(np.float32) - 1.0
   valid = rng.random((64, 10)) < 0.8
   for n_items in (3, 12, 1682, 10**6):  # weights 0 (log 1), small, large, clipped at 10
-    got = rec.warp_loss(jnp.asarray(pos), jnp.asarray(neg), jnp.asarray(valid), n_items)
+    got = rm.warp_loss(jnp.asarray(pos), jnp.asarray(neg), jnp.asarray(valid), n_items)
     np.testing.assert_allclose(got, _warp_reference(pos, neg, valid, n_items), rtol=1e-5, atol=1e-6)
   assert np.any(_warp_reference(pos, neg, valid, 1682) == 0)  # some without a violator
   # The weight is a constant: the gradient w.r.t. the positive score is -weight.
-  grad = jax.grad(lambda p: jnp.sum(rec.warp_loss(p, jnp.asarray(neg), jnp.asarray(valid), 1682)))(
+  grad = jax.grad(lambda p: jnp.sum(rm.warp_loss(p, jnp.asarray(neg), jnp.asarray(valid), 1682)))(
     jnp.asarray(pos)
   )
   np.testing.assert_allclose(grad, -_warp_reference(pos, neg, valid, 1682, weights=True), rtol=1e-6)
@@ -395,7 +397,7 @@ def test_ranking_metrics_against_brute_force(k):
   rng = np.random.default_rng(k)
   scores = rng.normal(size=(25, 30))
   train, test = _random_split(rng, 25, 30, 0.3)
-  got = rec.ranking_metrics(scores, train, test, k=k)
+  got = ranking.ranking_metrics(scores, train, test, k=k)
   want = _brute_force_metrics(scores, train, test, k)
   assert len(want["user"]) > 15
   for key in want:
@@ -406,22 +408,22 @@ def test_auc_counts_ties_as_one_half():
   rng = np.random.default_rng(7)
   scores = rng.integers(0, 3, size=(20, 15)).astype(float)  # many ties
   train, test = _random_split(rng, 20, 15, 0.3)
-  got = rec.ranking_metrics(scores, train, test, k=3)
+  got = ranking.ranking_metrics(scores, train, test, k=3)
   np.testing.assert_allclose(got["auc"], _brute_force_metrics(scores, train, test, 3)["auc"])
 
 
 def test_ranking_metrics_errors():
   with pytest.raises(ValueError, match="train and test share a"):
-    rec.ranking_metrics(np.zeros((2, 3)), ([0], [1]), ([0], [1]), k=1)
+    ranking.ranking_metrics(np.zeros((2, 3)), ([0], [1]), ([0], [1]), k=1)
   with pytest.raises(ValueError, match=r"k must be <= n_items \(3\), got 4"):
-    rec.ranking_metrics(np.zeros((2, 3)), ([0], [1]), ([1], [1]), k=4)
+    ranking.ranking_metrics(np.zeros((2, 3)), ([0], [1]), ([1], [1]), k=4)
 
 
 def test_evaluate_matches_metrics_of_the_reference_scores():
   data, model = _small_model(seed=3)
   reference = _reference_scores(data, model)
   want = _brute_force_metrics(reference, data.train, data.test, 5)
-  got = rec.evaluate(model, data.train, data.test, k=5, chunk_size=7)  # several chunks
+  got = ranking.evaluate(model, data.train, data.test, k=5, chunk_size=7)  # several chunks
   assert got["users"] == len(want["user"])
   for key in ("precision", "recall", "auc"):
     assert got[key] == pytest.approx(np.mean(want[key]), abs=1e-6)
@@ -433,17 +435,17 @@ def test_evaluate_matches_metrics_of_the_reference_scores():
 @pytest.fixture(scope="module")
 def planted():
   ratings = ml.planted_ratings(n_users=120, n_items=150, rank=4, ratings_per_user=25, seed=0)
-  return rec.prepare_data(ratings, test_per_user=5, features="hybrid")
+  return ml.prepare_data(ratings, test_per_user=5, features="hybrid")
 
 
 @pytest.mark.parametrize("loss", rec.LOSSES)
 @pytest.mark.parametrize("name", OPTIMIZER_NAMES)
 def test_loss_falls_with_each_optimizer(planted, name, loss):
-  model = rec.LightFM(planted.user_features, planted.item_features, 8, rngs=nnx.Rngs(0))
-  before = rec.evaluate(model, planted.train, planted.test)
+  model = rm.LightFM(planted.user_features, planted.item_features, 8, rngs=nnx.Rngs(0))
+  before = ranking.evaluate(model, planted.train, planted.test)
   tx = make_optimizer(name, 0.1, preset="lightfm")
   result = rec.train(model, tx, planted.train, loss=loss, epochs=10, batch_size=128)
-  after = rec.evaluate(model, planted.train, planted.test)
+  after = ranking.evaluate(model, planted.train, planted.test)
   assert np.all(np.isfinite(result.losses))
   assert result.losses[-1] < 0.85 * result.losses[0], result.losses
   # The planted structure is learnt: test AUC rises well above chance.
@@ -451,7 +453,7 @@ def test_loss_falls_with_each_optimizer(planted, name, loss):
 
 
 def test_train_errors(planted):
-  model = rec.LightFM(planted.user_features, planted.item_features, 4, rngs=nnx.Rngs(0))
+  model = rm.LightFM(planted.user_features, planted.item_features, 4, rngs=nnx.Rngs(0))
   tx = make_optimizer("rowwise", 0.1)
   with pytest.raises(ValueError, match=r"loss must be one of \('bpr', 'warp'\), got 'hinge'"):
     rec.train(model, tx, planted.train, loss="hinge")
@@ -464,7 +466,7 @@ def test_train_errors(planted):
   with pytest.raises(ValueError, match="resume=True needs a checkpoint_dir"):
     rec.train(model, tx, planted.train, resume=True)
   with pytest.raises(ValueError, match="features must be 'indicator' or 'hybrid'"):
-    rec.prepare_data(ml.planted_ratings(n_users=5, n_items=5, ratings_per_user=2), features="x")
+    ml.prepare_data(ml.planted_ratings(n_users=5, n_items=5, ratings_per_user=2), features="x")
 
 
 class _Interrupted(Exception):
@@ -474,7 +476,7 @@ class _Interrupted(Exception):
 @pytest.mark.parametrize("loss", rec.LOSSES)
 def test_resume_equals_uninterrupted(planted, tmp_path, monkeypatch, loss):
   def fresh():
-    return rec.LightFM(planted.user_features, planted.item_features, 8, rngs=nnx.Rngs(1))
+    return rm.LightFM(planted.user_features, planted.item_features, 8, rngs=nnx.Rngs(1))
 
   settings = dict(loss=loss, epochs=5, batch_size=128, seed=3, checkpoint_every=2, tag="t")
   tx = make_optimizer("preset", 0.05, preset="lightfm")
@@ -506,10 +508,13 @@ def test_resume_equals_uninterrupted(planted, tmp_path, monkeypatch, loss):
   again = rec.train(fresh(), tx, planted.train, checkpoint_dir=tmp_path, resume=True, **settings)
   assert again.start_epoch == 5
   np.testing.assert_array_equal(again.losses, expected.losses)
-  with pytest.raises(ValueError, match="written by a run with other data or settings"):
+  with pytest.raises(SettingsMismatch, match=r"written with other settings \(tag differ\)"):
     rec.train(
       fresh(), tx, planted.train, checkpoint_dir=tmp_path, resume=True, **{**settings, "tag": "u"}
     )
+  fewer = tuple(a[:-1] for a in planted.train)
+  with pytest.raises(SettingsMismatch, match=r"\(data differ\)"):
+    rec.train(fresh(), tx, fewer, checkpoint_dir=tmp_path, resume=True, **settings)
 
 
 # -- command line --------------------------------------------------------------------------
@@ -621,7 +626,7 @@ def test_cli_bad_data_writes_nothing(tmp_path, capsys):
 
 
 def test_run_comparison_without_validation_is_the_final_run():
-  data = rec.prepare_data(ml.planted_ratings(n_users=40, n_items=50, ratings_per_user=10))
+  data = ml.prepare_data(ml.planted_ratings(n_users=40, n_items=50, ratings_per_user=10))
   kwargs = dict(optimizers=["rowwise"], losses=["bpr"], learning_rates=[0.1], epochs=3, dim=4)
   (validated,) = rec.run_comparison(data, **kwargs)
   (direct,) = rec.run_comparison(data, **kwargs, validate=False)

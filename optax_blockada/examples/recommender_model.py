@@ -1,0 +1,169 @@
+r"""The LightFM-style hybrid model (Kula 2015) in Flax NNX and its ranking losses, BPR and WARP.
+
+A user is the weighted sum of the embeddings of its features (an indicator of the user,
+age bucket, occupation, ...), an item likewise (its indicator, its genres), each with a bias:
+
+.. math::
+    e_u = \sum_f x_{uf} E^U_f, \quad b_u = \sum_f x_{uf} b^U_f, \qquad
+    e_i = \sum_g y_{ig} E^I_g, \quad b_i = \sum_g y_{ig} b^I_g, \qquad
+    s(u, i) = e_u^\top e_i + b_u + b_i,
+
+with row-normalised weights ``x`` and ``y`` (:func:`~optax_blockada.examples.movielens.
+feature_matrix`); with indicator features only it is matrix factorisation.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from optax_blockada.examples._cli import check_int
+from optax_blockada.examples.movielens import FeatureMatrix
+
+__all__ = ["FeatureIndex", "LightFM", "bpr_loss", "warp_loss"]
+
+_MAX_LOSS = 10.0  # LightFM clips the WARP weight at MAX_LOSS.
+
+
+class FeatureIndex(nnx.Variable):
+  """A non-trainable array of the model: feature ids or weights of users or items.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from optax_blockada.examples.recommender_model import FeatureIndex
+    >>> v = FeatureIndex(jnp.arange(3))
+    >>> isinstance(v, nnx.Param), v[...].tolist()
+    (False, [0, 1, 2])
+  """
+
+
+class LightFM(nnx.Module):
+  """LightFM's hybrid model: users and items as sums of feature embeddings plus biases.
+
+  Parameters (``nnx.Param``): ``user_embedding`` ``(n_user_features, dim)``,
+  ``user_bias`` ``(n_user_features,)``, ``item_embedding``, ``item_bias``; embeddings
+  start at ``(U(0, 1) - 0.5) / dim`` and biases at 0, as in LightFM. The feature
+  matrices are :class:`FeatureIndex` variables, which optimizers leave alone.
+
+  Args:
+    user_features: the users' :class:`~optax_blockada.examples.movielens.FeatureMatrix`.
+    item_features: the items' feature matrix.
+    dim: embedding dimension (LightFM's ``no_components``).
+    rngs: random streams; ``rngs.params()`` initialises the embeddings.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from optax_blockada.examples.movielens import feature_matrix
+    >>> from optax_blockada.examples.recommender_model import LightFM
+    >>> model = LightFM(feature_matrix(3), feature_matrix(4), dim=2, rngs=nnx.Rngs(0))
+    >>> model.user_embedding.shape, model(jnp.array([0, 2]), jnp.array([1, 3])).shape
+    ((3, 2), (2,))
+    >>> model.score_all(jnp.array([0, 1, 2])).shape
+    (3, 4)
+  """
+
+  def __init__(
+    self, user_features: FeatureMatrix, item_features: FeatureMatrix, dim: int = 32, *, rngs
+  ):
+    dim = check_int("dim", dim, 1)
+    for side, features in (("user", user_features), ("item", item_features)):
+      n = features.n_features
+      table = (jax.random.uniform(rngs.params(), (n, dim), jnp.float32) - 0.5) / dim
+      setattr(self, f"{side}_ids", FeatureIndex(jnp.asarray(features.ids, jnp.int32)))
+      setattr(self, f"{side}_weights", FeatureIndex(jnp.asarray(features.weights, jnp.float32)))
+      setattr(self, f"{side}_embedding", nnx.Param(table))
+      setattr(self, f"{side}_bias", nnx.Param(jnp.zeros((n,), jnp.float32)))
+
+  @property
+  def n_users(self) -> int:
+    return self.user_ids.shape[0]
+
+  @property
+  def n_items(self) -> int:
+    return self.item_ids.shape[0]
+
+  def _represent(self, side: str, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(e, b)`` of users or items ``rows`` (any shape ``S``): ``S + (dim,)`` and ``S``."""
+    ids = getattr(self, f"{side}_ids")[...][rows]
+    w = getattr(self, f"{side}_weights")[...][rows]  # (..., width)
+    vectors = jnp.einsum("...f,...fd->...d", w, getattr(self, f"{side}_embedding")[...][ids])
+    return vectors, jnp.sum(w * getattr(self, f"{side}_bias")[...][ids], axis=-1)
+
+  def __call__(self, users: jax.Array, items: jax.Array) -> jax.Array:
+    """Scores ``s(u, i)``; ``users`` ``(B,)``, ``items`` ``(B,)`` or ``(B, M)``."""
+    e_u, b_u = self._represent("user", users)
+    e_i, b_i = self._represent("item", items)
+    if items.ndim == users.ndim + 1:
+      e_u, b_u = e_u[:, None, :], b_u[:, None]
+    return jnp.sum(e_u * e_i, axis=-1) + b_u + b_i
+
+  def score_all(self, users: jax.Array) -> jax.Array:
+    """Scores of every item for users ``users`` ``(B,)``: ``(B, n_items)``."""
+    e_u, b_u = self._represent("user", users)
+    e_i, b_i = self._represent("item", jnp.arange(self.n_items))
+    return e_u @ e_i.T + b_u[:, None] + b_i[None, :]
+
+
+def bpr_loss(positive_scores: jax.Array, negative_scores: jax.Array) -> jax.Array:
+  r"""BPR's loss per example, :math:`-\log \sigma(s_{ui} - s_{uj})`, as ``softplus(s_uj - s_ui)``.
+
+  Its gradient with respect to ``s_ui`` is LightFM's BPR step, :math:`-(1 - \sigma(s_{ui} -
+  s_{uj}))`. The negative ``j`` is, as in LightFM, the item of a random training positive
+  (popularity-weighted), or a uniform item as in classic BPR-MF.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_blockada.examples.recommender_model import bpr_loss
+    >>> loss = bpr_loss(jnp.array([0.0, 2.0]), jnp.array([0.0, 0.0]))
+    >>> print(loss.round(4))  # log 2, log(1 + e^-2)
+    [0.6931 0.1269]
+  """
+  return jax.nn.softplus(negative_scores - positive_scores)
+
+
+def warp_loss(
+  positive_scores: jax.Array, negative_scores: jax.Array, valid: jax.Array, n_items: int
+) -> jax.Array:
+  r"""WARP's loss per example, over ``M`` sampled candidates per example.
+
+  The candidates are visited in order, skipping invalid ones (the user's positives, which
+  LightFM resamples). The first valid ``j`` with :math:`s_{uj} > s_{ui} - 1` is the
+  violator; if it is the ``n``-th valid candidate the loss is
+
+  .. math:: w(n)\, (1 - s_{ui} + s_{uj}), \qquad
+      w(n) = \min(10, \log \max(1, \lfloor (N - 1) / n \rfloor)),
+
+  with ``N = n_items`` and the weight, an estimate of the log-rank of ``i``, held constant
+  (``stop_gradient``). Without a violator the loss is 0. LightFM 1.17's ``fit_warp`` also
+  counts draws of the user's own positives in ``n``, so its weight is at most this one.
+
+  Args:
+    positive_scores: ``(B,)`` scores ``s(u, i)``.
+    negative_scores: ``(B, M)`` scores of the candidates.
+    valid: ``(B, M)`` bool, false for candidates to skip.
+    n_items: number of items ``N``.
+
+  Returns:
+    ``(B,)`` losses.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from optax_blockada.examples.recommender_model import warp_loss
+    >>> pos = jnp.array([1.0, 1.0])
+    >>> neg = jnp.array([[0.9, -5.0, 0.5], [-5.0, -5.0, -5.0]])
+    >>> valid = jnp.array([[False, True, True], [True, True, True]])
+    >>> # first example: candidate 0 is skipped, 2 is the 2nd valid one and violates
+    >>> print(warp_loss(pos, neg, valid, n_items=101))  # log(50) * 0.5, no violator
+    [1.956 0.   ]
+  """
+  violates = valid & (negative_scores > positive_scores[:, None] - 1.0)
+  first = jnp.argmax(violates, axis=1)
+  drawn = jnp.take_along_axis(jnp.cumsum(valid, axis=1), first[:, None], axis=1)[:, 0]
+  drawn = jnp.maximum(drawn, 1).astype(jnp.float32)
+  weight = jnp.log(jnp.maximum(1.0, jnp.floor((n_items - 1) / drawn)))
+  weight = jax.lax.stop_gradient(jnp.minimum(weight, _MAX_LOSS))
+  hinge = 1.0 - positive_scores + jnp.take_along_axis(negative_scores, first[:, None], axis=1)[:, 0]
+  return jnp.where(jnp.any(violates, axis=1), weight * hinge, jnp.zeros_like(hinge))
