@@ -651,14 +651,19 @@ def test_sharded_glove_example_equals_its_single_device_run(flags, tmp_path, cap
     assert result["routing"] is None
 
 
-def test_sharded_glove_example_errors():
+def test_sharded_glove_example_errors(capsys):
   from optax_blockada.examples import sharded_glove
 
   assert sharded_glove.main([*SMALL, "--capacity", "8"]) == 2  # only with --sparse
   assert sharded_glove.main([*SMALL, "--sparse", "--batch-size", "36"]) == 2  # 8 devices
   assert sharded_glove.main([*SMALL, "--devices", "16"]) == 2
-  assert sharded_glove.main([*SMALL, "--data-parallel", "3"]) == 2  # 3 does not divide 8
   assert sharded_glove.main([*SMALL, "--vocab-size", "66"]) == 2  # not divisible by 4
+  capsys.readouterr()
+  assert sharded_glove.main([*SMALL, "--data-parallel", "3"]) == 2  # 3 does not divide 8
+  err = capsys.readouterr().err
+  assert err.startswith("usage: python -m optax_blockada.examples.sharded_glove")
+  assert "error: argument --data-parallel: must divide the device count 8, got 3; " in err
+  assert "pass one of 1, 2, 4, 8." in err and "Traceback" not in err
   with pytest.raises(ValueError, match="optimizer must be one of"):
     sharded_glove.make_optimizer("adam")
   with pytest.raises(ValueError, match="data_parallel must be a positive divisor of"):
