@@ -9,16 +9,14 @@ The model is written as usual, with ``nnx.Embed`` word and context vectors and a
     # sparse: only the rows the batch looks up
     loss = sparse.nnx_update(model, optimizer, loss_fn, ids, x)
 
-Both runs start from the same model and see the same mini-batches of co-occurrence
-pairs from a planted co-occurrence matrix (:mod:`optax_blockada.examples.planted`).
-Adagrad is lazily exact, so they train the same model; the script prints both losses,
-the largest parameter difference and the median step times.
-
-Run it with::
+Both runs start from the same model and see the same mini-batches of pairs of a planted
+co-occurrence matrix (:mod:`optax_blockada.examples.planted`). Adagrad is lazily exact, so
+they train the same model; the script prints both losses, the largest parameter
+difference and the median step times. Run it with::
 
     python -m optax_blockada.examples.sparse_glove [--vocab-size 3000] [--dim 64]
         [--batch-size 1024] [--steps 100] [--optimizer rowwise] [--seed 0]
-        [--json results.json]
+        [--json results.json] [--no-progress]
 """
 
 from __future__ import annotations
@@ -37,11 +35,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-import optax_blockada as ob
 from optax_blockada import sparse
+from optax_blockada.examples import optimizers
+from optax_blockada.examples._cli import float_in, int_at_least
 from optax_blockada.examples.glove_model import init_table, predict, squared_errors, weighting
 from optax_blockada.examples.planted import planted_cooccurrence
-from optax_blockada.examples.report import write_json
+from optax_blockada.examples.report import machine_facts, markdown_table, progress_bar, write_json
 
 __all__ = [
   "OPTIMIZERS",
@@ -54,48 +53,33 @@ __all__ = [
   "sparse_step",
 ]
 
-OPTIMIZERS = ("rowwise", "diagonal", "glove", "rows_x_shared")
+_NAMES = {"rowwise": "rowwise", "diagonal": "diagonal", "glove": "preset", "rows_x_shared": "block"}
+OPTIMIZERS = tuple(_NAMES)
 """Names accepted by :func:`make_optimizer`."""
 
 
 @functools.cache
 def make_optimizer(name: str, learning_rate: float = 0.1) -> optax.GradientTransformation:
-  """The optimizer of the example by name (one of :data:`OPTIMIZERS`).
-
-  Cached, so that runs with the same optimizer reuse the compiled steps.
-
-  Args:
-    name: ``'rowwise'`` (row-wise Adagrad), ``'diagonal'`` (per-coordinate),
-      ``'glove'`` (the ``glove.c`` preset) or ``'rows_x_shared'`` (block Adagrad).
-    learning_rate: the learning rate (``eta`` for the preset).
-
-  Returns:
-    An :class:`optax.GradientTransformation`.
+  """Row-wise, diagonal, ``glove.c``'s (``'glove'``) or block (``'rows_x_shared'``)
+  Adagrad, from :func:`optax_blockada.examples.optimizers.make_optimizer`; cached, so
+  that runs with the same optimizer reuse the compiled steps.
 
   Example:
     >>> from optax_blockada.examples.sparse_glove import make_optimizer
     >>> type(make_optimizer('rowwise')).__name__
     'GradientTransformationExtraArgs'
   """
-  if name == "rowwise":
-    return ob.rowwise_adagrad(learning_rate)
-  if name == "diagonal":
-    return ob.diagonal_adagrad(learning_rate)
-  if name == "glove":
-    return ob.presets.glove_adagrad(learning_rate)
-  if name == "rows_x_shared":
-    return ob.block_adagrad(learning_rate, structure="rows_x_shared")
-  raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}.")
+  if name not in _NAMES:
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}.")
+  return optimizers.make_optimizer(_NAMES[name], learning_rate, preset="glove")
 
 
 class _Side(nnx.Module):
   """One side of GloVe: ``(V, d)`` vectors (an ``nnx.Embed``) and ``(V,)`` biases."""
 
   def __init__(self, vocab_size: int, dim: int, rngs: nnx.Rngs):
-    # glove.c starts vectors uniform in [-0.5/d, 0.5/d) and biases at zero.
-    self.vectors = nnx.Embed(
-      vocab_size, dim, embedding_init=lambda key, shape, dtype: init_table(key, *shape), rngs=rngs
-    )
+    init = lambda key, shape, dtype: init_table(key, *shape)  # glove.c's
+    self.vectors = nnx.Embed(vocab_size, dim, embedding_init=init, rngs=rngs)
     self.bias = nnx.Param(jnp.zeros((vocab_size,), jnp.float32))
 
   def __call__(self, ids: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -103,17 +87,10 @@ class _Side(nnx.Module):
 
 
 class GloVe(nnx.Module):
-  r"""A GloVe model: word and context vectors (``nnx.Embed``) and biases.
+  r"""GloVe with ``nnx.Embed`` tables: ``model(i, j)`` predicts :math:`\log X_{ij}`.
 
-  ``model(i, j)`` predicts :math:`\log X_{ij}` as :math:`w_i \cdot c_j + b_i + \tilde b_j`.
-  Vectors start uniform in :math:`\pm 0.5 / d` (as ``glove.c``), biases at zero. Its
-  tables sit at the paths ``'word'`` and ``'context'`` (each a ``(V, d)`` table and a
-  ``(V,)`` bias, which share the ids).
-
-  Args:
-    vocab_size: ``V``.
-    dim: ``d``.
-    rngs: the ``nnx.Rngs`` of the initialisation.
+  Its sides sit at the paths ``'word'`` and ``'context'``, each a ``(V, d)`` table and a
+  ``(V,)`` bias that share the ids; initialised as ``glove.c`` does.
 
   Example:
     >>> import jax.numpy as jnp
@@ -134,23 +111,15 @@ class GloVe(nnx.Module):
 
 
 def glove_loss(model: Any, ids: dict[str, jax.Array], x: jax.Array) -> jax.Array:
-  r"""Mean weighted least squares :math:`f(x)(w_i \cdot c_j + b_i + \tilde b_j - \log x)^2`.
-
-  :math:`f(x) = \min(1, (x / x_{max})^{\alpha})` as in ``glove.c``.
-
-  Args:
-    model: a :func:`GloVe` model.
-    ids: ``{'word': i, 'context': j}``, integer arrays of shape ``(B,)``.
-    x: the co-occurrence counts of the pairs, ``(B,)``, positive.
-
-  Returns:
-    The scalar loss.
+  r"""The mean of glove_model's :func:`squared_errors` of the pairs ``ids`` (``{'word': i,
+  'context': j}``) with counts ``x``: :math:`f(x)(w_i \cdot c_j + b_i + \tilde b_j -
+  \log x)^2`.
 
   Example:
     >>> import jax.numpy as jnp
+    >>> from flax import nnx
     >>> from optax_blockada.examples.sparse_glove import GloVe, glove_loss
     >>> ids = {'word': jnp.array([0]), 'context': jnp.array([1])}
-    >>> from flax import nnx
     >>> model = GloVe(4, 2, rngs=nnx.Rngs(0))
     >>> print(f"{glove_loss(model, ids, jnp.array([1.0])):.4f}")  # log 1 = 0; small init
     0.0000
@@ -159,34 +128,19 @@ def glove_loss(model: Any, ids: dict[str, jax.Array], x: jax.Array) -> jax.Array
   return jnp.mean(squared_errors(pred, jnp.log(x), weighting(x)))
 
 
-def _pairs(vocab_size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  counts = planted_cooccurrence(vocab_size, 8, total_count=50.0 * vocab_size**2, seed=seed)
-  i, j = np.nonzero(counts)
-  return i.astype(np.int32), j.astype(np.int32), counts[i, j].astype(np.float32)
-
-
 @nnx.jit(donate_argnums=(0, 1))
 def dense_step(model: GloVe, optimizer: nnx.Optimizer, ids: dict, x: jax.Array) -> jax.Array:
-  """The dense training step: gradients and updates for every row of every table.
-
-  Args:
-    model: a :class:`GloVe` model, updated in place.
-    optimizer: its ``nnx.Optimizer``, updated in place.
-    ids: ``{'word': i, 'context': j}``.
-    x: the pairs' co-occurrence counts.
-
-  Returns:
-    The loss before the update.
+  """The dense step: gradients and updates of every row; returns the loss before it.
 
   Example:
     >>> import jax.numpy as jnp
     >>> from flax import nnx
-    >>> from optax_blockada.examples.sparse_glove import GloVe, dense_step, make_optimizer
-    >>> model = GloVe(40, 4, rngs=nnx.Rngs(0))
-    >>> optimizer = nnx.Optimizer(model, make_optimizer('rowwise'), wrt=nnx.Param)
+    >>> from optax_blockada.examples import sparse_glove as sg
+    >>> model = sg.GloVe(40, 4, rngs=nnx.Rngs(0))
+    >>> optimizer = nnx.Optimizer(model, sg.make_optimizer('rowwise'), wrt=nnx.Param)
     >>> ids = {'word': jnp.array([1, 2]), 'context': jnp.array([3, 3])}
     >>> # About mean(f(x) log(x)^2) = (0.5^0.75 log(5)^2 + 0) / 2 = 0.770: vectors start near 0.
-    >>> print(f"{dense_step(model, optimizer, ids, jnp.array([5.0, 1.0])):.3f}")
+    >>> print(f"{sg.dense_step(model, optimizer, ids, jnp.array([5.0, 1.0])):.3f}")
     0.772
   """
   loss, grads = nnx.value_and_grad(glove_loss)(model, ids, x)
@@ -196,27 +150,18 @@ def dense_step(model: GloVe, optimizer: nnx.Optimizer, ids: dict, x: jax.Array) 
 
 @nnx.jit(donate_argnums=(0, 1))
 def sparse_step(model: GloVe, optimizer: nnx.Optimizer, ids: dict, x: jax.Array) -> jax.Array:
-  """The sparse training step (:func:`optax_blockada.sparse.nnx_update`): touched rows only.
-
-  Args:
-    model: a :class:`GloVe` model, updated in place.
-    optimizer: its ``nnx.Optimizer``, updated in place.
-    ids: ``{'word': i, 'context': j}``: each side's vectors and bias share the ids.
-    x: the pairs' co-occurrence counts.
-
-  Returns:
-    The loss before the update.
+  """The sparse step (:func:`optax_blockada.sparse.nnx_update`): the looked-up rows only.
 
   Example:
     >>> import jax.numpy as jnp
     >>> from flax import nnx
-    >>> from optax_blockada.examples.sparse_glove import GloVe, make_optimizer, sparse_step
-    >>> model = GloVe(40, 4, rngs=nnx.Rngs(0))
-    >>> optimizer = nnx.Optimizer(model, make_optimizer('rowwise'), wrt=nnx.Param)
-    >>> ids = {'word': jnp.array([1, 2]), 'context': jnp.array([3, 3])}
-    >>> # About mean(f(x) log(x)^2) = (0.5^0.75 log(5)^2 + 0) / 2 = 0.770: vectors start near 0.
-    >>> print(f"{sparse_step(model, optimizer, ids, jnp.array([5.0, 1.0])):.3f}")
-    0.772
+    >>> from optax_blockada.examples import sparse_glove as sg
+    >>> models = [sg.GloVe(40, 4, rngs=nnx.Rngs(0)) for _ in range(2)]
+    >>> opts = [nnx.Optimizer(m, sg.make_optimizer('rowwise'), wrt=nnx.Param) for m in models]
+    >>> ids, x = {'word': jnp.array([1, 2]), 'context': jnp.array([3, 3])}, jnp.array([5.0, 1.0])
+    >>> steps = (sg.dense_step, sg.sparse_step)
+    >>> [f"{step(m, o, ids, x):.3f}" for step, m, o in zip(steps, models, opts)]
+    ['0.772', '0.772']
   """
   return sparse.nnx_update(model, optimizer, glove_loss, ids, x)
 
@@ -232,22 +177,12 @@ def run(
   seed: int = 0,
   progress: bool = True,
 ) -> dict[str, Any]:
-  """Trains the same GloVe model densely and sparsely on the same batches.
-
-  Args:
-    vocab_size: ``V``.
-    dim: ``d``.
-    batch_size: co-occurrence pairs per step (each looks up one word and one context).
-    steps: training steps.
-    optimizer: one of :data:`OPTIMIZERS`.
-    learning_rate: its learning rate.
-    seed: seed of the data, the initialisation and the batches.
-    progress: show a progress bar (tqdm) if installed.
+  """Trains the same GloVe model densely and sparsely on the same batches (``seed``: of
+  the data, the initialisation and the batches; ``progress``: a progress bar).
 
   Returns:
-    A dict: settings, the losses of both runs (every step, and first and final), the
-    largest absolute difference between their parameters, and median step times in
-    milliseconds.
+    The settings, the losses of both runs (each step, first, final), the largest
+    differences of their losses and parameters, and median step times in milliseconds.
 
   Example:
     >>> from optax_blockada.examples.sparse_glove import run
@@ -255,38 +190,30 @@ def run(
     >>> r['max_param_difference'] < 1e-5
     True
   """
-  i_all, j_all, x_all = _pairs(vocab_size, seed)
+  counts = planted_cooccurrence(vocab_size, 8, total_count=50.0 * vocab_size**2, seed=seed)
+  i_all, j_all = (a.astype(np.int32) for a in np.nonzero(counts))
+  x_all = counts[i_all, j_all].astype(np.float32)
   tx = make_optimizer(optimizer, learning_rate)
   models = {k: GloVe(vocab_size, dim, rngs=nnx.Rngs(seed)) for k in ("dense", "sparse")}
-  optimizers = {k: nnx.Optimizer(m, tx, wrt=nnx.Param) for k, m in models.items()}
-
+  opts = {k: nnx.Optimizer(m, tx, wrt=nnx.Param) for k, m in models.items()}
   step_fns = {"dense": dense_step, "sparse": sparse_step}
   rng = np.random.default_rng(seed)
   losses: dict[str, list[float]] = {"dense": [], "sparse": []}
   times: dict[str, list[float]] = {"dense": [], "sparse": []}
-  iterator = range(steps)
-  if progress:
-    try:
-      from tqdm.auto import tqdm
-
-      iterator = tqdm(iterator, desc="sparse_glove", file=sys.stderr)
-    except ImportError:
-      pass
-  for _ in iterator:
-    pick = rng.integers(0, i_all.shape[0], batch_size)
-    ids = {"word": jnp.asarray(i_all[pick]), "context": jnp.asarray(j_all[pick])}
-    x = jnp.asarray(x_all[pick])
-    for name in ("dense", "sparse"):
-      start = time.perf_counter()
-      loss = step_fns[name](models[name], optimizers[name], ids, x)
-      losses[name].append(float(loss))  # waits for the step
-      times[name].append(time.perf_counter() - start)
-  dense_params = nnx.state(models["dense"], nnx.Param)
-  sparse_params = nnx.state(models["sparse"], nnx.Param)
-  diff = max(
-    float(jnp.max(jnp.abs(a - b)))
-    for a, b in zip(jax.tree.leaves(dense_params), jax.tree.leaves(sparse_params), strict=True)
-  )
+  with progress_bar("dense and sparse steps", 1, 1, steps, enabled=progress) as bar:
+    for _ in range(steps):
+      pick = rng.integers(0, i_all.shape[0], batch_size)
+      ids = {"word": jnp.asarray(i_all[pick]), "context": jnp.asarray(j_all[pick])}
+      x = jnp.asarray(x_all[pick])
+      for name in ("dense", "sparse"):
+        start = time.perf_counter()
+        loss = step_fns[name](models[name], opts[name], ids, x)
+        losses[name].append(float(loss))  # waits for the step
+        times[name].append(time.perf_counter() - start)
+      bar.set_postfix(loss=f"{losses['sparse'][-1]:.4f}")
+      bar.update()
+  params = [jax.tree.leaves(nnx.state(models[k], nnx.Param)) for k in ("dense", "sparse")]
+  diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(*params, strict=True))
   warm = slice(min(3, steps - 1), None)  # the first steps compile
   return {
     "settings": {
@@ -311,25 +238,24 @@ def run(
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-  parser.add_argument("--vocab-size", type=int, default=3000)
-  parser.add_argument("--dim", type=int, default=64)
-  parser.add_argument("--batch-size", type=int, default=1024)
-  parser.add_argument("--steps", type=int, default=100)
-  parser.add_argument("--optimizer", choices=OPTIMIZERS, default="rowwise")
-  parser.add_argument("--learning-rate", type=float, default=0.1)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--json", default=None, help="write the results to this file")
+  add = parser.add_argument
+  for flag, least, default in (
+    ("--vocab-size", 2, 3000),
+    ("--dim", 1, 64),
+    ("--batch-size", 1, 1024),
+    ("--steps", 1, 100),
+  ):
+    add(flag, type=int_at_least(least), default=default)
+  add("--optimizer", choices=OPTIMIZERS, default="rowwise")
+  add("--learning-rate", type=float_in(0), default=0.1)
+  add("--seed", type=int_at_least(0), default=0)
+  add("--json", default=None, help="write the results to this file")
+  add("--no-progress", action="store_true", help="no progress bars")
   return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Command-line entry point; returns the process exit status.
-
-  Args:
-    argv: the arguments (default: ``sys.argv[1:]``).
-
-  Returns:
-    0 on success (argparse exits with status 2 on bad arguments).
+  """Command-line entry point; returns 0 (argparse exits with 2 on bad arguments).
 
   Example:
     >>> from optax_blockada.examples.sparse_glove import main
@@ -339,36 +265,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     0
   """
   args = _parser().parse_args(argv)
-  for name in ("vocab_size", "dim", "batch_size", "steps"):
-    if getattr(args, name) < (2 if name == "vocab_size" else 1):
-      raise SystemExit(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-  r = run(
-    vocab_size=args.vocab_size,
-    dim=args.dim,
-    batch_size=args.batch_size,
-    steps=args.steps,
-    optimizer=args.optimizer,
-    learning_rate=args.learning_rate,
-    seed=args.seed,
-  )
+  settings = {k: v for k, v in vars(args).items() if k not in ("json", "no_progress")}
+  r = run(**settings, progress=not args.no_progress)
   s = r["settings"]
   print(
     f"GloVe, V={s['vocab_size']}, d={s['dim']}, {s['steps']} steps of {s['batch_size']} pairs "
     f"({s['pairs']} nonzero pairs), {s['optimizer']} Adagrad, jax {jax.__version__} on "
-    f"{r['backend']}."
+    f"{r['backend']}.\n"
   )
-  print(f"{'':8s} {'first loss':>12s} {'final loss':>12s} {'median step ms':>15s}")
-  for name in ("dense", "sparse"):
-    print(
-      f"{name:8s} {r['first_loss']:12.6f} {r['final_loss'][name]:12.6f} "
-      f"{r['median_step_ms'][name]:15.3f}"
-    )
+  cells = [
+    [k, f"{r['first_loss']:.6f}", f"{r['final_loss'][k]:.6f}", f"{r['median_step_ms'][k]:.3f}"]
+    for k in ("dense", "sparse")
+  ]
+  print(markdown_table(["step", "first loss", "final loss", "median step ms"], "lrrr", cells))
   print(
-    f"max |sparse - dense|: loss {r['max_loss_difference']:.2e}, "
+    f"\nmax |sparse - dense|: loss {r['max_loss_difference']:.2e}, "
     f"params {r['max_param_difference']:.2e} (float32 rounding)"
   )
   if args.json is not None:
-    write_json(args.json, r)
+    write_json(args.json, machine_facts(**r))
   return 0
 
 
