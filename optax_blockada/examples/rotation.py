@@ -102,12 +102,9 @@ def glove_loss(params: Params, cooc: Any) -> jax.Array:
   :math:`\frac{1}{|\{X_{ij} > 0\}|} \sum_{X_{ij} > 0} \tfrac12 f(X_{ij})
   (w_i^\top c_j + b_i + \tilde b_j - \log X_{ij})^2` with glove_model's ``f``.
 
-  Args:
-    params: ``{'word': (V, d), 'context': (V, d), 'word_bias': (V,), 'context_bias': (V,)}``.
-    cooc: the ``(V, V)`` co-occurrence counts (non-negative, not all zero).
-
-  Returns:
-    A scalar in the params' dtype.
+  ``params``: ``{'word': (V, d), 'context': (V, d), 'word_bias': (V,), 'context_bias':
+  (V,)}``; ``cooc``: the ``(V, V)`` counts (non-negative, not all zero). A scalar in the
+  params' dtype.
 
   Example:
     >>> import numpy as np
@@ -197,14 +194,9 @@ def _step_fn(tx: optax.GradientTransformation, params: Params, cooc: Any):
 def train(
   tx: optax.GradientTransformation, params: Params, cooc: Any, steps: int, bar: Any = None
 ) -> tuple[Params, jax.Array]:
-  """Full-batch training of the GloVe model: a jitted ``jax.lax.scan`` in up to 10 chunks.
-
-  Args:
-    tx: the optimizer; ``tx.update`` is always given ``params``.
-    params: initial GloVe parameters (see :func:`glove_loss`).
-    cooc: the ``(V, V)`` co-occurrence counts.
-    steps: number of steps, at least 1.
-    bar: a :func:`~optax_blockada.examples.report.progress_bar` to advance, or ``None``.
+  """``steps`` full-batch steps from ``params`` on the ``(V, V)`` counts ``cooc``: a jitted
+  ``jax.lax.scan`` in up to 10 chunks, each advancing ``bar`` (a
+  :func:`~optax_blockada.examples.report.progress_bar`) unless it is ``None``.
 
   Returns:
     ``(final_params, losses)``, ``losses[t]`` the :func:`glove_loss` before step ``t``,
@@ -245,14 +237,8 @@ def train(
 def drift_over_steps(
   tx: optax.GradientTransformation, params: Params, cooc: Any, rotation: jax.Array, steps: int
 ) -> dict[str, np.ndarray]:
-  """Trains from ``W`` and from ``W R`` side by side (one scan) and records the drift.
-
-  Args:
-    tx: the optimizer.
-    params: initial GloVe parameters (see :func:`glove_loss`).
-    cooc: the ``(V, V)`` co-occurrence counts.
-    rotation: a ``(d, d)`` orthogonal matrix.
-    steps: steps of each run, at least 1.
+  """Trains from ``params`` and from ``rotate(params, rotation)`` side by side (one scan,
+  ``steps`` steps each) and records the drift after every step.
 
   Returns:
     Float64 arrays of shape ``(steps + 1,)``, entry ``t`` after ``t`` steps: ``step``,
@@ -309,7 +295,7 @@ def default_optimizers(dim: int) -> dict[str, optax.GradientTransformation]:
     ['optax.adagrad(0.1)', 'diagonal_adagrad(0.1)']
   """
   dim = check_int("dim", dim, 1)
-  k = max(dim // 4, 1)
+  k, lr_d = max(dim // 4, 1), 0.1 * math.sqrt(dim)
   return {
     "optax.adagrad(0.1)": optax.adagrad(0.1),
     "diagonal_adagrad(0.1)": ob.diagonal_adagrad(0.1),
@@ -324,17 +310,13 @@ def default_optimizers(dim: int) -> dict[str, optax.GradientTransformation]:
     # sum = d * mean: rate * sqrt(d), accumulator and eps * d give the mean variant's table
     # updates; the biases (rows of one element) then take other steps.
     "rowwise_adagrad(0.1*sqrt(d), sum)": ob.rowwise_adagrad(
-      0.1 * math.sqrt(dim), initial_accumulator_value=0.1 * dim, eps=1e-7 * dim, reduction="sum"
+      lr_d, initial_accumulator_value=0.1 * dim, eps=1e-7 * dim, reduction="sum"
     ),
     "presets.fbgemm_rowwise_adagrad(0.1)": ob.presets.fbgemm_rowwise_adagrad(learning_rate=0.1),
     # Block Adagrad accumulates sums of squares, so its rate scales as 0.1 * sqrt(block).
-    "block_adagrad(0.1*sqrt(d), rows)": ob.block_adagrad(0.1 * math.sqrt(dim)),
-    "block_adagrad(0.1*sqrt(d), shared)": ob.block_adagrad(
-      0.1 * math.sqrt(dim), structure="shared"
-    ),
-    "block_adagrad(0.1*sqrt(d), rows_x_shared)": ob.block_adagrad(
-      0.1 * math.sqrt(dim), structure="rows_x_shared"
-    ),
+    "block_adagrad(0.1*sqrt(d), rows)": ob.block_adagrad(lr_d),
+    "block_adagrad(0.1*sqrt(d), shared)": ob.block_adagrad(lr_d, structure="shared"),
+    "block_adagrad(0.1*sqrt(d), rows_x_shared)": ob.block_adagrad(lr_d, structure="rows_x_shared"),
     f"block_adagrad(0.1*sqrt(k), blocks, k={k})": ob.block_adagrad(
       0.1 * math.sqrt(k), structure="blocks", block_size=k
     ),
@@ -401,10 +383,8 @@ def run_experiment(
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m optax_blockada.examples.rotation",
-    description=(
-      "Train a GloVe-style model from W and from a rotated W R with several Adagrad "
-      "variants and report how far the two runs drift apart."
-    ),
+    description="Train a GloVe-style model from W and from a rotated W R with several "
+    "Adagrad variants and report how far the two runs drift apart.",
   )
   add = parser.add_argument
   for flag, least, default, text in (

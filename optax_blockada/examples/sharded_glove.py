@@ -1,28 +1,18 @@
-"""Sharded GloVe: two embedding tables split by rows over 8 devices, data-parallel batches.
+"""Sharded GloVe: both tables and their optimizer state split by rows over 8 devices.
 
-GloVe's cost (:mod:`optax_blockada.examples.glove_model`) on minibatches of pairs of a
-planted co-occurrence matrix (:mod:`optax_blockada.examples.planted`), on a
-``data x rows`` mesh (``2 x 4`` on 8 devices): the tables ``(V, d)``, their biases and the
-optimizer state (placed by :func:`optax_blockada.sharding.state_shardings`) are split
-along their rows over ``rows``, each batch over ``data``; JAX inserts the collectives.
+GloVe's cost (:mod:`~optax_blockada.examples.glove_model`) on minibatches of planted
+co-occurrences (:mod:`~optax_blockada.examples.planted`) on a ``data x rows`` mesh
+(``2 x 4``): tables, biases and state (:func:`optax_blockada.sharding.state_shardings`)
+split by rows over ``rows``, batches over ``data``. ``--sparse`` updates only the looked-up
+rows, routed to the devices that own them (:mod:`optax_blockada.routed`, ``--capacity``
+ids per shard; overflowing steps run exactly at full capacity). The same steps then run
+on one device; both runs must agree to float32 rounding. On CPU::
 
-With ``--sparse`` the step reads and writes only the looked-up rows, routed to the devices
-that own them (:mod:`optax_blockada.routed`): the batch is split over all devices, each
-sends its distinct ids to their owners (``all_to_all``, ``--capacity`` ids per shard), gets
-the rows back and returns their gradients; the owners update their rows and state. Steps
-that overflow the capacity run with the full capacity (exact, but costly); the script
-counts them. The same steps then run on one device, and both runs must end at the same
-parameters up to float32 rounding. On CPU, with 8 simulated devices::
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m \\
+        optax_blockada.examples.sharded_glove [--sparse] [--mode explicit] [--help]
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 \\
-        python -m optax_blockada.examples.sharded_glove [--mode auto|explicit]
-        [--optimizer rowwise|diagonal|block] [--steps 200] [--vocab-size 2048]
-        [--dim 32] [--batch-size 1024] [--data-parallel 2]
-        [--sparse [--capacity N] [--spread-ids]] [--json results.json] [--no-progress]
-
-``--mode auto`` builds the state with ``jax.jit(tx.init, out_shardings=...)`` and gives
-the step ``in_shardings``/``out_shardings``; ``--mode explicit`` uses JAX's Explicit
-sharding (``jax.set_mesh``), where ``tx.init`` shards the state like the params itself.
+``--mode auto`` passes shardings to ``jax.jit``; ``--mode explicit`` uses JAX's Explicit
+sharding under ``jax.set_mesh``, where ``tx.init`` shards the state like the params.
 """
 
 from __future__ import annotations
@@ -62,19 +52,14 @@ __all__ = [
   "train_single_device",
 ]
 
-PARAM_SPECS = {
-  "word": P("rows", None),
-  "context": P("rows", None),
-  "word_bias": P("rows"),
-  "context_bias": P("rows"),
-}
+PARAM_SPECS = {"word": P("rows", None), "context": P("rows", None)}
+PARAM_SPECS |= {"word_bias": P("rows"), "context_bias": P("rows")}
 """How the GloVe params are split: every table and bias along its rows."""
 
 _OPTIMIZERS = ("rowwise", "diagonal", "block")
 _PLANTED_RANK = 8
 _CAPACITY_SAMPLE = 20
-# Float32 rounding: the sharded run sums the batch and the gradients in another order.
-RTOL, ATOL = 1e-4, 1e-6
+RTOL, ATOL = 1e-4, 1e-6  # float32 rounding: the sharded run sums in another order
 
 Batch = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
 
@@ -109,8 +94,10 @@ def make_mesh(data_parallel: int, *, explicit: bool = False) -> jax.sharding.Mes
   """
   n = jax.device_count()
   if data_parallel < 1 or n % data_parallel:
+    divisors = ", ".join(str(k) for k in range(1, n + 1) if n % k == 0)
     raise ValueError(
-      f"data_parallel must be a positive divisor of the device count {n}, got {data_parallel}."
+      f"data_parallel must be a positive divisor of the device count {n}, got "
+      f"{data_parallel}; pass one of {divisors}."
     )
   types = (AxisType.Explicit if explicit else AxisType.Auto,) * 2
   return jax.make_mesh((data_parallel, n // data_parallel), ("data", "rows"), axis_types=types)
@@ -240,36 +227,26 @@ def train_sharded(
   Auto axes: the state is built by ``jax.jit(tx.init, out_shardings=state_shardings(...))``
   and the step given its shardings. Explicit axes: under ``jax.set_mesh(mesh)``,
   ``tx.init`` shards the state like the params and the step keeps the sharding types.
-
-  Args:
-    tx: the optimizer.
-    params: the initial params (placed on ``mesh``).
-    batches: one per step; their size divisible by the ``data`` axis (by the device count
-      with ``sparse_rows``).
-    mesh: a ``('data', 'rows')`` mesh (:func:`make_mesh`).
-    sparse_rows: update only the looked-up rows, routed to their owners
-      (:func:`optax_blockada.routed.value_and_update`); the batch is split over all devices.
-    capacity: with ``sparse_rows``, ids per device per shard per step (``None``: the default).
-    bar: a :func:`~optax_blockada.examples.report.progress_bar` to advance, or ``None``.
+  ``sparse_rows``: update only the looked-up rows, routed to their owners
+  (:func:`optax_blockada.routed.value_and_update`, ``capacity`` ids per device per shard)
+  with each batch split over all devices, not over ``data``. ``bar``: a
+  :func:`~optax_blockada.examples.report.progress_bar`, or ``None``.
 
   Returns:
-    ``(params, state, losses, routing)``: sharded params and state, the losses per pair,
-    and for each routed step whether it overflowed and its largest load.
+    ``(params, state, losses per pair, routing)``, ``routing`` listing for each routed
+    step whether it overflowed and its largest load.
 
   Example:
+    >>> import jax
     >>> import numpy as np
     >>> from optax_blockada.examples import sharded_glove as sg
     >>> from optax_blockada.examples.glove_model import init_params
-    >>> mesh = sg.make_mesh(1)
-    >>> rows = mesh.shape['rows']
-    >>> batches = sg.make_batches(np.ones((2 * rows, 2 * rows)), 4 * rows, steps=2)
-    >>> params, state, _, routing = sg.train_sharded(
-    ...   sg.make_optimizer('rowwise'), init_params(2 * rows, 3), batches, mesh,
-    ...   sparse_rows=True)
-    >>> state[0].sum_of_squares['word'].sharding.shard_shape((2 * rows, 1))
-    (2, 1)
-    >>> routing[0]['overflowed']
-    False
+    >>> mesh, n = sg.make_mesh(1), jax.device_count()  # the rows split over all devices
+    >>> batches = sg.make_batches(np.ones((2 * n, 2 * n)), 4 * n, steps=2)
+    >>> tx, params = sg.make_optimizer('rowwise'), init_params(2 * n, 3)
+    >>> _, state, _, routing = sg.train_sharded(tx, params, batches, mesh, sparse_rows=True)
+    >>> state[0].sum_of_squares['word'].sharding.shard_shape((2 * n, 1)), routing[0]['overflowed']
+    ((2, 1), False)
   """
   routing = {"capacity": capacity, "mesh": mesh} if sparse_rows else None
   # The routed step splits the batch over all devices; the dense one over 'data'.
@@ -336,9 +313,8 @@ def _compare(a: Any, b: Any) -> tuple[float, bool]:
 def spread_ids(batches: Sequence[Batch], vocab_size: int, seed: int = 0) -> list[Batch]:
   """The batches with the words relabelled by a random permutation (numpy ``seed``).
 
-  Each shard owns a contiguous range of rows; with words sorted by frequency (as GloVe's,
-  word2vec's and the planted ones are) the first shard gets most of every batch's ids. A
-  fixed random relabelling spreads them evenly and changes nothing else.
+  With words sorted by frequency (GloVe's, word2vec's, the planted ones), the shard of the
+  first rows gets most ids; a fixed relabelling spreads them and changes nothing else.
 
   Example:
     >>> import numpy as np
@@ -373,25 +349,15 @@ def suggest_capacity(batches: Sequence[Batch], vocab_size: int, mesh: jax.shardi
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m optax_blockada.examples.sharded_glove",
-    description=(
-      "Train GloVe with its tables and optimizer state split by rows over all devices "
-      "(data-parallel batches), and check the result against a single-device run."
-    ),
+    description="Train GloVe with its tables and optimizer state split by rows over all "
+    "devices (data-parallel batches), and check the result against a single-device run.",
   )
   add = parser.add_argument
   add("--mode", choices=("auto", "explicit"), default="auto")
-  add(
-    "--sparse",
-    action="store_true",
-    help="update only the looked-up rows, routed to the devices that own them "
-    "(optax_blockada.routed)",
-  )
-  add(
-    "--spread-ids",
-    action="store_true",
-    help="relabel the words by a random permutation, so that the frequent ones are "
-    "spread over the shards",
-  )
+  sparse = "update only the looked-up rows, routed to the devices that own them"
+  add("--sparse", action="store_true", help=f"{sparse} (optax_blockada.routed)")
+  spread = "relabel the words by a random permutation, so that the frequent ones are spread"
+  add("--spread-ids", action="store_true", help=f"{spread} over the shards")
   add(
     "--capacity",
     type=int_at_least(1),
@@ -400,20 +366,11 @@ def _parser() -> argparse.ArgumentParser:
   )
   add("--optimizer", choices=_OPTIMIZERS, default="rowwise")
   add("--learning-rate", type=float_in(0), default=0.05)
-  for flag, least, default in (
-    ("--steps", 1, 200),
-    ("--vocab-size", 2, 2048),
-    ("--dim", 1, 32),
-    ("--batch-size", 1, 1024),
-  ):
+  for flag, least, default in [("--steps", 1, 200), ("--vocab-size", 2, 2048), ("--dim", 1, 32)]:
     add(flag, type=int_at_least(least), default=default)
-  add(
-    "--data-parallel",
-    type=int_at_least(1),
-    default=2,
-    help="size of the mesh's data axis, a divisor of the device count; the rest of the "
-    "devices split the rows",
-  )
+  add("--batch-size", type=int_at_least(1), default=1024)
+  data = "size of the mesh's data axis, a divisor of the device count; the rest split the rows"
+  add("--data-parallel", type=int_at_least(1), default=2, help=data)
   add("--seed", type=int_at_least(0), default=0)
   add("--devices", type=int_at_least(1), default=8, help="devices expected")
   add("--json", metavar="PATH")
@@ -421,31 +378,28 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
-  """What is wrong with ``args`` on this machine, as argparse would say it, or ``None``."""
+def _mesh(args: argparse.Namespace, prog: str) -> jax.sharding.Mesh:
+  """The mesh for ``args``, or a ``ValueError`` that names the bad option as argparse does."""
   n = jax.device_count()
   if n < args.devices:
-    return (
-      f"argument --devices: this example expects {args.devices} devices and JAX sees {n}. "
-      "On CPU, run it as XLA_FLAGS=--xla_force_host_platform_device_count=8 "
-      f"{parser.prog}"
+    raise ValueError(
+      f"argument --devices: {args.devices} devices expected, JAX sees {n}; on CPU run it as "
+      f"XLA_FLAGS=--xla_force_host_platform_device_count={args.devices} {prog}"
     )
   if args.capacity is not None and not args.sparse:
-    return "argument --capacity: applies to --sparse only."
-  if n % args.data_parallel:
-    divisors = ", ".join(str(k) for k in range(1, n + 1) if n % k == 0)
-    return (
-      f"argument --data-parallel: must divide the device count {n}, got "
-      f"{args.data_parallel}; pass one of {divisors}."
-    )
-  rows = n // args.data_parallel
+    raise ValueError("argument --capacity: applies to --sparse only; add --sparse or drop it.")
+  try:
+    mesh = make_mesh(args.data_parallel, explicit=args.mode == "explicit")
+  except ValueError as e:
+    raise ValueError(f"argument --data-parallel: {e}") from None
+  rows = mesh.shape["rows"]
   split = n if args.sparse else args.data_parallel  # --sparse splits batches over all devices
   if args.vocab_size % rows or args.batch_size % split:
-    return (
+    raise ValueError(
       f"argument --vocab-size/--batch-size: --vocab-size must be divisible by the rows axis "
       f"({rows}) and --batch-size by {split} (the {'devices' if args.sparse else 'data axis'})."
     )
-  return None
+  return mesh
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -459,11 +413,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   """
   parser = _parser()
   args = parser.parse_args(argv)
-  if (error := _check(parser, args)) is not None:
+  try:
+    mesh = _mesh(args, parser.prog)
+  except ValueError as e:
     parser.print_usage(sys.stderr)
-    print(f"{parser.prog}: error: {error}", file=sys.stderr)
+    print(f"{parser.prog}: error: {e}", file=sys.stderr)
     return 2
-  mesh = make_mesh(args.data_parallel, explicit=args.mode == "explicit")
   data, rows = mesh.shape["data"], mesh.shape["rows"]
   cooc = planted_cooccurrence(args.vocab_size, _PLANTED_RANK, seed=args.seed)
   batches = make_batches(cooc, args.batch_size, args.steps, seed=args.seed + 1)
@@ -475,13 +430,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   params0 = init_params(args.vocab_size, args.dim, seed=args.seed)
   tx = make_optimizer(args.optimizer, args.learning_rate)
 
-  seconds = {}
-  start = time.perf_counter()
+  seconds, start = {}, time.perf_counter()
   with progress_bar("sharded", 1, 2, args.steps, enabled=not args.no_progress) as bar:
     kw = {"sparse_rows": args.sparse, "capacity": capacity, "bar": bar}
     params, state, losses, routing = train_sharded(tx, params0, batches, mesh, **kw)
-  seconds["sharded"] = time.perf_counter() - start
-  start = time.perf_counter()
+  seconds["sharded"], start = time.perf_counter() - start, time.perf_counter()
   with progress_bar("one device", 2, 2, args.steps, enabled=not args.no_progress) as bar:
     ref_params, ref_state, ref_losses = train_single_device(tx, params0, batches, bar)
   seconds["single_device"] = time.perf_counter() - start
@@ -506,10 +459,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     f"max relative difference to the single-device run: params {params_diff:.2e}, "
     f"state {state_diff:.2e}"
   )
+  verdict = "equals" if equal else "DIFFERS FROM"
   print(
-    f"the sharded run {'equals' if equal else 'DIFFERS FROM'} the single-device run (rtol "
-    f"{RTOL}, atol {ATOL}); {seconds['sharded']:.1f} s sharded, "
-    f"{seconds['single_device']:.1f} s on one device."
+    f"the sharded run {verdict} the single-device run (rtol {RTOL}, atol {ATOL}); "
+    f"{seconds['sharded']:.1f} s sharded, {seconds['single_device']:.1f} s on one device."
   )
   summary = None
   if routing:

@@ -152,15 +152,15 @@ def dense_step(model: GloVe, optimizer: nnx.Optimizer, ids: dict, x: jax.Array) 
 def sparse_step(model: GloVe, optimizer: nnx.Optimizer, ids: dict, x: jax.Array) -> jax.Array:
   """The sparse step (:func:`optax_blockada.sparse.nnx_update`): the looked-up rows only.
 
-  Example:
-    >>> import jax.numpy as jnp
+  Example (the same loss and update as :func:`dense_step`):
     >>> from flax import nnx
-    >>> from optax_blockada.examples import sparse_glove as sg
-    >>> models = [sg.GloVe(40, 4, rngs=nnx.Rngs(0)) for _ in range(2)]
-    >>> opts = [nnx.Optimizer(m, sg.make_optimizer('rowwise'), wrt=nnx.Param) for m in models]
-    >>> ids, x = {'word': jnp.array([1, 2]), 'context': jnp.array([3, 3])}, jnp.array([5.0, 1.0])
-    >>> steps = (sg.dense_step, sg.sparse_step)
-    >>> [f"{step(m, o, ids, x):.3f}" for step, m, o in zip(steps, models, opts)]
+    >>> from jax.numpy import array
+    >>> from optax_blockada.examples.sparse_glove import dense_step, sparse_step
+    >>> from optax_blockada.examples.sparse_glove import GloVe, make_optimizer
+    >>> ids, x = {'word': array([1, 2]), 'context': array([3, 3])}, array([5.0, 1.0])
+    >>> models = [GloVe(40, 4, rngs=nnx.Rngs(0)) for _ in range(2)]
+    >>> opts = [nnx.Optimizer(m, make_optimizer('rowwise'), wrt=nnx.Param) for m in models]
+    >>> [f"{step(m, o, ids, x):.3f}" for step, m, o in zip((dense_step, sparse_step), models, opts)]
     ['0.772', '0.772']
   """
   return sparse.nnx_update(model, optimizer, glove_loss, ids, x)
