@@ -1,7 +1,8 @@
-"""Tests for the MovieLens loader, the LightFM-style recommender and its command line."""
+"""Tests for the MovieLens loader, the recommender data, model, metrics and command line."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import pathlib
@@ -16,6 +17,7 @@ from flax import nnx
 from optax_blockada.examples import movielens as ml
 from optax_blockada.examples import ranking
 from optax_blockada.examples import recommender as rec
+from optax_blockada.examples import recommender_data as rd
 from optax_blockada.examples import recommender_model as rm
 from optax_blockada.examples._checkpoint import Checkpointer, SettingsMismatch
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES, make_optimizer
@@ -38,7 +40,7 @@ def _write(folder: pathlib.Path, **files: str) -> pathlib.Path:
   return folder
 
 
-def _side_rows(side: ml.Categorical) -> list[list[str]]:
+def _side_rows(side: rd.Categorical) -> list[list[str]]:
   return [[v for v, m in zip(side.values, row, strict=True) if m] for row in side.member]
 
 
@@ -104,7 +106,7 @@ def test_installed_recbole_copy():
   assert set(data.user_side["gender"].values) == {"F", "M"}
   for side in (*data.user_side.values(), *data.item_side.values()):
     assert side.member.sum(axis=1).min() >= 1  # every user and movie has a value
-  split = ml.holdout_split(data.user, data.n_users, per_user=10, seed=0)
+  split = rd.holdout_split(data.user, data.n_users, per_user=10, seed=0)
   assert np.all(np.bincount(data.user[split], minlength=943) == 10)  # like the ua split
 
 
@@ -179,30 +181,30 @@ def test_download_extracts_atomically(tmp_path):
 def test_holdout_split_properties():
   rng = np.random.default_rng(0)
   user = rng.integers(0, 50, size=2000)
-  test = ml.holdout_split(user, 50, per_user=10, seed=3)
+  test = rd.holdout_split(user, 50, per_user=10, seed=3)
   counts = np.bincount(user, minlength=50)
   # Independent reference: min(per_user, n_u // 2) per user.
   np.testing.assert_array_equal(np.bincount(user[test], minlength=50), np.minimum(10, counts // 2))
-  np.testing.assert_array_equal(test, ml.holdout_split(user, 50, per_user=10, seed=3))
-  assert not np.array_equal(test, ml.holdout_split(user, 50, per_user=10, seed=4))
+  np.testing.assert_array_equal(test, rd.holdout_split(user, 50, per_user=10, seed=3))
+  assert not np.array_equal(test, rd.holdout_split(user, 50, per_user=10, seed=4))
   # Each rating of a user is equally likely to be held out: over many seeds, the
   # frequency of every rating of user 0 approaches 10 / n_0.
   n0 = counts[0]
-  freq = np.mean([ml.holdout_split(user, 50, seed=s)[user == 0] for s in range(400)], axis=0)
+  freq = np.mean([rd.holdout_split(user, 50, seed=s)[user == 0] for s in range(400)], axis=0)
   np.testing.assert_allclose(freq, 10 / n0, atol=0.1)
-  assert not ml.holdout_split(user, 50, per_user=0).any()
+  assert not rd.holdout_split(user, 50, per_user=0).any()
 
 
 def test_holdout_split_errors():
   with pytest.raises(ValueError, match="per_user must be >= 0, got -1"):
-    ml.holdout_split(np.zeros(3, int), 1, per_user=-1)
+    rd.holdout_split(np.zeros(3, int), 1, per_user=-1)
   with pytest.raises(ValueError, match=r"indices in \[0, 2\)"):
-    ml.holdout_split(np.array([0, 2]), 2)
+    rd.holdout_split(np.array([0, 2]), 2)
 
 
 def test_prepare_data_splits_partition_the_positives():
-  ratings = ml.planted_ratings(n_users=60, n_items=80, ratings_per_user=30, seed=1)
-  data = ml.prepare_data(ratings, test_per_user=5, seed=2)
+  ratings = rd.planted_ratings(n_users=60, n_items=80, ratings_per_user=30, seed=1)
+  data = rd.prepare_data(ratings, test_per_user=5, seed=2)
   pairs = lambda p: set(zip(p[0].tolist(), p[1].tolist(), strict=True))
   all_positives = pairs(ratings.positives(4.0))
   train, test, fit, val = (pairs(p) for p in (data.train, data.test, data.fit, data.validation))
@@ -217,51 +219,51 @@ def test_prepare_data_splits_partition_the_positives():
 
 def test_feature_matrix_against_dense_reference():
   rng = np.random.default_rng(0)
-  a = ml.Categorical(("x", "y", "z"), rng.random((7, 3)) < 0.5)
-  b = ml.Categorical(("p", "q"), np.eye(2, dtype=bool)[rng.integers(0, 2, 7)])
-  f = ml.feature_matrix(7, {"a": a, "b": b}, prefix="u ")
+  a = rd.Categorical(("x", "y", "z"), rng.random((7, 3)) < 0.5)
+  b = rd.Categorical(("p", "q"), np.eye(2, dtype=bool)[rng.integers(0, 2, 7)])
+  f = rd.feature_matrix(7, {"a": a, "b": b}, prefix="u ")
   assert f.names == (*[f"u {r}" for r in range(7)], "u a=x", "u a=y", "u a=z", "u b=p", "u b=q")
   dense = np.zeros((7, f.n_features))
   np.add.at(dense, (np.arange(7)[:, None], f.ids), f.weights)
   reference = np.concatenate([np.eye(7), a.member, b.member], axis=1).astype(float)
   reference /= reference.sum(axis=1, keepdims=True)
   np.testing.assert_allclose(dense, reference, rtol=1e-6)
-  plain = ml.feature_matrix(7, {"a": a, "b": b}, normalize=False)
+  plain = rd.feature_matrix(7, {"a": a, "b": b}, normalize=False)
   dense = np.zeros((7, plain.n_features))
   np.add.at(dense, (np.arange(7)[:, None], plain.ids), plain.weights)
   np.testing.assert_array_equal(dense, np.concatenate([np.eye(7), a.member, b.member], axis=1))
 
 
 def test_feature_matrix_errors():
-  empty = ml.Categorical(("x",), np.array([[True], [False]]))
+  empty = rd.Categorical(("x",), np.array([[True], [False]]))
   with pytest.raises(ValueError, match="row 1 has no feature"):
-    ml.feature_matrix(2, {"a": empty}, indicator=False)
+    rd.feature_matrix(2, {"a": empty}, indicator=False)
   with pytest.raises(ValueError, match=r"side\['a'\]\.member must have shape \(3, 1\)"):
-    ml.feature_matrix(3, {"a": empty})
+    rd.feature_matrix(3, {"a": empty})
 
 
 def test_planted_ratings():
-  data = ml.planted_ratings(n_users=40, n_items=60, rank=4, ratings_per_user=12, seed=5)
+  data = rd.planted_ratings(n_users=40, n_items=60, rank=4, ratings_per_user=12, seed=5)
   assert np.all(np.bincount(data.user, minlength=40) == 12)
   pairs = data.user.astype(int) * 60 + data.item
   assert len(np.unique(pairs)) == len(pairs)  # no user rates an item twice
   assert set(np.unique(data.rating).tolist()) <= {1.0, 2.0, 3.0, 4.0, 5.0}
   assert 0.2 < np.mean(data.rating >= 4) < 0.9
-  same = ml.planted_ratings(n_users=40, n_items=60, rank=4, ratings_per_user=12, seed=5)
+  same = rd.planted_ratings(n_users=40, n_items=60, rank=4, ratings_per_user=12, seed=5)
   np.testing.assert_array_equal(data.item, same.item)
   # Zipfian popularity: the most popular tenth of the items gets far more than a tenth.
   assert np.mean(data.item < 6) > 0.25
   assert data.item_side["genre"].member.sum(axis=1).tolist() == [2] * 60
   with pytest.raises(ValueError, match="ratings_per_user must be <= n_items"):
-    ml.planted_ratings(n_users=2, n_items=3, ratings_per_user=4)
+    rd.planted_ratings(n_users=2, n_items=3, ratings_per_user=4)
 
 
 # -- model, losses and metrics ------------------------------------------------------------
 
 
 def _small_model(seed=0, dim=6):
-  ratings = ml.planted_ratings(n_users=30, n_items=40, ratings_per_user=10, seed=seed)
-  data = ml.prepare_data(ratings, test_per_user=3, features="hybrid")
+  ratings = rd.planted_ratings(n_users=30, n_items=40, ratings_per_user=10, seed=seed)
+  data = rd.prepare_data(ratings, test_per_user=3, features="hybrid")
   model = rm.LightFM(data.user_features, data.item_features, dim, rngs=nnx.Rngs(seed))
   # Non-trivial biases, so that the bias terms are checked too.
   model.user_bias[...] = jnp.asarray(np.random.default_rng(1).normal(size=model.user_bias.shape))
@@ -434,8 +436,8 @@ def test_evaluate_matches_metrics_of_the_reference_scores():
 
 @pytest.fixture(scope="module")
 def planted():
-  ratings = ml.planted_ratings(n_users=120, n_items=150, rank=4, ratings_per_user=25, seed=0)
-  return ml.prepare_data(ratings, test_per_user=5, features="hybrid")
+  ratings = rd.planted_ratings(n_users=120, n_items=150, rank=4, ratings_per_user=25, seed=0)
+  return rd.prepare_data(ratings, test_per_user=5, features="hybrid")
 
 
 @pytest.mark.parametrize("loss", rec.LOSSES)
@@ -466,7 +468,7 @@ def test_train_errors(planted):
   with pytest.raises(ValueError, match="resume=True needs a checkpoint_dir"):
     rec.train(model, tx, planted.train, resume=True)
   with pytest.raises(ValueError, match="features must be 'indicator' or 'hybrid'"):
-    ml.prepare_data(ml.planted_ratings(n_users=5, n_items=5, ratings_per_user=2), features="x")
+    rd.prepare_data(rd.planted_ratings(n_users=5, n_items=5, ratings_per_user=2), features="x")
 
 
 class _Interrupted(Exception):
@@ -522,7 +524,7 @@ def test_resume_equals_uninterrupted(planted, tmp_path, monkeypatch, loss):
 
 @pytest.fixture
 def tiny_u_data(tmp_path):
-  ratings = ml.planted_ratings(n_users=40, n_items=50, rank=4, ratings_per_user=20, seed=2)
+  ratings = rd.planted_ratings(n_users=40, n_items=50, rank=4, ratings_per_user=20, seed=2)
   lines = [
     f"{u + 1}\t{i + 1}\t{int(r)}\t{880000000 + n}\n"
     for n, (u, i, r) in enumerate(zip(ratings.user, ratings.item, ratings.rating, strict=True))
@@ -626,7 +628,7 @@ def test_cli_bad_data_writes_nothing(tmp_path, capsys):
 
 
 def test_run_comparison_without_validation_is_the_final_run():
-  data = ml.prepare_data(ml.planted_ratings(n_users=40, n_items=50, ratings_per_user=10))
+  data = rd.prepare_data(rd.planted_ratings(n_users=40, n_items=50, ratings_per_user=10))
   kwargs = dict(optimizers=["rowwise"], losses=["bpr"], learning_rates=[0.1], epochs=3, dim=4)
   (validated,) = rec.run_comparison(data, **kwargs)
   (direct,) = rec.run_comparison(data, **kwargs, validate=False)
@@ -637,3 +639,14 @@ def test_run_comparison_without_validation_is_the_final_run():
   assert len(direct["train_losses"]) == 3 and direct["train_losses"][-1] == direct["train_loss"]
   with pytest.raises(ValueError, match="validate=False needs exactly one learning rate, got 2"):
     rec.run_comparison(data, **{**kwargs, "learning_rates": [0.05, 0.1]}, validate=False)
+
+
+def test_readme_table_is_laid_out_as_the_command_prints_it():
+  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+  lines = readme[readme.index("**Recommender**") :].splitlines()
+  start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+  table = list(itertools.takewhile(lambda line: line.startswith("| "), lines[start:]))
+  header, rule = rec.table([]).splitlines()
+  assert table[:2] == [header, rule]
+  assert len(table) == 2 + 2 * len(OPTIMIZER_NAMES)  # every optimizer with BPR and WARP
+  assert all(line.count("|") == header.count("|") for line in table)

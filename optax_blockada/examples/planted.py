@@ -21,12 +21,8 @@ def _check_real(name: str, value: object, *, positive: bool) -> float:
   if isinstance(value, bool) or not isinstance(value, numbers.Real):
     raise ValueError(f"{name} must be a real number, got {value!r}")
   value = float(value)
-  if not math.isfinite(value):
-    raise ValueError(f"{name} must be finite, got {value}")
-  if positive and value <= 0.0:
-    raise ValueError(f"{name} must be > 0, got {value}")
-  if not positive and value < 0.0:
-    raise ValueError(f"{name} must be >= 0, got {value}")
+  if not math.isfinite(value) or value < 0.0 or (positive and value == 0.0):
+    raise ValueError(f"{name} must be finite and {'> 0' if positive else '>= 0'}, got {value}")
   return value
 
 
@@ -40,25 +36,13 @@ def planted_cooccurrence(
 ) -> np.ndarray:
   r"""Samples a symmetric co-occurrence matrix with planted low-rank PMI.
 
-  Word ``i`` (``i = 0 .. V-1``, most frequent first) has Zipfian frequency
-
-  .. math:: p_i = (i + 1)^{-s} / \sum_k (k + 1)^{-s},
-
-  and a planted latent vector :math:`u_i \in \mathbb{R}^r` with i.i.d.
-  :math:`\mathcal{N}(0, r^{-1/2})` entries, so that for :math:`i \ne j` the
-  planted pointwise mutual information :math:`u_i^\top u_j` has mean 0 and
-  standard deviation 1. The expected count of the pair ``(i, j)`` is
-
-  .. math:: \lambda_{ij} = N \, p_i \, p_j \, \exp(u_i^\top u_j),
-
-  and the returned counts are :math:`X_{ij} = X_{ji} \sim \mathrm{Poisson}(\lambda_{ij})`,
-  sampled independently for ``i < j`` and mirrored. The diagonal (a word
-  co-occurring with itself) is zero. ``N`` is ``total_count``, so the matrix
-  sums to about ``N`` (times :math:`E[e^{u_i^\top u_j}] \approx 1.6`). Pairs of rare words
-  have :math:`\lambda_{ij} \ll 1` and are mostly zero, as in real corpora.
-
-  All randomness comes from ``numpy.random.default_rng(seed)``, so the output
-  is a pure function of the arguments.
+  Word ``i`` (most frequent first) has Zipfian frequency :math:`p_i \propto (i + 1)^{-s}`
+  and a latent vector :math:`u_i \in \mathbb{R}^r` with i.i.d. :math:`\mathcal{N}(0,
+  r^{-1/2})` entries, so the planted PMI :math:`u_i^\top u_j` (:math:`i \ne j`) has mean 0
+  and standard deviation 1. The counts are :math:`X_{ij} = X_{ji} \sim \mathrm{Poisson}(N
+  p_i p_j e^{u_i^\top u_j})` for ``i < j``, mirrored, with a zero diagonal; they sum to
+  about ``1.6 N``, and pairs of rare words are mostly zero, as in real corpora. All
+  randomness comes from ``numpy.random.default_rng(seed)``.
 
   Args:
     vocab_size: number of words ``V``; at least 2.

@@ -16,7 +16,7 @@ import scipy.stats
 from flax import nnx
 
 from optax_blockada.examples._cli import check_int
-from optax_blockada.examples.movielens import Pairs
+from optax_blockada.examples.recommender_data import Pairs
 from optax_blockada.examples.recommender_model import LightFM
 
 __all__ = ["evaluate", "ranking_metrics"]
@@ -116,7 +116,7 @@ def evaluate(
 
   Example:
     >>> from flax import nnx
-    >>> from optax_blockada.examples.movielens import planted_ratings, prepare_data
+    >>> from optax_blockada.examples.recommender_data import planted_ratings, prepare_data
     >>> from optax_blockada.examples.ranking import evaluate
     >>> from optax_blockada.examples.recommender_model import LightFM
     >>> data = prepare_data(planted_ratings(n_users=30, n_items=40, ratings_per_user=10))

@@ -1,27 +1,19 @@
 """Trains the LightFM-style recommender with each Adagrad variant and compares them.
 
-The model and its losses are in :mod:`~optax_blockada.examples.recommender_model`, the
-data in :mod:`~optax_blockada.examples.movielens`, the metrics in
-:mod:`~optax_blockada.examples.ranking`. LightFM updates after every example; here a
-minibatch is vectorised: every example draws ``max_sampled`` candidates at once (LightFM's
-default 10; WARP stops at the first violator among them, BPR takes the first one that is
-not a positive of the user; an example without one contributes nothing), and one optax step
-takes the gradient of the *summed* loss. With Adagrad that differs from LightFM's
-per-example steps, whose accumulators grow by :math:`g_p^2 + g_n^2` over two steps.
+The model and its losses are in :mod:`~optax_blockada.examples.recommender_model`, the data
+in :mod:`~optax_blockada.examples.recommender_data` and
+:mod:`~optax_blockada.examples.movielens`, the metrics in
+:mod:`~optax_blockada.examples.ranking`. Where LightFM steps after every example (with
+Adagrad, an accumulator grows by :math:`g_p^2 + g_n^2` over the positive's and the
+negative's steps), here one optax step takes the gradient of a minibatch's *summed* loss.
 
 Checked against published numbers on MovieLens-100K (d=32, 30 epochs, LightFM's Adagrad at
 lr 0.05, batch 256, indicator features; single runs): BPR with uniform negatives P@10
 0.131 / AUC 0.931 (BPR-MF in the project's notes: 0.124 / 0.934); BPR with LightFM's
 popularity-weighted negatives 0.105 / 0.865 (LightFM's MovieLens notebook: 0.10 / 0.86);
-WARP 0.137 / 0.934 (notebook: 0.11 / 0.90, on its own split).
-
-Run the comparison with::
-
-    python -m optax_blockada.examples.recommender [--loss bpr|warp|both] [--quick]
-        [--data PATH] [--bpr-negatives popularity|uniform] [--json PATH]
-        [--checkpoint-dir DIR [--resume]]
-
-It trains on MovieLens-100K when available, else says so and uses planted data.
+WARP 0.137 / 0.934 (notebook: 0.11 / 0.90, on its own split). Run the comparison with
+``python -m optax_blockada.examples.recommender`` (``--help`` lists the options); it trains
+on MovieLens-100K when available, else says so and uses planted data.
 """
 
 from __future__ import annotations
@@ -41,20 +33,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm.auto import tqdm
 
 import optax_blockada as ob
 from optax_blockada.examples import movielens
 from optax_blockada.examples._checkpoint import Checkpointer, CheckpointError, checksums
 from optax_blockada.examples._cli import check_int, float_in, int_at_least
-from optax_blockada.examples.movielens import RecommenderData, prepare_data
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES, make_optimizer
 from optax_blockada.examples.ranking import evaluate, ranking_metrics
-from optax_blockada.examples.recommender_model import LightFM, bpr_loss, warp_loss
-from optax_blockada.examples.report import markdown_table, write_json
+from optax_blockada.examples.recommender_data import RecommenderData, planted_ratings, prepare_data
+from optax_blockada.examples.recommender_model import LightFM, bpr_loss, sample_epoch, sampled_loss
+from optax_blockada.examples.report import machine_facts, markdown_table, progress_bar, write_json
 
-# LightFM, bpr_loss, prepare_data and ranking_metrics are re-exported for
-# colabs/05_recommender, which uses them as rec.LightFM, ...
+# Re-exported for colabs/05_recommender: LightFM, bpr_loss, prepare_data, ranking_metrics.
 __all__ = [
   "DEFAULT_LEARNING_RATES",
   "LOSSES",
@@ -94,51 +84,13 @@ class TrainResult(NamedTuple):
   seconds: float  # wall time of this call's epochs (compilation included)
 
 
-def _epoch_samples(seed, epoch, pos_item, n_items, *, batch_size, max_sampled, negatives):
-  """Order ``(n_batches, B)``, weights (0: padding) and candidates ``(n_batches, B, M)``.
-
-  Drawn on the host from ``default_rng([seed, epoch])``: epoch ``e`` is the same in every
-  run (an exact resume), and the compiled step holds no random number generator (which on
-  CPU more than doubled its compile time). The last batch is padded with repeats.
-  """
-  n = pos_item.shape[0]
-  n_batches = -(-n // batch_size)
-  rng = np.random.default_rng([seed, epoch])
-  order = rng.permutation(n)
-  order = np.concatenate([order, order[np.arange(n_batches * batch_size - n) % n]])
-  weight = (np.arange(n_batches * batch_size) < n).astype(np.float32)
-  shape = (n_batches, batch_size, max_sampled)
-  if negatives == "popularity":  # the item of a random training positive
-    candidates = pos_item[rng.integers(0, n, size=shape)]
-  else:
-    candidates = rng.integers(0, n_items, size=shape)
-  return (
-    order.reshape(n_batches, batch_size).astype(np.int32),
-    weight.reshape(n_batches, batch_size),
-    candidates.astype(np.int32),
-  )
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef", "tx", "loss"))
 def _epoch(params, opt_state, rest, pos_user, pos_item, keys, samples, *, graphdef, tx, loss):
   """One epoch: a pass over the positives in the given minibatches, as one scan."""
-  n_items = nnx.merge(graphdef, params, rest).n_items
 
   def batch_loss(p, rows, weight, candidates):
     model = nnx.merge(graphdef, p, rest)
-    users, items = pos_user[rows], pos_item[rows]
-    # A candidate is valid unless it is a positive of the user (keys: sorted user * N + item).
-    query = users[:, None] * n_items + candidates
-    valid = keys[jnp.clip(jnp.searchsorted(keys, query), 0, keys.shape[0] - 1)] != query
-    positive = model(users, items)
-    if loss == "bpr":
-      first = jnp.argmax(valid, axis=1)
-      negative = model(users, jnp.take_along_axis(candidates, first[:, None], axis=1)[:, 0])
-      per_example = jnp.where(
-        jnp.any(valid, axis=1), bpr_loss(positive, negative), jnp.zeros_like(positive)
-      )
-    else:
-      per_example = warp_loss(positive, model(users, candidates), valid, n_items)
+    per_example = sampled_loss(model, pos_user[rows], pos_item[rows], candidates, keys, loss)
     return jnp.sum(weight * per_example)
 
   def step(carry, batch):
@@ -167,7 +119,7 @@ def train(
   resume: bool = False,
   tag: str = "",
   progress: bool = False,
-  desc: str | None = None,
+  run: tuple[int, int] = (1, 1),
 ) -> TrainResult:
   """Trains ``model`` in place on positive ``(user, item)`` pairs with ``tx``.
 
@@ -180,12 +132,12 @@ def train(
   (``resume``) from the checkpoints it wrote to ``checkpoint_dir`` every
   ``checkpoint_every`` epochs continues as the uninterrupted run; resuming with another
   ``tag``, other data or settings raises ``SettingsMismatch``. ``progress`` shows a bar
-  over the epochs, labelled ``desc``, with the loss.
+  over the epochs with the loss, labelled with ``loss``, ``tag`` and ``run`` (i of n).
 
   Example:
     >>> from flax import nnx
     >>> import optax_blockada as ob
-    >>> from optax_blockada.examples.movielens import planted_ratings, prepare_data
+    >>> from optax_blockada.examples.recommender_data import planted_ratings, prepare_data
     >>> from optax_blockada.examples.recommender import train
     >>> from optax_blockada.examples.recommender_model import LightFM
     >>> data = prepare_data(planted_ratings(n_users=50, n_items=40, ratings_per_user=10))
@@ -204,10 +156,6 @@ def train(
   checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
   user, item = (np.asarray(a, np.int32) for a in positives)
   n_users, n_items = model.n_users, model.n_items
-  if user.ndim != 1 or user.shape != item.shape or user.size == 0:
-    raise ValueError(
-      f"positives must be two non-empty 1-d arrays of one length, got {user.shape}, {item.shape}."
-    )
   if user.min() < 0 or user.max() >= n_users or item.min() < 0 or item.max() >= n_items:
     raise ValueError(
       f"positives must index the model's {n_users} users and {n_items} items, got users in "
@@ -215,11 +163,8 @@ def train(
     )
   if resume and checkpoint_dir is None:
     raise ValueError("resume=True needs a checkpoint_dir.")
-  if n_users * n_items >= 2**31:
-    raise ValueError(
-      f"n_users * n_items = {n_users * n_items} is too large: the training step looks "
-      "(user, item) pairs up as int32 keys."
-    )
+  if n_users * n_items >= 2**31:  # the step looks (user, item) pairs up as int32 keys
+    raise ValueError(f"n_users * n_items = {n_users * n_items} is too large for int32 keys.")
 
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   params = nnx.to_pure_dict(params)
@@ -230,30 +175,22 @@ def train(
   state = {"params": params, "opt_state": tx.init(params), "losses": jnp.zeros(epochs, jnp.float32)}
   start_epoch, start, ckpt = 0, time.perf_counter(), None
   if checkpoint_dir is not None:  # a resume with other settings or data raises
-    features = jax.tree.leaves(nnx.to_pure_dict(rest))
     settings = {"loss": loss, "epochs": epochs, **sampling, "seed": seed, "tag": tag}
-    settings |= {
-      "dim": int(model.user_embedding.shape[1]),
-      "data": checksums([user, item, features]),
-    }
+    settings["dim"] = int(model.user_embedding.shape[1])
+    settings["data"] = checksums([user, item, jax.tree.leaves(nnx.to_pure_dict(rest))])
     ckpt = Checkpointer(checkpoint_dir, every=checkpoint_every, settings=settings)
   try:
     if ckpt is not None and resume and ckpt.latest_step() is not None:
       start_epoch, state = ckpt.restore_latest(state)
-    desc = desc or f"{loss} {tag}".strip()
-    bar = tqdm(total=epochs, initial=start_epoch, desc=desc, disable=not progress, leave=False)
-    with bar:
+    with progress_bar(f"{loss} {tag}".strip(), *run, total=epochs, enabled=progress) as bar:
+      bar.update(start_epoch)
       for epoch in range(start_epoch, epochs):
-        samples = _epoch_samples(seed, epoch, item, n_items, **sampling)
-        new_params, new_opt_state, mean_loss = epoch_fn(
+        samples = sample_epoch(seed, epoch, item, n_items, **sampling)
+        params, opt_state, mean_loss = epoch_fn(
           state["params"], state["opt_state"], rest, *data, samples
         )
-        state = {
-          **state,
-          "params": new_params,
-          "opt_state": new_opt_state,
-          "losses": state["losses"].at[epoch].set(mean_loss),
-        }
+        losses = state["losses"].at[epoch].set(mean_loss)
+        state = {"params": params, "opt_state": opt_state, "losses": losses}
         if ckpt is not None:
           ckpt.save(epoch + 1, state, force=epoch + 1 == epochs)
         bar.update(1)
@@ -297,14 +234,13 @@ def run_comparison(
   uniform ones. With ``checkpoint_dir``, each run checkpoints every ``checkpoint_every``
   epochs to ``checkpoint_dir/<loss>/<optimizer>/<validation|final>-lr<rate>``.
 
-  Returns:
-    One dict per ``(loss, optimizer)``: ``loss``, ``optimizer``, ``learning_rate`` (the
-    best), ``validation`` (``{rate: {'precision', 'auc'}}``), test ``precision``,
-    ``recall``, ``auc``, ``train_loss`` (the last epoch's mean), ``train_losses`` (every
-    epoch's, final run), ``state_bytes`` and ``seconds`` (final run, compilation included).
+  Returns one dict per ``(loss, optimizer)``: ``loss``, ``optimizer``, ``learning_rate``,
+  ``validation`` (``{rate: {'precision', 'auc'}}``), test ``precision``, ``recall``, ``auc``,
+  and of the final run ``train_loss`` (the last epoch's mean), ``train_losses`` (every
+  epoch's), ``state_bytes`` and ``seconds`` (compilation included).
 
   Example:
-    >>> from optax_blockada.examples.movielens import planted_ratings, prepare_data
+    >>> from optax_blockada.examples.recommender_data import planted_ratings, prepare_data
     >>> from optax_blockada.examples.recommender import run_comparison
     >>> data = prepare_data(planted_ratings(n_users=40, n_items=50, ratings_per_user=10))
     >>> rows = run_comparison(data, optimizers=['rowwise'], losses=['warp'],
@@ -313,25 +249,16 @@ def run_comparison(
     (0.1, {}, 2)
   """
   optimizers = tuple(OPTIMIZER_NAMES if optimizers is None else optimizers)
-  for kind, names, allowed in (
-    ("optimizers", optimizers, OPTIMIZER_NAMES),
-    ("losses", losses, LOSSES),
-  ):
-    for name in names:
-      if name not in allowed:
-        raise ValueError(f"{kind} must be names from {allowed}, got {name!r}.")
-  if bpr_negatives not in ("popularity", "uniform"):
-    raise ValueError(f"bpr_negatives must be 'popularity' or 'uniform', got {bpr_negatives!r}.")
+  if any(loss not in LOSSES for loss in losses):
+    raise ValueError(f"losses must be names from {LOSSES}, got {losses!r}.")
   learning_rates = tuple(learning_rates)
   if not learning_rates:
     raise ValueError("learning_rates must not be empty.")
-  for lr in learning_rates:
-    make_optimizer("diagonal", lr)  # validates the rate
+  for name in optimizers:
+    for lr in learning_rates:
+      make_optimizer(name, lr, preset="lightfm")  # checks the name and the rate
   if not validate and len(learning_rates) != 1:
-    raise ValueError(
-      f"validate=False needs exactly one learning rate, got {len(learning_rates)}: "
-      f"{learning_rates}."
-    )
+    raise ValueError(f"validate=False needs exactly one learning rate, got {len(learning_rates)}.")
   n_runs = len(losses) * len(optimizers) * (len(learning_rates) * validate + 1)
   counter = iter(range(1, n_runs + 1))
 
@@ -352,9 +279,9 @@ def run_comparison(
       checkpoint_dir=directory,
       checkpoint_every=checkpoint_every,
       resume=resume,
-      tag=f"{name}@{lr!r}/{kind}",
+      tag=f"{name} lr={lr!r} {kind}",
       progress=progress,
-      desc=f"{loss} {name} lr={lr:g} {kind} (run {next(counter)} of {n_runs})",
+      run=(next(counter), n_runs),
     )
     return model, result
 
@@ -366,10 +293,9 @@ def run_comparison(
         m = evaluate(run(loss, name, lr, "validation", data.fit)[0], data.fit, data.validation, k=k)
         validation[lr] = {"precision": m["precision"], "auc": m["auc"]}
 
-      def rank(lr, validation=validation):
-        v = validation[lr]
-        finite = math.isfinite(v["precision"]) and math.isfinite(v["auc"])
-        return (v["precision"], v["auc"]) if finite else (-math.inf, -math.inf)
+      def rank(lr, validation=validation):  # P@k, then AUC; a run that diverged ranks last
+        score = (validation[lr]["precision"], validation[lr]["auc"])
+        return score if all(map(math.isfinite, score)) else (-math.inf, -math.inf)
 
       best = max(learning_rates, key=rank) if validate else learning_rates[0]
       model, result = run(loss, name, best, "final", data.train)
@@ -425,14 +351,8 @@ def _parser() -> argparse.ArgumentParser:
     help="u.data, RecBole's ml-100k.inter, or a folder holding either (default: the copy "
     "in an installed recbole wheel, else planted data)",
   )
-  where.add_argument(
-    "--download",
-    metavar="DIR",
-    help="download ml-100k.zip from GroupLens into DIR first (for Colab)",
-  )
-  where.add_argument(
-    "--planted", action="store_true", help="use planted data even if MovieLens is available"
-  )
+  where.add_argument("--download", metavar="DIR", help="download ml-100k.zip into DIR (Colab)")
+  where.add_argument("--planted", action="store_true", help="planted data, even with MovieLens")
   source.add_argument(
     "--features",
     choices=("indicator", "hybrid"),
@@ -471,9 +391,7 @@ def _parser() -> argparse.ArgumentParser:
     "uniform items, as classic BPR-MF (default: %(default)s); WARP's are uniform",
   )
   parser.add_argument("--seed", type=int_at_least(0), default=0, help=default)
-  parser.add_argument(
-    "--quick", action="store_true", help="5 epochs and two learning rates per optimizer"
-  )
+  parser.add_argument("--quick", action="store_true", help="5 epochs, two learning rates")
   parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
   ckpt = parser.add_argument_group("checkpoints")
   ckpt.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint every run here (orbax)")
@@ -484,16 +402,12 @@ def _parser() -> argparse.ArgumentParser:
     metavar="N",
     help="epochs between checkpoints" + default,
   )
-  ckpt.add_argument(
-    "--resume",
-    action="store_true",
-    help="continue the runs from the checkpoints in --checkpoint-dir",
-  )
+  ckpt.add_argument("--resume", action="store_true", help="continue the runs in --checkpoint-dir")
   return parser
 
 
-def _load(args: argparse.Namespace, parser: argparse.ArgumentParser) -> movielens.Ratings:
-  planted = functools.partial(movielens.planted_ratings, n_users=943, n_items=1682, seed=args.seed)
+def _load(args: argparse.Namespace, parser: argparse.ArgumentParser):
+  planted = functools.partial(planted_ratings, n_users=943, n_items=1682, seed=args.seed)
   if args.planted:
     return planted()
   try:
@@ -531,12 +445,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error("--resume needs --checkpoint-dir.")
   if args.resume and not any(pathlib.Path(args.checkpoint_dir).glob("*/*/*-lr*")):
     parser.error(f"--resume: no checkpoint in {args.checkpoint_dir!r}; run without --resume first.")
+  rates = _QUICK_LEARNING_RATES if args.quick else DEFAULT_LEARNING_RATES
   settings = {
     "losses": list(LOSSES if args.loss == "both" else (args.loss,)),
     "optimizers": list(args.optimizers or OPTIMIZER_NAMES),
-    "learning_rates": list(
-      args.learning_rates or (_QUICK_LEARNING_RATES if args.quick else DEFAULT_LEARNING_RATES)
-    ),
+    "learning_rates": list(args.learning_rates or rates),
     "epochs": args.epochs or (5 if args.quick else 30),
     **{key: getattr(args, key) for key in ("dim", "batch_size", "k", "bpr_negatives", "seed")},
   }
@@ -574,17 +487,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     "with a test positive. seconds: the final run at the best rate, compilation included."
   )
   if args.json is not None:
-    payload = {
-      "settings": {"source": data.source, "features": args.features, **settings},
-      "jax_version": jax.__version__,
-      "optax_version": optax.__version__,
-      "backend": jax.default_backend(),
-      "seconds": seconds,
-      "results": [
-        {**r, "validation": {f"{lr:g}": v for lr, v in r["validation"].items()}} for r in rows
-      ],
-    }
-    write_json(args.json, payload)
+    results = [
+      {**r, "validation": {f"{lr:g}": v for lr, v in r["validation"].items()}} for r in rows
+    ]
+    settings = {"source": data.source, "features": args.features, **settings}
+    write_json(args.json, machine_facts(settings=settings, seconds=seconds, results=results))
   return 0
 
 

@@ -8,7 +8,7 @@ age bucket, occupation, ...), an item likewise (its indicator, its genres), each
     e_i = \sum_g y_{ig} E^I_g, \quad b_i = \sum_g y_{ig} b^I_g, \qquad
     s(u, i) = e_u^\top e_i + b_u + b_i,
 
-with row-normalised weights ``x`` and ``y`` (:func:`~optax_blockada.examples.movielens.
+with row-normalised weights ``x`` and ``y`` (:func:`~optax_blockada.examples.recommender_data.
 feature_matrix`); with indicator features only it is matrix factorisation.
 """
 
@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from optax_blockada.examples._cli import check_int
-from optax_blockada.examples.movielens import FeatureMatrix
+from optax_blockada.examples.recommender_data import FeatureMatrix
 
-__all__ = ["FeatureIndex", "LightFM", "bpr_loss", "warp_loss"]
+__all__ = ["FeatureIndex", "LightFM", "bpr_loss", "sample_epoch", "sampled_loss", "warp_loss"]
 
 _MAX_LOSS = 10.0  # LightFM clips the WARP weight at MAX_LOSS.
 
@@ -48,7 +49,7 @@ class LightFM(nnx.Module):
   matrices are :class:`FeatureIndex` variables, which optimizers leave alone.
 
   Args:
-    user_features: the users' :class:`~optax_blockada.examples.movielens.FeatureMatrix`.
+    user_features: the users' :class:`~optax_blockada.examples.recommender_data.FeatureMatrix`.
     item_features: the items' feature matrix.
     dim: embedding dimension (LightFM's ``no_components``).
     rngs: random streams; ``rngs.params()`` initialises the embeddings.
@@ -56,7 +57,7 @@ class LightFM(nnx.Module):
   Example:
     >>> import jax.numpy as jnp
     >>> from flax import nnx
-    >>> from optax_blockada.examples.movielens import feature_matrix
+    >>> from optax_blockada.examples.recommender_data import feature_matrix
     >>> from optax_blockada.examples.recommender_model import LightFM
     >>> model = LightFM(feature_matrix(3), feature_matrix(4), dim=2, rngs=nnx.Rngs(0))
     >>> model.user_embedding.shape, model(jnp.array([0, 2]), jnp.array([1, 3])).shape
@@ -167,3 +168,75 @@ def warp_loss(
   weight = jax.lax.stop_gradient(jnp.minimum(weight, _MAX_LOSS))
   hinge = 1.0 - positive_scores + jnp.take_along_axis(negative_scores, first[:, None], axis=1)[:, 0]
   return jnp.where(jnp.any(violates, axis=1), weight * hinge, jnp.zeros_like(hinge))
+
+
+def sample_epoch(seed, epoch, positive_items, n_items, *, batch_size, max_sampled, negatives):
+  """One epoch's minibatches: the order of the positives, their weights and candidates.
+
+  LightFM's sampling: ``negatives='popularity'`` candidates are the items of random
+  training positives (LightFM's BPR), ``'uniform'`` ones uniform items (its WARP, and
+  classic BPR-MF). Drawn on the host from ``default_rng([seed, epoch])``, so epoch ``e`` is
+  the same in every run (an exact resume) and the compiled step holds no random number
+  generator (which on CPU more than doubled its compile time).
+
+  Returns:
+    ``order`` ``(n_batches, batch_size)`` int32 indices into the positives (the last batch
+    padded with repeats), ``weight`` (float32, 0 for the padding) and ``candidates``
+    ``(n_batches, batch_size, max_sampled)`` int32 items.
+
+  Example:
+    >>> import numpy as np
+    >>> from optax_blockada.examples.recommender_model import sample_epoch
+    >>> items = np.array([3, 1, 4, 1, 5])
+    >>> order, weight, candidates = sample_epoch(
+    ...     0, 0, items, 6, batch_size=2, max_sampled=10, negatives='uniform')
+    >>> order.shape, weight[-1].tolist(), candidates.shape
+    ((3, 2), [1.0, 0.0], (3, 2, 10))
+  """
+  n = positive_items.shape[0]
+  n_batches = -(-n // batch_size)
+  rng = np.random.default_rng([seed, epoch])
+  order = rng.permutation(n)
+  order = np.concatenate([order, order[np.arange(n_batches * batch_size - n) % n]])
+  weight = (np.arange(n_batches * batch_size) < n).astype(np.float32)
+  shape = (n_batches, batch_size, max_sampled)
+  if negatives == "popularity":  # the item of a random training positive
+    candidates = positive_items[rng.integers(0, n, size=shape)]
+  else:
+    candidates = rng.integers(0, n_items, size=shape)
+  return (
+    order.reshape(n_batches, batch_size).astype(np.int32),
+    weight.reshape(n_batches, batch_size),
+    candidates.astype(np.int32),
+  )
+
+
+def sampled_loss(model: LightFM, users, items, candidates, positive_keys, loss: str) -> jax.Array:
+  """Per-example ``'bpr'`` or ``'warp'`` loss of positives ``(users, items)``, ``(B,)``.
+
+  ``candidates`` ``(B, M)`` are visited in order, skipping the user's own positives
+  (``positive_keys``: the sorted ``user * n_items + item`` of all of them), as LightFM
+  resamples those: BPR takes the first other candidate as the negative, WARP looks for
+  the first violator (:func:`warp_loss`). An example without such a candidate has loss 0.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from optax_blockada.examples.recommender_data import feature_matrix
+    >>> from optax_blockada.examples.recommender_model import LightFM, sampled_loss
+    >>> model = LightFM(feature_matrix(2), feature_matrix(3), dim=2, rngs=nnx.Rngs(0))
+    >>> keys = jnp.array([0 * 3 + 1, 1 * 3 + 2])  # user 0 likes item 1, user 1 item 2
+    >>> candidates = jnp.array([[1, 1], [0, 2]])  # user 0 draws only its own positive
+    >>> loss = sampled_loss(model, jnp.array([0, 1]), jnp.array([1, 2]), candidates, keys, 'bpr')
+    >>> loss[0].item(), bool(loss[1] > 0)
+    (0.0, True)
+  """
+  query = users[:, None] * model.n_items + candidates
+  at = jnp.clip(jnp.searchsorted(positive_keys, query), 0, positive_keys.shape[0] - 1)
+  valid = positive_keys[at] != query
+  positive = model(users, items)
+  if loss == "warp":
+    return warp_loss(positive, model(users, candidates), valid, model.n_items)
+  first = jnp.argmax(valid, axis=1)
+  negative = model(users, jnp.take_along_axis(candidates, first[:, None], axis=1)[:, 0])
+  return jnp.where(jnp.any(valid, axis=1), bpr_loss(positive, negative), jnp.zeros_like(positive))

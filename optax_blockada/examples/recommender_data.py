@@ -1,0 +1,405 @@
+"""Recommender data: ratings, a seeded per-user split, LightFM feature matrices, planted data.
+
+:func:`prepare_data` follows LightFM's MovieLens example: ratings ``>= 4`` are positives,
+a seeded hold-out of 10 ratings per user (:func:`holdout_split`) stands in for the
+``ua.base``/``ua.test`` split, and users and items are represented by an indicator
+feature each, plus their side features for a hybrid model (:func:`feature_matrix`).
+:func:`planted_ratings` generates ratings with a known low-rank structure, for tests and
+machines without MovieLens (:mod:`~optax_blockada.examples.movielens` reads the real ones).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import numpy as np
+
+from optax_blockada.examples._cli import check_int
+
+__all__ = [
+  "Categorical",
+  "FeatureMatrix",
+  "Pairs",
+  "Ratings",
+  "RecommenderData",
+  "feature_matrix",
+  "holdout_split",
+  "planted_ratings",
+  "prepare_data",
+]
+
+Pairs = tuple[np.ndarray, np.ndarray]  # (user, item) index arrays
+
+
+class Categorical(NamedTuple):
+  """A categorical side feature of users or items; a row may have several values.
+
+  Example:
+    >>> import numpy as np
+    >>> from optax_blockada.examples.recommender_data import Categorical
+    >>> genre = Categorical(('Comedy', 'Drama'), np.array([[True, False], [True, True]]))
+    >>> [[v for v, m in zip(genre.values, row) if m] for row in genre.member]
+    [['Comedy'], ['Comedy', 'Drama']]
+  """
+
+  values: tuple[str, ...]  # the value names, one per column of `member`
+  member: np.ndarray  # (n_rows, len(values)) bool: row r has value v
+
+
+@dataclasses.dataclass(frozen=True)
+class Ratings:
+  """Explicit ratings with 0-based user and item indices and optional side features.
+
+  Attributes:
+    user: ``(n,)`` int32 user index of each rating, in ``[0, n_users)``.
+    item: ``(n,)`` int32 item index of each rating, in ``[0, n_items)``.
+    rating: ``(n,)`` float32 rating values.
+    n_users: number of users (MovieLens: the largest user id, as ids are 1-based).
+    n_items: number of items.
+    user_side: side features of users by name (MovieLens: ``age``, ``gender``,
+      ``occupation``), each a :class:`Categorical` with ``n_users`` rows.
+    item_side: side features of items by name (MovieLens: ``genre``).
+    source: where the data came from, for messages and result files.
+
+  Example:
+    >>> import numpy as np
+    >>> from optax_blockada.examples.recommender_data import Ratings
+    >>> r = Ratings(user=np.array([0, 0, 1]), item=np.array([0, 1, 1]),
+    ...             rating=np.array([5.0, 3.0, 4.0]), n_users=2, n_items=2)
+    >>> [a.tolist() for a in r.positives(4.0)], len(r.subset(r.user == 0))
+    ([[0, 1], [0, 1]], 2)
+  """
+
+  user: np.ndarray
+  item: np.ndarray
+  rating: np.ndarray
+  n_users: int
+  n_items: int
+  user_side: Mapping[str, Categorical] = dataclasses.field(default_factory=dict)
+  item_side: Mapping[str, Categorical] = dataclasses.field(default_factory=dict)
+  source: str = ""
+
+  def __post_init__(self):
+    n = len(self.user)
+    if len(self.item) != n or len(self.rating) != n:
+      raise ValueError(
+        f"user, item and rating must have the same length, got {len(self.user)}, "
+        f"{len(self.item)} and {len(self.rating)}."
+      )
+    for kind, index, size, side in (
+      ("user", self.user, self.n_users, self.user_side),
+      ("item", self.item, self.n_items, self.item_side),
+    ):
+      if n and (index.min() < 0 or index.max() >= size):
+        raise ValueError(
+          f"{kind} indices must lie in [0, {size}), got [{index.min()}, {index.max()}]."
+        )
+      for name, feature in side.items():
+        if feature.member.shape != (size, len(feature.values)):
+          raise ValueError(
+            f"{kind}_side[{name!r}].member must have shape ({size}, {len(feature.values)}), "
+            f"got {feature.member.shape}."
+          )
+
+  def __len__(self) -> int:
+    return len(self.user)
+
+  def subset(self, mask: np.ndarray) -> Ratings:
+    """The ratings where ``mask`` is true (same users, items and side features)."""
+    mask = np.asarray(mask, bool)
+    return dataclasses.replace(
+      self, user=self.user[mask], item=self.item[mask], rating=self.rating[mask]
+    )
+
+  def positives(self, min_rating: float = 4.0) -> Pairs:
+    """``(user, item)`` index arrays of the ratings ``>= min_rating`` (LightFM: 4)."""
+    keep = self.rating >= min_rating
+    return self.user[keep], self.item[keep]
+
+
+class FeatureMatrix(NamedTuple):
+  """A sparse, row-normalised feature matrix in padded form.
+
+  Row ``r`` (a user or an item) has features ``ids[r, j]`` with weights ``weights[r, j]``
+  (0 in unused slots); a LightFM-style model represents it as
+  ``sum_j weights[r, j] * embedding[ids[r, j]]``.
+
+  Example:
+    >>> from optax_blockada.examples.recommender_data import feature_matrix
+    >>> f = feature_matrix(3)  # one indicator per row: matrix factorisation
+    >>> f.ids.tolist(), f.weights.tolist(), f.n_features
+    ([[0], [1], [2]], [[1.0], [1.0], [1.0]], 3)
+  """
+
+  ids: np.ndarray  # (n_rows, width) int32 feature ids
+  weights: np.ndarray  # (n_rows, width) float32, 0 in unused slots
+  names: tuple[str, ...]  # one name per feature id
+
+  @property
+  def n_features(self) -> int:
+    return len(self.names)
+
+
+def holdout_split(
+  user: np.ndarray, n_users: int, *, per_user: int = 10, seed: int = 0
+) -> np.ndarray:
+  """A seeded per-user hold-out: a ``(n,)`` bool mask, true for the test ratings.
+
+  Each user with ``n_u`` ratings gives ``min(per_user, n_u // 2)`` of them, chosen
+  uniformly at random (``numpy.random.default_rng(seed)``), to the test set. On
+  MovieLens-100K (at least 20 ratings per user) ``per_user=10`` holds out exactly 10 per
+  user, like the ``ua`` split LightFM uses.
+
+  Example:
+    >>> import numpy as np
+    >>> from optax_blockada.examples.recommender_data import holdout_split
+    >>> user = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 2])
+    >>> test = holdout_split(user, 3, per_user=2, seed=0)
+    >>> np.bincount(user[test], minlength=3).tolist()  # min(2, n_u // 2)
+    [2, 2, 0]
+  """
+  n_users = check_int("n_users", n_users, 1)
+  per_user = check_int("per_user", per_user, 0)
+  seed = check_int("seed", seed, 0)
+  user = np.asarray(user)
+  if user.ndim != 1 or (user.size and (user.min() < 0 or user.max() >= n_users)):
+    raise ValueError(f"user must be a 1-d array of indices in [0, {n_users}).")
+  key = np.random.default_rng(seed).random(user.size)
+  order = np.lexsort((key, user))  # by user, then by the random key
+  counts = np.bincount(user, minlength=n_users)
+  starts = np.cumsum(counts) - counts
+  rank = np.empty(user.size, np.int64)
+  rank[order] = np.arange(user.size) - starts[user[order]]
+  return rank < np.minimum(per_user, counts // 2)[user]
+
+
+def feature_matrix(
+  n_rows: int,
+  side: Mapping[str, Categorical] | None = None,
+  *,
+  indicator: bool = True,
+  normalize: bool = True,
+  prefix: str = "",
+) -> FeatureMatrix:
+  """Builds a LightFM feature matrix: an indicator per row plus the side features.
+
+  Feature ids are laid out as ``[indicator (n_rows) | side feature 1 | ...]``. With
+  ``normalize`` every row's weights sum to 1, as LightFM's ``Dataset`` does by default.
+
+  Args:
+    n_rows: number of users or items.
+    side: categorical side features with ``n_rows`` rows each (may be empty).
+    indicator: include one indicator feature per row.
+    normalize: divide each row's weights by their sum.
+    prefix: prepended to the feature names (e.g. ``'user '``).
+
+  Raises:
+    ValueError: if a row would have no feature at all.
+
+  Example:
+    >>> import numpy as np
+    >>> from optax_blockada.examples.recommender_data import Categorical, feature_matrix
+    >>> genre = Categorical(('a', 'b'), np.array([[True, True], [False, True]]))
+    >>> f = feature_matrix(2, {'genre': genre})
+    >>> f.names
+    ('0', '1', 'genre=a', 'genre=b')
+    >>> f.ids.tolist(), f.weights.round(3).tolist()
+    ([[0, 2, 3], [1, 3, 0]], [[0.333, 0.333, 0.333], [0.5, 0.5, 0.0]])
+  """
+  n_rows = check_int("n_rows", n_rows, 1)
+  names = [f"{prefix}{r}" for r in range(n_rows)] if indicator else []
+  id_blocks, valid_blocks = [], []
+  if indicator:
+    id_blocks.append(np.arange(n_rows, dtype=np.int64)[:, None])
+    valid_blocks.append(np.ones((n_rows, 1), bool))
+  for name, feature in (side or {}).items():
+    member = np.asarray(feature.member, bool)
+    if member.shape != (n_rows, len(feature.values)):
+      raise ValueError(
+        f"side[{name!r}].member must have shape ({n_rows}, {len(feature.values)}), "
+        f"got {member.shape}."
+      )
+    width = int(member.sum(axis=1).max(initial=0))
+    if width == 0:
+      continue
+    cols = np.argsort(~member, axis=1, kind="stable")[:, :width]  # a row's values first
+    id_blocks.append(cols + len(names))
+    valid_blocks.append(np.take_along_axis(member, cols, axis=1))
+    names.extend(f"{prefix}{name}={value}" for value in feature.values)
+  if not id_blocks:
+    raise ValueError("a feature matrix needs indicator=True or a non-empty side feature.")
+  ids, valid = np.concatenate(id_blocks, axis=1), np.concatenate(valid_blocks, axis=1)
+  counts = valid.sum(axis=1)
+  if np.any(counts == 0):
+    raise ValueError(
+      f"row {int(np.argmax(counts == 0))} has no feature; use indicator=True or give every "
+      "row a side feature value."
+    )
+  order = np.argsort(~valid, axis=1, kind="stable")  # valid slots first, padding last
+  ids, valid = np.take_along_axis(ids, order, axis=1), np.take_along_axis(valid, order, axis=1)
+  weights = valid.astype(np.float64)
+  if normalize:
+    weights /= counts[:, None]
+  return FeatureMatrix(
+    np.where(valid, ids, 0).astype(np.int32), weights.astype(np.float32), tuple(names)
+  )
+
+
+def planted_ratings(
+  n_users: int = 300,
+  n_items: int = 500,
+  rank: int = 8,
+  *,
+  ratings_per_user: int = 40,
+  zipf_exponent: float = 1.0,
+  n_segments: int = 6,
+  n_genres: int = 8,
+  seed: int = 0,
+) -> Ratings:
+  r"""Samples ratings with a planted low-rank structure and Zipfian item popularity.
+
+  Users and items have latent vectors with i.i.d. :math:`\mathcal{N}(0, r^{-1/2})` entries,
+  so the affinity :math:`a_{ui} = u^\top v_i` has mean 0 and standard deviation 1. Item
+  ``i`` has popularity :math:`p_i \propto (i + 1)^{-s}`. Each user rates
+  ``ratings_per_user`` distinct items drawn with probability :math:`\propto p_i e^{a_{ui}}`
+  (Gumbel top-k), rating them :math:`\mathrm{clip}(\mathrm{round}(3 + 1.5 a_{ui}), 1, 5)`
+  (about 60% are ``>= 4``). Side features carry part of the structure: a user's
+  ``segment`` is the argmax of :math:`u^\top P`, an item's two ``genre`` values the top two
+  of :math:`v^\top Q`, for Gaussian ``P`` and ``Q``. All randomness comes from
+  ``numpy.random.default_rng(seed)``.
+
+  Example:
+    >>> import numpy as np
+    >>> from optax_blockada.examples.recommender_data import planted_ratings
+    >>> data = planted_ratings(n_users=20, n_items=30, ratings_per_user=5, seed=0)
+    >>> len(data), data.n_users, data.n_items, sorted(data.item_side)
+    (100, 20, 30, ['genre'])
+    >>> np.bincount(data.user).tolist() == [5] * 20
+    True
+  """
+  n_users = check_int("n_users", n_users, 1)
+  n_items = check_int("n_items", n_items, 2)
+  rank = check_int("rank", rank, 1)
+  ratings_per_user = check_int("ratings_per_user", ratings_per_user, 1)
+  if ratings_per_user > n_items:
+    raise ValueError(f"ratings_per_user must be <= n_items ({n_items}), got {ratings_per_user}.")
+  if isinstance(zipf_exponent, bool) or not isinstance(zipf_exponent, numbers.Real):
+    raise ValueError(f"zipf_exponent must be a real number, got {zipf_exponent!r}.")
+  zipf_exponent = float(zipf_exponent)
+  if not 0.0 <= zipf_exponent < math.inf:
+    raise ValueError(f"zipf_exponent must be finite and >= 0.0, got {zipf_exponent}.")
+  n_segments = check_int("n_segments", n_segments, 1)
+  n_genres = check_int("n_genres", n_genres, 2)
+  seed = check_int("seed", seed, 0)
+
+  rng = np.random.default_rng(seed)
+  users = rng.standard_normal((n_users, rank)) * rank**-0.25
+  items = rng.standard_normal((n_items, rank)) * rank**-0.25
+  log_popularity = -zipf_exponent * np.log(np.arange(1, n_items + 1))
+  affinity = users @ items.T
+  gumbel = rng.gumbel(size=(n_users, n_items))
+  chosen = np.argsort(-(log_popularity[None, :] + affinity + gumbel), axis=1)[:, :ratings_per_user]
+  user = np.repeat(np.arange(n_users), ratings_per_user)
+  item = chosen.reshape(-1)
+  rating = np.clip(np.round(3.0 + 1.5 * affinity[user, item]), 1, 5)
+  segment = np.argmax(users @ rng.standard_normal((rank, n_segments)), axis=1)
+  top_two = np.argsort(-(items @ rng.standard_normal((rank, n_genres))), axis=1)[:, :2]
+  genre_member = np.zeros((n_items, n_genres), bool)
+  np.put_along_axis(genre_member, top_two, True, axis=1)
+  return Ratings(
+    user=user.astype(np.int32),
+    item=item.astype(np.int32),
+    rating=rating.astype(np.float32),
+    n_users=n_users,
+    n_items=n_items,
+    user_side={
+      "segment": Categorical(
+        tuple(str(k) for k in range(n_segments)),
+        np.arange(n_segments)[None, :] == segment[:, None],
+      )
+    },
+    item_side={"genre": Categorical(tuple(str(k) for k in range(n_genres)), genre_member)},
+    source=(
+      f"planted ratings (n_users={n_users}, n_items={n_items}, rank={rank}, "
+      f"ratings_per_user={ratings_per_user}, zipf_exponent={zipf_exponent}, seed={seed})"
+    ),
+  )
+
+
+class RecommenderData(NamedTuple):
+  """Positives, splits and features ready for training (see :func:`prepare_data`).
+
+  Example:
+    >>> from optax_blockada.examples.recommender_data import planted_ratings, prepare_data
+    >>> data = prepare_data(planted_ratings(n_users=10, n_items=20, ratings_per_user=6))
+    >>> len(data.fit[0]) + len(data.validation[0]) == len(data.train[0])
+    True
+  """
+
+  n_users: int
+  n_items: int
+  user_features: FeatureMatrix
+  item_features: FeatureMatrix
+  train: Pairs  # training positives
+  test: Pairs  # test positives
+  fit: Pairs  # training positives minus the validation ones
+  validation: Pairs  # validation positives
+  source: str
+
+
+def prepare_data(
+  ratings: Ratings,
+  *,
+  min_rating: float = 4.0,
+  test_per_user: int = 10,
+  features: str = "indicator",
+  seed: int = 0,
+) -> RecommenderData:
+  """Splits ratings per user, keeps the positives and builds the feature matrices.
+
+  ``test_per_user`` ratings of each user (of any value, like MovieLens' ``ua`` split) go
+  to the test set (:func:`holdout_split` with ``seed``); as many of the rest go to a
+  validation set (``seed + 1``) for choosing learning rates, leaving the ``fit`` set.
+  Ratings ``>= min_rating`` are the positives of each set. ``features``: ``'indicator'``
+  (one feature per user and per item: matrix factorisation) or ``'hybrid'`` (indicators
+  plus the side features).
+
+  Example:
+    >>> from optax_blockada.examples.recommender_data import planted_ratings, prepare_data
+    >>> data = prepare_data(planted_ratings(n_users=10, n_items=30, ratings_per_user=8),
+    ...                     test_per_user=2, features='hybrid')
+    >>> data.user_features.n_features, data.item_features.n_features  # 10 + 6, 30 + 8
+    (16, 38)
+  """
+  if features not in ("indicator", "hybrid"):
+    raise ValueError(f"features must be 'indicator' or 'hybrid', got {features!r}.")
+  if isinstance(min_rating, bool) or not isinstance(min_rating, (int, float)):
+    raise ValueError(f"min_rating must be a number, got {min_rating!r}.")
+  if ratings.n_users * ratings.n_items >= 2**31:
+    raise ValueError(
+      f"n_users * n_items = {ratings.n_users * ratings.n_items} is too large: the "
+      "training step looks (user, item) pairs up as int32 keys."
+    )
+  test = holdout_split(ratings.user, ratings.n_users, per_user=test_per_user, seed=seed)
+  train = ratings.subset(~test)
+  validation = holdout_split(train.user, ratings.n_users, per_user=test_per_user, seed=seed + 1)
+  hybrid = features == "hybrid"
+  return RecommenderData(
+    n_users=ratings.n_users,
+    n_items=ratings.n_items,
+    user_features=feature_matrix(
+      ratings.n_users, ratings.user_side if hybrid else None, prefix="user "
+    ),
+    item_features=feature_matrix(
+      ratings.n_items, ratings.item_side if hybrid else None, prefix="item "
+    ),
+    train=train.positives(min_rating),
+    test=ratings.subset(test).positives(min_rating),
+    fit=train.subset(~validation).positives(min_rating),
+    validation=train.subset(validation).positives(min_rating),
+    source=ratings.source,
+  )
