@@ -226,7 +226,7 @@ def test_inject_hyperparams_equivalence(name):
   u_injected, _ = jax.jit(injected.update)(g, state, p_injected)
   # (The direct transform continues from its own state: injected numbers are arrays,
   # which may keep no-op terms a Python zero leaves out of a preset's chain.)
-  u_direct, _ = entry.make(0.05).update(g, direct_state, p_direct)
+  u_direct, _ = jax.jit(entry.make(0.05).update)(g, direct_state, p_direct)
   assert_trees_close(u_injected, u_direct, rtol=1e-5, atol=1e-7)
 
 

@@ -19,6 +19,10 @@ from optax_blockada.examples.planted import planted_cooccurrence
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
+# One pytest-xdist worker runs this module (`--dist loadgroup`, set in pyproject.toml), so
+# its module fixtures (every optimizer trained twice, in float32 and float64) run once.
+pytestmark = pytest.mark.xdist_group("test_rotation")
+
 # A GloVe-style problem large enough for diagonal Adagrad to show its basis dependence
 # and small enough to train six times in a few seconds.
 VOCAB, DIM, STEPS, SEED = 200, 16, 200, 0
