@@ -50,20 +50,21 @@ class Categorical(NamedTuple):
   member: np.ndarray  # (n_rows, len(values)) bool: row r has value v
 
 
+def _check_side(side: Mapping[str, Categorical], n_rows: int, label: str) -> None:
+  for name, feature in side.items():
+    if np.shape(feature.member) != (n_rows, len(feature.values)):
+      raise ValueError(
+        f"{label}[{name!r}].member must have shape ({n_rows}, {len(feature.values)}), "
+        f"got {np.shape(feature.member)}."
+      )
+
+
 @dataclasses.dataclass(frozen=True)
 class Ratings:
   """Explicit ratings with 0-based user and item indices and optional side features.
 
-  Attributes:
-    user: ``(n,)`` int32 user index of each rating, in ``[0, n_users)``.
-    item: ``(n,)`` int32 item index of each rating, in ``[0, n_items)``.
-    rating: ``(n,)`` float32 rating values.
-    n_users: number of users (MovieLens: the largest user id, as ids are 1-based).
-    n_items: number of items.
-    user_side: side features of users by name (MovieLens: ``age``, ``gender``,
-      ``occupation``), each a :class:`Categorical` with ``n_users`` rows.
-    item_side: side features of items by name (MovieLens: ``genre``).
-    source: where the data came from, for messages and result files.
+  Side features are named :class:`Categorical` features with ``n_users`` (``n_items``)
+  rows; MovieLens has ``age``, ``gender`` and ``occupation`` for users, ``genre`` for items.
 
   Example:
     >>> import numpy as np
@@ -74,14 +75,14 @@ class Ratings:
     ([[0, 1], [0, 1]], 2)
   """
 
-  user: np.ndarray
-  item: np.ndarray
-  rating: np.ndarray
+  user: np.ndarray  # (n,) int32 user index of each rating, in [0, n_users)
+  item: np.ndarray  # (n,) int32 item index of each rating, in [0, n_items)
+  rating: np.ndarray  # (n,) float32
   n_users: int
   n_items: int
   user_side: Mapping[str, Categorical] = dataclasses.field(default_factory=dict)
   item_side: Mapping[str, Categorical] = dataclasses.field(default_factory=dict)
-  source: str = ""
+  source: str = ""  # where the data came from, for messages and result files
 
   def __post_init__(self):
     n = len(self.user)
@@ -98,12 +99,7 @@ class Ratings:
         raise ValueError(
           f"{kind} indices must lie in [0, {size}), got [{index.min()}, {index.max()}]."
         )
-      for name, feature in side.items():
-        if feature.member.shape != (size, len(feature.values)):
-          raise ValueError(
-            f"{kind}_side[{name!r}].member must have shape ({size}, {len(feature.values)}), "
-            f"got {feature.member.shape}."
-          )
+      _check_side(side, size, f"{kind}_side")
 
   def __len__(self) -> int:
     return len(self.user)
@@ -187,18 +183,10 @@ def feature_matrix(
 ) -> FeatureMatrix:
   """Builds a LightFM feature matrix: an indicator per row plus the side features.
 
-  Feature ids are laid out as ``[indicator (n_rows) | side feature 1 | ...]``. With
-  ``normalize`` every row's weights sum to 1, as LightFM's ``Dataset`` does by default.
-
-  Args:
-    n_rows: number of users or items.
-    side: categorical side features with ``n_rows`` rows each (may be empty).
-    indicator: include one indicator feature per row.
-    normalize: divide each row's weights by their sum.
-    prefix: prepended to the feature names (e.g. ``'user '``).
-
-  Raises:
-    ValueError: if a row would have no feature at all.
+  Feature ids are laid out as ``[indicator (n_rows) | side feature 1 | ...]``, named with
+  ``prefix`` (e.g. ``'user '``); the ``side`` features have ``n_rows`` rows each. With
+  ``normalize`` every row's weights sum to 1, as LightFM's ``Dataset`` does by default. A
+  row without any feature raises ``ValueError``.
 
   Example:
     >>> import numpy as np
@@ -216,13 +204,9 @@ def feature_matrix(
   if indicator:
     id_blocks.append(np.arange(n_rows, dtype=np.int64)[:, None])
     valid_blocks.append(np.ones((n_rows, 1), bool))
+  _check_side(side or {}, n_rows, "side")
   for name, feature in (side or {}).items():
     member = np.asarray(feature.member, bool)
-    if member.shape != (n_rows, len(feature.values)):
-      raise ValueError(
-        f"side[{name!r}].member must have shape ({n_rows}, {len(feature.values)}), "
-        f"got {member.shape}."
-      )
     width = int(member.sum(axis=1).max(initial=0))
     if width == 0:
       continue
@@ -287,11 +271,10 @@ def planted_ratings(
   ratings_per_user = check_int("ratings_per_user", ratings_per_user, 1)
   if ratings_per_user > n_items:
     raise ValueError(f"ratings_per_user must be <= n_items ({n_items}), got {ratings_per_user}.")
-  if isinstance(zipf_exponent, bool) or not isinstance(zipf_exponent, numbers.Real):
-    raise ValueError(f"zipf_exponent must be a real number, got {zipf_exponent!r}.")
+  real = isinstance(zipf_exponent, numbers.Real) and not isinstance(zipf_exponent, bool)
+  if not (real and 0.0 <= zipf_exponent < math.inf):
+    raise ValueError(f"zipf_exponent must be a finite number >= 0, got {zipf_exponent!r}.")
   zipf_exponent = float(zipf_exponent)
-  if not 0.0 <= zipf_exponent < math.inf:
-    raise ValueError(f"zipf_exponent must be finite and >= 0.0, got {zipf_exponent}.")
   n_segments = check_int("n_segments", n_segments, 1)
   n_genres = check_int("n_genres", n_genres, 2)
   seed = check_int("seed", seed, 0)
@@ -379,24 +362,17 @@ def prepare_data(
     raise ValueError(f"features must be 'indicator' or 'hybrid', got {features!r}.")
   if isinstance(min_rating, bool) or not isinstance(min_rating, (int, float)):
     raise ValueError(f"min_rating must be a number, got {min_rating!r}.")
-  if ratings.n_users * ratings.n_items >= 2**31:
-    raise ValueError(
-      f"n_users * n_items = {ratings.n_users * ratings.n_items} is too large: the "
-      "training step looks (user, item) pairs up as int32 keys."
-    )
   test = holdout_split(ratings.user, ratings.n_users, per_user=test_per_user, seed=seed)
   train = ratings.subset(~test)
   validation = holdout_split(train.user, ratings.n_users, per_user=test_per_user, seed=seed + 1)
-  hybrid = features == "hybrid"
+  user_side, item_side = (
+    (ratings.user_side, ratings.item_side) if features == "hybrid" else ({}, {})
+  )
   return RecommenderData(
     n_users=ratings.n_users,
     n_items=ratings.n_items,
-    user_features=feature_matrix(
-      ratings.n_users, ratings.user_side if hybrid else None, prefix="user "
-    ),
-    item_features=feature_matrix(
-      ratings.n_items, ratings.item_side if hybrid else None, prefix="item "
-    ),
+    user_features=feature_matrix(ratings.n_users, user_side, prefix="user "),
+    item_features=feature_matrix(ratings.n_items, item_side, prefix="item "),
     train=train.positives(min_rating),
     test=ratings.subset(test).positives(min_rating),
     fit=train.subset(~validation).positives(min_rating),

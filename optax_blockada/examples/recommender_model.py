@@ -8,8 +8,10 @@ age bucket, occupation, ...), an item likewise (its indicator, its genres), each
     e_i = \sum_g y_{ig} E^I_g, \quad b_i = \sum_g y_{ig} b^I_g, \qquad
     s(u, i) = e_u^\top e_i + b_u + b_i,
 
-with row-normalised weights ``x`` and ``y`` (:func:`~optax_blockada.examples.recommender_data.
-feature_matrix`); with indicator features only it is matrix factorisation.
+with row-normalised weights ``x`` and ``y``
+(:func:`~optax_blockada.examples.recommender_data.feature_matrix`); with indicator features
+only it is matrix factorisation. Training samples negatives (:func:`sample_epoch`) and
+minimises BPR or WARP on them (:func:`sampled_loss`).
 """
 
 from __future__ import annotations
@@ -45,14 +47,10 @@ class LightFM(nnx.Module):
 
   Parameters (``nnx.Param``): ``user_embedding`` ``(n_user_features, dim)``,
   ``user_bias`` ``(n_user_features,)``, ``item_embedding``, ``item_bias``; embeddings
-  start at ``(U(0, 1) - 0.5) / dim`` and biases at 0, as in LightFM. The feature
-  matrices are :class:`FeatureIndex` variables, which optimizers leave alone.
-
-  Args:
-    user_features: the users' :class:`~optax_blockada.examples.recommender_data.FeatureMatrix`.
-    item_features: the items' feature matrix.
-    dim: embedding dimension (LightFM's ``no_components``).
-    rngs: random streams; ``rngs.params()`` initialises the embeddings.
+  start at ``(U(0, 1) - 0.5) / dim`` (drawn from ``rngs.params()``) and biases at 0, as in
+  LightFM; ``dim`` is LightFM's ``no_components``. The users' and items'
+  :class:`~optax_blockada.examples.recommender_data.FeatureMatrix` are stored as
+  :class:`FeatureIndex` variables, which optimizers leave alone.
 
   Example:
     >>> import jax.numpy as jnp
