@@ -86,7 +86,7 @@ class TrainResult(NamedTuple):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "tx", "loss"))
 def _epoch(params, opt_state, rest, pos_user, pos_item, keys, samples, *, graphdef, tx, loss):
-  """One epoch: a pass over the positives in the given minibatches, as one scan."""
+  """One epoch as one scan (training.train_loop checkpoints by step, without settings)."""
 
   def batch_loss(p, rows, weight, candidates):
     model = nnx.merge(graphdef, p, rest)
