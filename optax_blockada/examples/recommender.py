@@ -392,6 +392,7 @@ def _parser() -> argparse.ArgumentParser:
   )
   parser.add_argument("--seed", type=int_at_least(0), default=0, help=default)
   parser.add_argument("--quick", action="store_true", help="5 epochs, two learning rates")
+  parser.add_argument("--no-progress", action="store_true", help="no progress bars")
   parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
   ckpt = parser.add_argument_group("checkpoints")
   ckpt.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint every run here (orbax)")
@@ -469,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       checkpoint_dir=args.checkpoint_dir,
       checkpoint_every=args.checkpoint_every,
       resume=args.resume,
-      progress=True,
+      progress=not args.no_progress,
     )
   except CheckpointError as e:
     print(f"error: --resume: {e}", file=sys.stderr)
