@@ -1,10 +1,4 @@
-"""GloVe's training data: the nonzero co-occurrences, their logs and weights, and the loss.
-
-:func:`prepare_data` turns the counts of :func:`optax_blockada.examples.text.cooccurrence`
-into :class:`GloVeData` (host numpy arrays); :func:`weighted_loss` is the number
-``glove.c`` prints after each iteration, the cost of
-:func:`optax_blockada.examples.glove_model.glove_cost` per nonzero pair.
-"""
+"""GloVe's training data (the nonzero co-occurrences, their logs and weights) and loss."""
 
 from __future__ import annotations
 
@@ -39,15 +33,7 @@ class GloVeData(NamedTuple):
 def prepare_data(
   cooc: text.Cooccurrence, *, x_max: float = X_MAX, alpha: float = ALPHA
 ) -> GloVeData:
-  """Logs and weights of the nonzero co-occurrences.
-
-  Args:
-    cooc: counts from :func:`optax_blockada.examples.text.cooccurrence`.
-    x_max: the weighting cut-off, ``> 0``.
-    alpha: the weighting exponent, ``> 0``.
-
-  Returns:
-    A :class:`GloVeData`.
+  """Logs and weights (``x_max``, ``alpha``) of the counts of :func:`text.cooccurrence`.
 
   Example:
     >>> from optax_blockada.examples.glove_data import prepare_data
@@ -77,18 +63,8 @@ _jitted_cost = jax.jit(glove_cost)
 
 
 def weighted_loss(params: Params, data: GloVeData, *, chunk: int = 1 << 18) -> float:
-  """The final weighted loss: :func:`glove_cost` over all pairs, per nonzero pair.
-
-  This is the number ``glove.c`` prints after each iteration (its total cost divided
-  by the number of co-occurrence records), computed exactly at ``params``.
-
-  Args:
-    params: GloVe parameters.
-    data: the pairs.
-    chunk: pairs per evaluation call.
-
-  Returns:
-    A Python float.
+  """:func:`glove_cost` over all pairs at ``params``, per pair (in calls of ``chunk``
+  pairs): the number ``glove.c`` prints after each iteration.
 
   Example:
     >>> import jax.numpy as jnp
@@ -105,14 +81,7 @@ def weighted_loss(params: Params, data: GloVeData, *, chunk: int = 1 << 18) -> f
   n = data.rows.size
   for start in range(0, n, chunk):
     stop = min(n, start + chunk)
-    batch = text.pad_batch(
-      {
-        "rows": data.rows[start:stop],
-        "cols": data.cols[start:stop],
-        "log_counts": data.log_counts[start:stop],
-        "weights": data.weights[start:stop],
-      },
-      chunk,
-    )
+    fields = ("rows", "cols", "log_counts", "weights")
+    batch = text.pad_batch({k: getattr(data, k)[start:stop] for k in fields}, chunk)
     total += float(_jitted_cost(params, batch))
   return total / n

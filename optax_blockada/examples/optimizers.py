@@ -1,7 +1,4 @@
-"""The optimizers the embedding examples compare, built by name at a learning rate.
-
-Every example (GloVe, the recommender, SGNS) trains the same line-up so their tables
-read alike:
+"""The optimizers every embedding example compares, built by name at a learning rate:
 
 ========================  ==============================================================
 name                      optimizer
@@ -46,18 +43,9 @@ def make_optimizer(
   block_structure: str = "rows_x_shared",
   root: str = "auto",
 ) -> optax.GradientTransformation:
-  """Builds the optimizer called ``name`` (see :data:`OPTIMIZER_NAMES`).
-
-  Args:
-    name: one of :data:`OPTIMIZER_NAMES`.
-    learning_rate: a positive, finite step size (GloVe's ``eta`` for its preset).
-    preset: which of :data:`PRESETS` the name ``'preset'`` stands for.
-    block_structure: the ``structure`` of ``'block'`` (e.g. ``'rows'``, one ``d x d``
-      block per row, as the sharded GloVe example uses).
-    root: the inverse root method of ``'block'`` (e.g. ``'newton_schulz'``).
-
-  Returns:
-    An :class:`optax.GradientTransformation`.
+  """The optimizer ``name`` at a positive ``learning_rate`` (GloVe's ``eta`` for its
+  preset); ``'preset'`` is ``PRESETS[preset]``; ``'block'`` has ``block_structure`` and
+  ``root`` (e.g. ``'rows'`` and ``'newton_schulz'``).
 
   Example:
     >>> import jax.numpy as jnp

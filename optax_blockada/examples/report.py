@@ -42,15 +42,7 @@ _ALIGN = {"l": "---", "r": "---:"}
 
 
 def markdown_table(header: Sequence[str], align: str, rows: Iterable[Sequence[str]]) -> str:
-  """A markdown table from formatted cells.
-
-  Args:
-    header: the column titles.
-    align: one letter per column, ``'l'`` (``---``) or ``'r'`` (``---:``).
-    rows: each row's cells, already formatted as strings.
-
-  Returns:
-    The table, one line per row, without a trailing newline.
+  """A markdown table of formatted cells; ``align`` has ``'l'`` or ``'r'`` per column.
 
   Example:
     >>> from optax_blockada.examples.report import markdown_table
@@ -87,14 +79,6 @@ def progress_bar(what: str, run: int, runs: int, total: int, *, enabled: bool = 
 def format_number(value: Any, spec: str, *, missing: str = "n/a") -> str:
   """``format(value, spec)``, with ``'-'`` for ``None`` and ``missing`` for NaN/infinity.
 
-  Args:
-    value: a number or ``None``.
-    spec: a format spec, e.g. ``'.3f'`` or ``','``.
-    missing: what a non-finite float shows (e.g. ``'diverged'`` for a loss).
-
-  Returns:
-    The formatted cell.
-
   Example:
     >>> from optax_blockada.examples.report import format_number
     >>> format_number(4000, ","), format_number(None, ".3f"), format_number(float("nan"), ".3f")
@@ -121,13 +105,8 @@ def format_rates(rates: Mapping[str, Sequence[float]]) -> str:
 def write_atomically(path: str, write: Callable[[str], None]) -> None:
   """Calls ``write(tmp)`` on a temporary file next to ``path``, then renames it to ``path``.
 
-  A crash leaves either the old file or the new one, never a half-written one. The file
-  gets the permissions a plain ``open(path, 'w')`` would give (``0o666`` less the
-  process umask), not the ``0o600`` of a temporary file.
-
-  Args:
-    path: the destination.
-    write: writes the whole file at the path it is given.
+  A crash leaves the old file or the new one, never half of one; the file gets the
+  permissions of a plain ``open(path, 'w')`` (``0o666`` less the umask), not ``0o600``.
 
   Example:
     >>> import pathlib, tempfile
@@ -157,10 +136,6 @@ def write_atomically(path: str, write: Callable[[str], None]) -> None:
 def write_json(path: str, payload: Any) -> None:
   """Writes ``payload`` as indented JSON (NaN allowed) and a newline, atomically.
 
-  Args:
-    path: the destination (see :func:`write_atomically`).
-    payload: anything ``json.dump`` accepts.
-
   Example:
     >>> import pathlib, tempfile
     >>> from optax_blockada.examples.report import write_json
@@ -181,13 +156,8 @@ def write_json(path: str, payload: Any) -> None:
 
 
 def save_loss_plot(path: str, rows: Sequence[Mapping[str, Any]], title: str, ylabel: str) -> None:
-  """Saves the per-epoch training loss of each optimizer (its best rate) as an image.
-
-  Args:
-    path: the image file (its suffix picks the format, e.g. ``.png``, ``.svg``).
-    rows: rows with ``optimizer``, ``learning_rate`` and ``epoch_losses``.
-    title: the plot's title.
-    ylabel: the y axis label (with units).
+  """Saves each row's ``epoch_losses`` (labelled by ``optimizer`` and ``learning_rate``)
+  as an image; the suffix of ``path`` picks the format.
 
   Example:
     >>> import pathlib, tempfile
@@ -226,15 +196,8 @@ def save_loss_plot(path: str, rows: Sequence[Mapping[str, Any]], title: str, yla
 
 
 def save_word2vec(path: str, words: Sequence[str], vectors: Any) -> None:
-  """Writes ``vectors`` (row ``i`` is ``words[i]``) in word2vec's text format, atomically.
-
-  Written by gensim (:meth:`gensim.models.KeyedVectors.save_word2vec_format`), so
-  ``KeyedVectors.load_word2vec_format(path)`` reads them back exactly (float32).
-
-  Args:
-    path: the file to write.
-    words: the vocabulary.
-    vectors: ``(len(words), d)`` array.
+  """Writes ``vectors`` (row ``i`` is ``words[i]``) in word2vec's text format, atomically,
+  with gensim: ``KeyedVectors.load_word2vec_format(path)`` reads them back (float32).
 
   Example:
     >>> import pathlib, tempfile

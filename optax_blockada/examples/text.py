@@ -1,21 +1,11 @@
 """Text pipeline for the word-vector examples: corpora, vocabulary, GloVe co-occurrences.
 
-* Corpora are lists of documents, each a list of lower-case tokens. A plain text file
-  gives one document per line (as GloVe's ``cooccur.c`` reads it: a newline ends a
-  document). The offline default, :func:`gensim_corpus`, is the two raw-English texts
-  gensim's wheel ships: a Wikipedia dump excerpt (206 pages, markup stripped with
-  gensim's own ``wikicorpus`` tools, one document per article) and the Lee corpus (300
-  news documents, one per line), 529,881 tokens in all.
-* :func:`build_vocabulary` counts words and keeps those with at least ``min_count``
-  occurrences, most frequent first (ties by word), at most ``max_size`` of them.
-* :func:`encode` maps a corpus to one ``int32`` array of in-vocabulary token ids with
-  the id of the document each token comes from; out-of-vocabulary tokens are dropped,
-  as ``cooccur.c`` drops them before it looks at distances.
-* :func:`cooccurrence` counts GloVe's co-occurrences exactly as ``cooccur.c``
-  (symmetric mode): every pair of in-vocabulary tokens at distance ``k <= window``
-  within one document adds ``1/k`` to ``X[a, b]`` and to ``X[b, a]``. It is
-  vectorised numpy (one pass per distance, then a sort-and-reduce), so the 2M-token
-  corpus of the design notes counts in seconds.
+A corpus is a list of documents, each a list of lower-case tokens; a plain text file gives
+one document per line (as GloVe's ``cooccur.c``: a newline ends a document). The offline
+default, :func:`gensim_corpus`, is the raw English gensim's wheel ships: a Wikipedia
+excerpt (206 pages, one document per article) and the Lee corpus (300 news documents),
+529,881 tokens in all. :func:`build_vocabulary`, :func:`encode` and :func:`cooccurrence`
+follow ``vocab_count.c`` and ``cooccur.c``, vectorised with numpy.
 """
 
 from __future__ import annotations
@@ -63,39 +53,20 @@ TEXT8_URL = "http://mattmahoney.net/dc/text8.zip"
 one line of about 17M lower-case tokens; the corpus of GloVe's and word2vec's demo scripts."""
 
 _WORD = re.compile(r"[^\W\d_]+")
-# gensim.corpora.wikicorpus: pages in these namespaces and articles shorter than 50
-# tokens (mostly redirects) are skipped, as WikiCorpus does.
+# As gensim's WikiCorpus: pages in these namespaces and articles shorter than 50 tokens
+# (mostly redirects) are skipped.
 _WIKI_IGNORED_NAMESPACES = (
-  "Wikipedia",
-  "Category",
-  "File",
-  "Portal",
-  "Template",
-  "MediaWiki",
-  "User",
-  "Help",
-  "Book",
-  "Draft",
-  "WikiProject",
-  "Special",
-  "Talk",
-)
+  "Wikipedia", "Category", "File", "Portal", "Template", "MediaWiki", "User", "Help", "Book",
+  "Draft", "WikiProject", "Special", "Talk",
+)  # fmt: skip
 _WIKI_MIN_TOKENS = 50
 
 Corpus = list[list[str]]
 
 
 def tokenize(text: str) -> list[str]:
-  """Lower-cases ``text`` and returns its alphabetic words (gensim's ``PAT_ALPHABETIC``).
-
-  A token is a maximal run of Unicode letters: digits, punctuation and underscores
-  separate tokens and are dropped.
-
-  Args:
-    text: any string.
-
-  Returns:
-    The list of tokens, in order.
+  """The maximal runs of Unicode letters of ``text``, lower-cased (gensim's
+  ``PAT_ALPHABETIC``): digits, punctuation and underscores separate tokens.
 
   Example:
     >>> from optax_blockada.examples.text import tokenize
@@ -108,28 +79,16 @@ def tokenize(text: str) -> list[str]:
 
 
 def read_corpus(path: str | os.PathLike, *, progress: bool = False) -> Corpus:
-  """Reads a plain UTF-8 text file: one document per line, tokenised by :func:`tokenize`.
-
-  Lines without tokens are dropped. Undecodable bytes are replaced.
-
-  Args:
-    path: the file.
-    progress: show a tqdm progress bar over the file's bytes.
-
-  Returns:
-    A list of documents, each a non-empty list of tokens.
-
-  Raises:
-    FileNotFoundError: if ``path`` does not exist or is not a file.
-    ValueError: if the file contains no token.
+  """Reads a UTF-8 text file, one document per line (:func:`tokenize`; lines without
+  tokens dropped, undecodable bytes replaced); raises ``FileNotFoundError`` for a missing
+  file and ``ValueError`` for one without words.
 
   Example:
-    >>> import pathlib, tempfile
+    >>> import tempfile
     >>> from optax_blockada.examples.text import read_corpus
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...   path = pathlib.Path(d) / "c.txt"
-    ...   _ = path.write_text("A cat sat.\\n\\nThe dog ran\\n")
-    ...   print(read_corpus(path))
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+    ...   print("A cat sat.\\n\\nThe dog ran", file=f, flush=True)
+    ...   read_corpus(f.name)
     [['a', 'cat', 'sat'], ['the', 'dog', 'ran']]
   """
   path = os.fspath(path)
@@ -155,23 +114,12 @@ def read_corpus(path: str | os.PathLike, *, progress: bool = False) -> Corpus:
 
 
 def download_text8(directory: str | os.PathLike, *, url: str = TEXT8_URL) -> pathlib.Path:
-  """Downloads and extracts ``text8.zip`` into ``directory`` (for Colab); returns its path.
+  """Downloads ``text8.zip`` from ``url`` and extracts ``directory/text8`` (100 MB, one
+  line, for :func:`read_corpus`); returns its path.
 
-  The archive goes to a temporary file and is extracted into a temporary folder; the
-  ``text8`` file is moved to ``directory/text8`` only when complete, so an interrupted
-  download leaves nothing half-written. If ``directory/text8`` exists already, nothing is
-  downloaded. The file (100 MB, one line) reads with :func:`read_corpus`.
-
-  Args:
-    directory: where to put ``text8`` (created if missing).
-    url: the archive's address (a ``file://`` URL works too).
-
-  Returns:
-    The path of ``directory/text8``.
-
-  Raises:
-    ValueError: if the download is not a zip archive or holds no ``text8`` file.
-    OSError: if the download fails.
+  The file appears only when complete (an interrupted download leaves nothing); if it
+  exists, nothing is downloaded. ``ValueError`` if the download is not a zip archive
+  holding ``text8``.
 
   Example:
     >>> import pathlib, tempfile, zipfile
@@ -208,19 +156,9 @@ def download_text8(directory: str | os.PathLike, *, url: str = TEXT8_URL) -> pat
 
 
 def gensim_corpus(*, progress: bool = False) -> Corpus:
-  """The offline default corpus: gensim's Wikipedia excerpt plus the Lee corpus.
-
-  The Wikipedia pages are parsed with :func:`gensim.corpora.wikicorpus.extract_pages`,
-  their markup stripped with :func:`gensim.corpora.wikicorpus.filter_wiki`, and pages in
-  non-article namespaces or with fewer than 50 tokens are skipped (as gensim's
-  ``WikiCorpus`` does). Each article is one document, each line of the Lee corpus is
-  one document. 529,881 tokens (our tokenizer); needs gensim.
-
-  Args:
-    progress: show a tqdm progress bar over the Wikipedia pages.
-
-  Returns:
-    A list of documents (lists of tokens): the articles, then the Lee documents.
+  """The offline default corpus (needs gensim): the articles of gensim's Wikipedia
+  excerpt (markup stripped by gensim's ``filter_wiki``, pages skipped as ``WikiCorpus``
+  skips them), then the lines of the Lee corpus; 529,881 tokens.
 
   Example:
     >>> from optax_blockada.examples.text import gensim_corpus
@@ -270,21 +208,8 @@ class Vocabulary(NamedTuple):
 def build_vocabulary(
   documents: Iterable[Sequence[str]], *, min_count: int = 5, max_size: int | None = None
 ) -> Vocabulary:
-  """Counts words and keeps those occurring at least ``min_count`` times.
-
-  Words are sorted by decreasing count, ties by the word (``vocab_count.c``'s
-  order), and cut to the ``max_size`` most frequent.
-
-  Args:
-    documents: the corpus (documents as sequences of tokens).
-    min_count: the smallest count kept, ``>= 1``.
-    max_size: keep at most this many words (``None``: no limit).
-
-  Returns:
-    A :class:`Vocabulary`.
-
-  Raises:
-    ValueError: if no word is kept.
+  """The words occurring at least ``min_count`` times, by decreasing count, ties by the
+  word (``vocab_count.c``'s order), at most ``max_size`` of them; ``ValueError`` if none.
 
   Example:
     >>> from optax_blockada.examples.text import build_vocabulary
@@ -328,15 +253,7 @@ class EncodedCorpus(NamedTuple):
 
 
 def encode(documents: Iterable[Sequence[str]], vocab: Vocabulary) -> EncodedCorpus:
-  """Maps tokens to ids, dropping out-of-vocabulary tokens.
-
-  Args:
-    documents: the corpus.
-    vocab: the vocabulary.
-
-  Returns:
-    An :class:`EncodedCorpus`; documents keep their numbers even if all their tokens
-    are dropped.
+  """Maps tokens to ids, dropping out-of-vocabulary tokens (documents keep their numbers).
 
   Example:
     >>> from optax_blockada.examples.text import build_vocabulary, encode
@@ -400,27 +317,11 @@ def cooccurrence(
 ) -> Cooccurrence:
   r"""GloVe's co-occurrence counts, as ``cooccur.c`` computes them.
 
-  For every document and every two in-vocabulary tokens ``a`` (earlier) and ``b``
-  (later) at distance :math:`1 \le k \le` ``window`` (counted in in-vocabulary
-  tokens, since out-of-vocabulary ones are dropped first),
-
-  .. math:: X_{ab} \mathrel{+}= 1/k, \qquad X_{ba} \mathrel{+}= 1/k \ (\text{if symmetric}).
-
-  Pairs never cross a document boundary (a newline in ``cooccur.c``). The count of
-  a word with itself (``a == b``) gets both terms. Vectorised: for each distance ``k``
-  the pairs are ``(ids[:-k], ids[k:])`` of the same document; keys ``a * V + b`` are
-  summed by a sort and ``np.add.reduceat`` in float64 (``cooccur.c``'s ``real``).
-
-  Args:
-    corpus: an :class:`EncodedCorpus`.
-    vocab_size: ``V``; every id must be in ``[0, V)``.
-    window: the largest distance, ``>= 1`` (``cooccur.c``'s ``-window-size``).
-    symmetric: count both orders (``-symmetric 1``, the default) or only
-      ``X[earlier, later]`` (``-symmetric 0``: left context only).
-    progress: show a tqdm progress bar over the distances.
-
-  Returns:
-    A :class:`Cooccurrence` with the nonzero entries, sorted by ``(row, col)``.
+  Two in-vocabulary tokens ``a`` (earlier) and ``b`` of one document at distance
+  :math:`1 \le k \le` ``window`` (out-of-vocabulary tokens dropped first) add
+  :math:`1/k` to :math:`X_{ab}` and, if ``symmetric`` (``-symmetric 1``), to
+  :math:`X_{ba}`. Per distance, the keys ``a V + b`` are summed by a sort and
+  ``np.add.reduceat`` in float64 (``cooccur.c``'s ``real``).
 
   Example:
     >>> from optax_blockada.examples.text import EncodedCorpus, cooccurrence
@@ -465,18 +366,8 @@ def cooccurrence(
 
 
 def pad_batch(batch: Mapping[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-  """Pads every 1-D array of a batch with zeros to ``size`` entries.
-
-  The last, short batch of an evaluation pass keeps the compiled shape this way; the
-  padded entries must contribute nothing (a GloVe pair of weight 0, an SGNS pair of
-  weight 0).
-
-  Args:
-    batch: arrays of one length ``<= size``.
-    size: the padded length.
-
-  Returns:
-    A new dict of arrays of length ``size``.
+  """Pads every 1-D array of a batch with zeros to ``size`` entries (a short last batch
+  keeps the compiled shape; its padding must cost nothing, e.g. a weight of 0).
 
   Example:
     >>> from optax_blockada.examples.text import pad_batch

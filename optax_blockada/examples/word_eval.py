@@ -1,14 +1,10 @@
 """Word-vector evaluation: analogies (3CosAdd) and word-similarity Spearman correlations.
 
-The benchmark files are the ones gensim's wheel ships (``gensim.test.utils.datapath``):
-``questions-words.txt`` (word2vec's 19,544 analogy questions in 14 sections: the first
-five semantic, the ``gram*`` ones syntactic), ``wordsim353.tsv`` (WordSim-353) and
-``simlex999.txt`` (SimLex-999). Words are lower-cased; the vectors' vocabulary is
-expected to be lower-case (as :mod:`optax_blockada.examples.text` makes it).
-
-The numbers agree with gensim's own evaluators
-(:meth:`gensim.models.KeyedVectors.evaluate_word_analogies` with ``case_insensitive=True``
-and :meth:`~gensim.models.KeyedVectors.evaluate_word_pairs`), which the tests check.
+The files are those gensim's wheel ships: ``questions-words.txt`` (word2vec's 19,544
+analogy questions in 14 sections, the ``gram*`` ones syntactic), WordSim-353 and
+SimLex-999. Words are lower-cased, as :mod:`~optax_blockada.examples.text` makes the
+vocabulary. The numbers agree with gensim's ``KeyedVectors.evaluate_word_analogies``
+(``case_insensitive=True``) and ``evaluate_word_pairs``, which the tests check.
 """
 
 from __future__ import annotations
@@ -70,13 +66,8 @@ class AnalogySection(NamedTuple):
 
 
 def load_analogies(path: str | os.PathLike | None = None) -> list[AnalogySection]:
-  """Reads an analogy file in word2vec's format (``: section`` headers, 4 words a line).
-
-  Args:
-    path: the file (default: gensim's ``questions-words.txt``).
-
-  Returns:
-    The sections in file order, words lower-cased.
+  """Reads an analogy file in word2vec's format (``: section`` headers, 4 words a line;
+  default: gensim's ``questions-words.txt``), words lower-cased.
 
   Example:
     >>> from optax_blockada.examples.word_eval import load_analogies
@@ -124,13 +115,8 @@ class WordPairs(NamedTuple):
 
 
 def load_word_pairs(name: str | os.PathLike) -> WordPairs:
-  """Reads a word-similarity file: ``word1<TAB>word2<TAB>score``, ``#`` comments.
-
-  Args:
-    name: ``'wordsim353'``, ``'simlex999'`` (gensim's files) or a path.
-
-  Returns:
-    A :class:`WordPairs`.
+  """Reads a word-similarity file (``word1<TAB>word2<TAB>score``, ``#`` comments):
+  ``'wordsim353'``, ``'simlex999'`` (gensim's files) or a path.
 
   Example:
     >>> from optax_blockada.examples.word_eval import load_word_pairs
@@ -181,26 +167,13 @@ def analogy_accuracy(
   *,
   batch_size: int = 2048,
 ) -> dict[str, float | int]:
-  r"""Analogy accuracy by 3CosAdd with the query words masked.
+  r"""Analogy accuracy by 3CosAdd with the query words masked, as word2vec and gensim.
 
-  Rows are unit-normalised (:math:`\hat v = v / \|v\|`); the answer to
-  ``a : b :: c : ?`` is
-
-  .. math:: \arg\max_{w \notin \{a, b, c\}} \hat v_w^\top (\hat v_b - \hat v_a + \hat v_c),
-
-  as word2vec's ``compute-accuracy`` and gensim compute it. Only questions whose four
-  words are all in ``words`` are asked; the rest count against coverage.
-
-  Args:
-    vectors: ``(V, d)`` word vectors, row ``i`` for ``words[i]``.
-    words: the ``V`` words (lower-case).
-    sections: the questions (default: :func:`load_analogies`).
-    batch_size: questions per matrix product.
-
-  Returns:
-    ``{'semantic', 'syntactic', 'total'}``: accuracies over the asked questions of
-    each kind (NaN where none was asked); ``'coverage'``: asked / all questions;
-    ``'asked'`` and ``'correct'``: counts.
+  With unit rows :math:`\hat v`, the answer to ``a : b :: c : ?`` is
+  :math:`\arg\max_{w \notin \{a, b, c\}} \hat v_w^\top (\hat v_b - \hat v_a + \hat v_c)`.
+  Only questions with all four words in ``words`` are asked. Returns the accuracies
+  ``'semantic'``, ``'syntactic'``, ``'total'`` (NaN where none was asked), ``'coverage'``
+  (asked / all) and the counts ``'asked'`` and ``'correct'``.
 
   Example:
     >>> import numpy as np
@@ -256,19 +229,9 @@ def analogy_accuracy(
 def similarity_spearman(
   vectors: Any, words: Sequence[str], pairs: WordPairs | str
 ) -> dict[str, float | int]:
-  """Spearman correlation between cosine similarities and human scores.
-
-  Pairs with a word outside ``words`` are skipped (counted in ``coverage``), as gensim's
-  ``evaluate_word_pairs`` does by default.
-
-  Args:
-    vectors: ``(V, d)`` word vectors.
-    words: the ``V`` words.
-    pairs: a :class:`WordPairs` or a name for :func:`load_word_pairs`.
-
-  Returns:
-    ``{'spearman': rho (NaN with fewer than 2 known pairs), 'coverage': known / all,
-    'pairs': known}``.
+  """Spearman correlation of cosine similarities with human scores (``pairs``: a
+  :class:`WordPairs` or a name for :func:`load_word_pairs`); pairs with an unknown word
+  are skipped, as gensim does, and counted in ``'coverage'``.
 
   Example:
     >>> import numpy as np
@@ -299,12 +262,6 @@ def similarity_spearman(
 def benchmark_coverage(words: Sequence[str]) -> dict[str, int]:
   """How many analogy questions and similarity pairs a vocabulary can answer.
 
-  Args:
-    words: the vocabulary.
-
-  Returns:
-    ``{'analogy': questions, 'wordsim353': pairs, 'simlex999': pairs}``.
-
   Example:
     >>> from optax_blockada.examples.word_eval import benchmark_coverage
     >>> benchmark_coverage(["tiger", "cat", "zzz"])  # WordSim has tiger-cat, tiger-tiger
@@ -324,16 +281,9 @@ def benchmark_coverage(words: Sequence[str]) -> dict[str, int]:
 def evaluate(
   vectors: Any, words: Sequence[str], *, sections: Sequence[AnalogySection] | None = None
 ) -> dict[str, float | int]:
-  """All benchmarks at once: analogies, WordSim-353 and SimLex-999.
-
-  Args:
-    vectors: ``(V, d)`` word vectors.
-    words: the ``V`` words.
-    sections: analogy questions (default: :func:`load_analogies`).
-
-  Returns:
-    A flat dict: ``analogy_{semantic,syntactic,total,coverage}``, ``wordsim353``,
-    ``simlex999`` (Spearman) and ``{wordsim353,simlex999}_coverage``.
+  """All benchmarks of ``vectors`` (row ``i`` for ``words[i]``) as one flat dict:
+  ``analogy_{semantic,syntactic,total,coverage}``, ``wordsim353``, ``simlex999``
+  (Spearman) and ``{wordsim353,simlex999}_coverage``.
 
   Example:
     >>> import numpy as np
