@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import pathlib
+import re
 import stat
 
 import jax
@@ -14,7 +17,7 @@ import optax
 import pytest
 from flax import nnx
 
-from optax_blockada.examples import glove, text
+from optax_blockada.examples import glove, glove_model, report, text, training, word_cli
 from optax_blockada.examples import rotation as rot
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES, make_optimizer
 from optax_blockada.examples.planted import planted_cooccurrence
@@ -58,6 +61,13 @@ def test_glove_init_matches_glove_c():
   np.testing.assert_array_equal(params["word_bias"], np.zeros(50))
   model = glove.GloVe(50, 8, rngs=nnx.Rngs(0))
   np.testing.assert_array_equal(model.vectors(), params["word"] + params["context"])
+  # The preset's start: glove.c draws the biases like every other entry of W.
+  drawn = glove_model.glove_c_biases(params, jax.random.key(1))
+  for name in ("word_bias", "context_bias"):
+    b = np.asarray(drawn[name])
+    assert b.shape == (50,) and np.all(np.abs(b) <= 0.5 / 8) and np.abs(b).max() > 0.4 / 8
+  assert not np.array_equal(drawn["word_bias"], drawn["context_bias"])
+  np.testing.assert_array_equal(drawn["word"], params["word"])
 
 
 def test_model_call_and_cost_against_float64_formula():
@@ -92,7 +102,7 @@ def test_weighted_loss_equals_the_dense_rotation_loss():
   # per-pair cost with the same x_max and alpha.
   dense, data = _planted_data()
   params = _init(60, 6, seed=3)
-  assert glove.X_MAX == rot.X_MAX and glove.ALPHA == rot.ALPHA
+  assert glove_model.X_MAX == rot.X_MAX and glove_model.ALPHA == rot.ALPHA
   np.testing.assert_allclose(
     glove.weighted_loss(params, data, chunk=100), float(rot.glove_loss(params, dense)), rtol=1e-5
   )
@@ -173,12 +183,12 @@ def test_resume_equals_uninterrupted(tmp_path, name):
   def cost(p, b, key):
     return glove.glove_cost(p, b)
 
-  kwargs = dict(epochs=3, batch_size=128, seed=1, chunk_steps=2)
+  kwargs = dict(epochs=3, batch_size=128, epoch_size=data.rows.size, seed=1, chunk_steps=2)
   steps_per_epoch = -(-data.rows.size // 128)
   assert steps_per_epoch % 3 != 0  # the last checkpoint before the crash is mid-epoch
-  full = glove.train_loop(cost, params, tx, epoch_data, **kwargs)
+  full = training.train_loop(cost, params, tx, epoch_data, **kwargs)
   with pytest.raises(KeyboardInterrupt):
-    glove.train_loop(
+    training.train_loop(
       cost,
       params,
       tx,
@@ -187,7 +197,7 @@ def test_resume_equals_uninterrupted(tmp_path, name):
       checkpoint_every=3,
       **kwargs,
     )
-  resumed = glove.train_loop(
+  resumed = training.train_loop(
     cost, params, tx, epoch_data, checkpoint_dir=tmp_path, checkpoint_every=3, resume=True, **kwargs
   )
   assert 0 < resumed.steps_run < full.steps == resumed.steps
@@ -199,10 +209,28 @@ def test_resume_equals_uninterrupted(tmp_path, name):
 def test_train_loop_argument_errors():
   data = lambda epoch: ({"x": np.zeros(3, np.float32)}, 3)
   cost = lambda p, b, key: jnp.sum(p * b["x"])
+  run = functools.partial(training.train_loop, cost, jnp.zeros(()), optax.sgd(0.1), data)
   with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
-    glove.train_loop(cost, jnp.zeros(()), optax.sgd(0.1), data, epochs=0, batch_size=1)
+    run(epochs=0, batch_size=1, epoch_size=3)
   with pytest.raises(TypeError, match="batch_size must be an int"):
-    glove.train_loop(cost, jnp.zeros(()), optax.sgd(0.1), data, epochs=1, batch_size=2.0)
+    run(epochs=1, batch_size=2.0, epoch_size=3)
+  with pytest.raises(ValueError, match="epoch 0 has 3 items, but epoch_size says 4"):
+    run(epochs=1, batch_size=1, epoch_size=4)
+
+
+def test_progress_bar_has_the_whole_runs_total(capsys):
+  # One bar per run: its total is every epoch's steps from the start (it never grows),
+  # the description counts the runs, the postfix shows the loss.
+  sizes = [10, 6, 9]  # items per epoch, varying as SGNS's do: 4 + 2 + 3 steps of 3
+  data = lambda epoch: ({"x": np.ones(sizes[epoch], np.float32)}, sizes[epoch])
+  cost = lambda p, b, key: jnp.sum((p - b["x"]) ** 2)
+  training.train_loop(
+    cost, jnp.zeros(()), optax.sgd(0.01), data, epochs=3, batch_size=3,
+    epoch_size=sizes.__getitem__, progress=True, desc="rowwise lr=0.1", run=(2, 5), chunk_steps=1,
+  )  # fmt: skip
+  err = capsys.readouterr().err
+  assert "rowwise lr=0.1 (run 2 of 5)" in err
+  assert set(re.findall(r"\d+/(\d+) ", err)) == {"9"}
 
 
 def test_prepare_data_errors():
@@ -263,6 +291,7 @@ def test_cli_end_to_end(tiny_corpus, tmp_path, capsys):
   out = capsys.readouterr().out
   for name in ("random init", *OPTIMIZER_NAMES):
     assert f"| {name} |" in out
+  assert word_cli.QUICK_NOTE in out and "Hogwild" in out  # --quick and the preset say so
   payload = json.loads((tmp_path / "out.json").read_text())
   rows = payload["results"]
   assert [r["optimizer"] for r in rows] == ["random init", *OPTIMIZER_NAMES]
@@ -415,12 +444,12 @@ def test_a_diverged_optimizer_is_reported_not_evaluated():
   def train(tx, init, **kwargs):
     calls.append(kwargs["desc"])
     nan = jax.tree.map(lambda x: x * jnp.nan, init)
-    return glove.TrainResult(nan, np.array([np.nan]), 1, 1.0, 1)
+    return training.TrainResult(nan, np.array([np.nan]), 1, 1.0, 1)
 
   def final_loss(params, result):
     return float(jnp.sum(params["word"]))
 
-  rows = glove.sweep_optimizers(
+  rows = training.sweep_optimizers(
     train,
     final_loss,
     lambda p: np.asarray(p["word"]),
@@ -434,7 +463,7 @@ def test_a_diverged_optimizer_is_reported_not_evaluated():
   row = rows[1]
   assert calls == ["rowwise lr=0.1", "rowwise lr=0.2"]  # no rotated run after divergence
   assert np.isnan(row["loss"]) and np.isnan(row["wordsim353"]) and np.isnan(row["drift"])
-  line = glove.format_table(rows).splitlines()[-1]
+  line = training.format_table(rows).splitlines()[-1]
   assert "| diverged |" in line and "n/a" in line
 
 
@@ -443,23 +472,44 @@ def test_written_files_get_the_users_umask_not_0600(tmp_path):
   old = os.umask(0o027)
   try:
     out = tmp_path / "result.json"
-    glove.write_atomically(str(out), lambda tmp: pathlib.Path(tmp).write_text("{}"))
+    report.write_atomically(str(out), lambda tmp: pathlib.Path(tmp).write_text("{}"))
     assert stat.S_IMODE(out.stat().st_mode) == 0o640
     os.umask(0o022)
-    glove.write_atomically(str(out), lambda tmp: pathlib.Path(tmp).write_text("{}"))
+    report.write_atomically(str(out), lambda tmp: pathlib.Path(tmp).write_text("{}"))
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
   finally:
     os.umask(old)
   assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
 
 
-def test_readme_table_is_the_printed_table():
-  # The README shows the main job's table as the command prints it: the same header and
-  # the same row labels (before, it had longer labels than the command prints).
+def _readme_row(line):
+  """A row dict from a README table line, for :func:`training.format_table` to print again."""
+  cells = line.strip("| ").split(" | ")
+  num = lambda cell, f=float: None if cell == "-" else (math.nan if cell == "n/a" else f(cell))
+  total, sem, syn = (num(c) / 100 for c in re.fullmatch(r"(.+) \((.+) / (.+)\)", cells[3]).groups())
+  return {
+    "optimizer": cells[0],
+    "learning_rate": num(cells[1]),
+    "loss": math.nan if cells[2] == "diverged" else num(cells[2]),
+    "analogy_total": total, "analogy_semantic": sem, "analogy_syntactic": syn,
+    "wordsim353": num(cells[4]),
+    "simlex999": num(cells[5]),
+    "state_bytes": num(cells[6], lambda c: int(c.replace(",", ""))),
+    "steps_per_second": num(cells[7]),
+    "drift": num(cells[8]),
+  }  # fmt: skip
+
+
+@pytest.mark.parametrize("example", ["GloVe", "SGNS"])
+def test_readme_table_is_the_printed_table(example):
+  # The README shows the GloVe and SGNS tables as the commands print them: the header
+  # the code prints, the row labels, and every cell as the code formats it.
   readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-  header = glove.format_table([]).splitlines()
-  start = readme.index(header[0])
-  lines = readme[start:].split("\n\n")[0].splitlines()
+  section = {"GloVe": "### The main job", "SGNS": "**word2vec SGNS**"}[example]
+  header = training.format_table([]).splitlines()
+  rest = readme[readme.index(section) :]
+  lines = rest[rest.index("\n| ") + 1 :].split("\n\n")[0].splitlines()
   assert lines[:2] == header
-  labels = [line.split(" | ")[0].removeprefix("| ") for line in lines[2:]]
-  assert labels == ["random init", *OPTIMIZER_NAMES]
+  rows = [_readme_row(line) for line in lines[2:]]
+  assert [r["optimizer"] for r in rows] == ["random init", *OPTIMIZER_NAMES]
+  assert training.format_table(rows).splitlines()[2:] == lines[2:]

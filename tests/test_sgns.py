@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from optax_blockada.examples import sgns, text
+from optax_blockada.examples import sgns, sgns_model, text
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES, make_optimizer
 
 
@@ -56,7 +56,7 @@ def _brute_force_pairs(corpus, counts, window, subsample, seed):
 @pytest.mark.parametrize("subsample", [0.0, 1e-2])
 def test_skipgram_pairs_equal_word2vec_loops(window, subsample):
   corpus, vocab = _planted_corpus(n_docs=6, length=30)
-  centres, contexts = sgns.skipgram_pairs(
+  centres, contexts = sgns_model.skipgram_pairs(
     corpus, vocab.counts, window=window, subsample=subsample, rng=np.random.default_rng(3)
   )
   expected = _brute_force_pairs(corpus, vocab.counts, window, subsample, 3)
@@ -69,19 +69,19 @@ def test_subsampling_drops_frequent_words_more():
   rng = np.random.default_rng(0)
   kept = collections.Counter()
   for _ in range(5):
-    centres, _ = sgns.skipgram_pairs(corpus, vocab.counts, window=1, subsample=1e-2, rng=rng)
+    centres, _ = sgns_model.skipgram_pairs(corpus, vocab.counts, window=1, subsample=1e-2, rng=rng)
     kept.update(centres.tolist())
-  full, _ = sgns.skipgram_pairs(corpus, vocab.counts, window=1, subsample=0.0, rng=rng)
+  full, _ = sgns_model.skipgram_pairs(corpus, vocab.counts, window=1, subsample=0.0, rng=rng)
   ratio = np.array([kept[i] / (5 * max(1, np.sum(full == i))) for i in range(len(vocab.words))])
   assert ratio[0] < 0.6 * ratio[-1]  # the most frequent word is kept least often
 
 
 def test_noise_distribution_and_draws():
   counts = np.array([100.0, 30.0, 5.0, 1.0])
-  cdf = sgns.noise_distribution(counts)
+  cdf = sgns_model.noise_distribution(counts)
   p = counts**0.75 / np.sum(counts**0.75)
   np.testing.assert_allclose(cdf, np.cumsum(p), rtol=1e-6)
-  draws = np.asarray(sgns.draw_negatives(jax.random.key(0), jnp.asarray(cdf), (200_000,)))
+  draws = np.asarray(sgns_model.draw_negatives(jax.random.key(0), jnp.asarray(cdf), (200_000,)))
   freq = np.bincount(draws, minlength=4) / draws.size
   np.testing.assert_allclose(freq, p, atol=4e-3)
 
@@ -94,9 +94,9 @@ def test_sgns_cost_against_float64_formula():
     "context": np.array([1, 2, 3, 3]),
     "mask": np.array([1.0, 1.0, 1.0, 0.0], np.float32),
   }
-  cdf = jnp.asarray(sgns.noise_distribution(np.arange(1.0, 8.0)))
+  cdf = jnp.asarray(sgns_model.noise_distribution(np.arange(1.0, 8.0)))
   key = jax.random.key(4)
-  draws = np.asarray(sgns.draw_negatives(key, cdf, (4, 3)))
+  draws = np.asarray(sgns_model.draw_negatives(key, cdf, (4, 3)))
   expected = 0.0
   log_sigmoid = lambda x: -np.log1p(np.exp(-x))
   for n in range(3):  # the last pair is padding
@@ -106,19 +106,21 @@ def test_sgns_cost_against_float64_formula():
       if z != batch["centre"][n]:
         expected -= log_sigmoid(-v @ params["context"][z])
   p32 = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
-  got = sgns.sgns_cost(p32, batch, key, cdf=cdf, negatives=3)
+  got = sgns_model.sgns_cost(p32, batch, key, cdf=cdf, negatives=3)
   np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
 def test_skipgram_init_matches_word2vec():
-  model = sgns.SkipGram(30, 10, rngs=nnx.Rngs(0))
+  model = sgns_model.SkipGram(30, 10, rngs=nnx.Rngs(0))
   w = np.asarray(model.word[...])
   assert np.all(np.abs(w) <= 0.5 / 10) and np.abs(w).max() > 0.4 / 10
   np.testing.assert_array_equal(model.context[...], np.zeros((30, 10)))
 
 
 def _params(vocab_size, dim=8):
-  return nnx.to_pure_dict(nnx.state(sgns.SkipGram(vocab_size, dim, rngs=nnx.Rngs(0)), nnx.Param))
+  return nnx.to_pure_dict(
+    nnx.state(sgns_model.SkipGram(vocab_size, dim, rngs=nnx.Rngs(0)), nnx.Param)
+  )
 
 
 @pytest.mark.parametrize("name", OPTIMIZER_NAMES)
@@ -129,11 +131,11 @@ def test_loss_falls_on_planted_topics_with_every_optimizer(name):
   result = sgns.train_sgns(
     params, corpus, vocab.counts, tx, epochs=3, batch_size=256, window=3, subsample=0
   )
-  centres, contexts = sgns.skipgram_pairs(
+  centres, contexts = sgns_model.skipgram_pairs(
     corpus, vocab.counts, window=3, subsample=0, rng=np.random.default_rng(9)
   )
-  before = sgns.evaluation_loss(params, centres, contexts, vocab.counts)
-  after = sgns.evaluation_loss(result.params, centres, contexts, vocab.counts)
+  before = sgns_model.evaluation_loss(params, centres, contexts, vocab.counts)
+  after = sgns_model.evaluation_loss(result.params, centres, contexts, vocab.counts)
   assert after < 0.8 * before, (before, after)
   # 6 log 2 at init: the output vectors are 0 (less the few negatives equal to the centre).
   assert 5.5 * np.log(2) < before <= 6 * np.log(2)
@@ -180,9 +182,9 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
 def test_argument_errors():
   corpus, vocab = _planted_corpus(n_docs=2)
   with pytest.raises(ValueError, match="subsample must be a finite number >= 0"):
-    sgns.skipgram_pairs(corpus, vocab.counts, subsample=-1.0, rng=np.random.default_rng(0))
+    sgns_model.skipgram_pairs(corpus, vocab.counts, subsample=-1.0, rng=np.random.default_rng(0))
   with pytest.raises(ValueError, match="window must be >= 1, got 0"):
-    sgns.skipgram_pairs(corpus, vocab.counts, window=0, rng=np.random.default_rng(0))
+    sgns_model.skipgram_pairs(corpus, vocab.counts, window=0, rng=np.random.default_rng(0))
   with pytest.raises(ValueError, match="negatives must be >= 1, got 0"):
     sgns.train_sgns(
       _params(40), corpus, vocab.counts, make_optimizer("rowwise", 0.1), epochs=1, negatives=0

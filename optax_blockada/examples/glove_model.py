@@ -7,13 +7,10 @@ with biases to the logs of the nonzero co-occurrence counts::
     f(x) = min(1, (x / x_max)^alpha)
     vectors: W + W~
 
-The main job (:mod:`optax_blockada.examples.glove`), the rotation experiment
-(:mod:`optax_blockada.examples.rotation`) and the sparse and sharded examples
-(:mod:`optax_blockada.examples.sparse_glove`, :mod:`optax_blockada.examples.sharded_glove`)
-all use :func:`weighting`, :func:`init_table`, :func:`predict` and :func:`cost` from here.
-Parameters are a dict ``{'word': (V, d), 'context': (V, d), 'word_bias': (V,),
-'context_bias': (V,)}`` of float32 arrays (:func:`init_params`), or the same tables held
-by the Flax NNX module :class:`GloVe`.
+The cost is summed over pairs, not averaged, so that each pair of a minibatch contributes
+the gradient it gets in ``glove.c``'s per-pair updates. Parameters are a dict ``{'word':
+(V, d), 'context': (V, d), 'word_bias': (V,), 'context_bias': (V,)}`` of float32 arrays
+(:func:`init_params`), or the same held by the Flax NNX module :class:`GloVe`.
 """
 
 from __future__ import annotations
@@ -34,6 +31,7 @@ __all__ = [
   "GloVe",
   "Params",
   "cost",
+  "glove_c_biases",
   "glove_cost",
   "init_params",
   "init_table",
@@ -54,25 +52,13 @@ Params = dict[str, jax.Array]
 def weighting(counts: Any, x_max: float = X_MAX, alpha: float = ALPHA) -> Any:
   r"""GloVe's weighting function :math:`f(x) = \min(1, (x / x_{max})^\alpha)`.
 
-  Computed in the precision of ``counts``: a JAX array (traced or not) gives a JAX array
-  of its dtype, a numpy float array a numpy array of its dtype, anything else (lists,
-  integer arrays) a float64 numpy array.
-
-  Args:
-    counts: co-occurrence counts (non-negative).
-    x_max: the cut-off, ``> 0``.
-    alpha: the exponent, ``> 0``.
-
-  Returns:
-    ``f(counts)``.
+  A JAX array gives a JAX array of its dtype, a numpy float array a numpy array of its
+  dtype, anything else (lists, integer arrays) a float64 numpy array.
 
   Example:
-    >>> import jax.numpy as jnp
     >>> from optax_blockada.examples.glove_model import weighting
     >>> print(weighting([1.0, 10.0, 200.0], x_max=10.0, alpha=0.5))
     [0.31623 1.      1.     ]
-    >>> weighting(jnp.array([5.0])).dtype
-    dtype('float32')
   """
   if isinstance(counts, jax.Array):
     return jnp.minimum(1.0, (counts / x_max) ** alpha)
@@ -85,14 +71,6 @@ def weighting(counts: Any, x_max: float = X_MAX, alpha: float = ALPHA) -> Any:
 def init_table(key: jax.Array, vocab_size: int, dim: int) -> jax.Array:
   """``glove.c``'s initialisation of a ``(V, d)`` table: ``(U(0, 1) - 0.5) / d``, float32.
 
-  Args:
-    key: a ``jax.random`` key.
-    vocab_size: ``V``.
-    dim: ``d``.
-
-  Returns:
-    A float32 ``(V, d)`` array with entries in ``[-0.5 / d, 0.5 / d)``.
-
   Example:
     >>> import jax
     >>> from optax_blockada.examples.glove_model import init_table
@@ -104,24 +82,13 @@ def init_table(key: jax.Array, vocab_size: int, dim: int) -> jax.Array:
 
 
 def init_params(vocab_size: int, dim: int, seed: int = 0) -> Params:
-  """GloVe's initialisation as a dict: tables :func:`init_table`, biases zero.
-
-  Args:
-    vocab_size: number of rows ``V`` of each table, at least 1.
-    dim: embedding dimension ``d``, at least 1.
-    seed: seed of the ``jax.random`` key, at least 0.
-
-  Returns:
-    ``{'word': (V, d), 'context': (V, d), 'word_bias': (V,),
-    'context_bias': (V,)}``, all float32.
+  """The tables of :func:`init_table` (keys split from ``key(seed)``) and zero biases.
 
   Example:
     >>> from optax_blockada.examples.glove_model import init_params
     >>> params = init_params(vocab_size=5, dim=4, seed=0)
     >>> {k: v.shape for k, v in params.items()}
     {'word': (5, 4), 'context': (5, 4), 'word_bias': (5,), 'context_bias': (5,)}
-    >>> bool(abs(params['word']).max() <= 0.5 / 4)
-    True
   """
   vocab_size = check_int("vocab_size", vocab_size, 1)
   dim = check_int("dim", dim, 1)
@@ -135,19 +102,30 @@ def init_params(vocab_size: int, dim: int, seed: int = 0) -> Params:
   }
 
 
+def glove_c_biases(params: Params, key: jax.Array) -> Params:
+  """``params`` with both biases drawn as ``glove.c`` draws them: ``(U(0, 1) - 0.5) / d``.
+
+  ``glove.c`` initialises every entry of its ``(V, d + 1)`` arrays alike, biases
+  included; :func:`init_params` and :class:`GloVe` start the biases at 0.
+
+  Example:
+    >>> import jax
+    >>> from optax_blockada.examples.glove_model import glove_c_biases, init_params
+    >>> params = glove_c_biases(init_params(5, 4), jax.random.key(1))
+    >>> bool(0 < abs(params["word_bias"]).max() <= 0.5 / 4)
+    True
+  """
+  (vocab_size, dim), keys = params["word"].shape, jax.random.split(key)
+  draw = lambda k: (jax.random.uniform(k, (vocab_size,), jnp.float32) - 0.5) / dim
+  return {**params, "word_bias": draw(keys[0]), "context_bias": draw(keys[1])}
+
+
 def predict(
   word: jax.Array, context: jax.Array, word_bias: jax.Array, context_bias: jax.Array
 ) -> jax.Array:
-  r"""The model's prediction of :math:`\log X_{ij}` from looked-up rows.
+  r"""The prediction :math:`w_i \cdot \tilde w_j + b_i + \tilde b_j` of :math:`\log X_{ij}`.
 
-  Args:
-    word: the rows :math:`w_i`, ``(..., d)``.
-    context: the rows :math:`\tilde w_j`, ``(..., d)``.
-    word_bias: :math:`b_i`, ``(...)``.
-    context_bias: :math:`\tilde b_j`, ``(...)``.
-
-  Returns:
-    :math:`w_i \cdot \tilde w_j + b_i + \tilde b_j`, ``(...)``.
+  Rows ``(..., d)``, biases ``(...)``; returns ``(...)``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -159,15 +137,9 @@ def predict(
 
 
 def squared_errors(pred: jax.Array, log_counts: jax.Array, weights: jax.Array) -> jax.Array:
-  r"""The pairs' weighted squared errors :math:`f(X_n) (\hat y_n - \log X_n)^2`.
+  r"""The pairs' weighted squared errors :math:`f(X_n) (\hat y_n - \log X_n)^2`, elementwise.
 
-  Args:
-    pred: predictions (:func:`predict`).
-    log_counts: :math:`\log X_n`, of ``pred``'s shape.
-    weights: :math:`f(X_n)` (:func:`weighting`); 0 for padding or absent pairs.
-
-  Returns:
-    The elementwise errors, of ``pred``'s shape.
+  A weight of 0 (padding, an absent pair) gives 0.
 
   Example:
     >>> import jax.numpy as jnp
@@ -181,17 +153,6 @@ def squared_errors(pred: jax.Array, log_counts: jax.Array, weights: jax.Array) -
 def cost(pred: jax.Array, log_counts: jax.Array, weights: jax.Array) -> jax.Array:
   r"""``glove.c``'s cost summed over pairs: :math:`\sum_n \tfrac12 f(X_n) (\hat y_n -
   \log X_n)^2`.
-
-  Summed, not averaged, so that each pair contributes the gradient it gets in
-  ``glove.c``'s per-pair updates.
-
-  Args:
-    pred: predictions (:func:`predict`), any shape.
-    log_counts: :math:`\log X_n`, of ``pred``'s shape.
-    weights: :math:`f(X_n)`; a pair with weight 0 contributes nothing.
-
-  Returns:
-    A scalar of ``pred``'s dtype.
 
   Example:
     >>> import jax.numpy as jnp
@@ -210,19 +171,7 @@ def _lookup_predict(params: Params, rows: jax.Array, cols: jax.Array) -> jax.Arr
 
 
 def glove_cost(params: Params, batch: Mapping[str, jax.Array]) -> jax.Array:
-  r"""``glove.c``'s cost summed over a batch of pairs (:func:`cost` of :func:`predict`).
-
-  .. math:: J = \sum_n \tfrac12 f_n (w_{r_n}^\top \tilde w_{c_n} + b_{r_n} + \tilde b_{c_n}
-      - \log X_n)^2
-
-  Args:
-    params: ``{'word': (V, d), 'context': (V, d), 'word_bias': (V,),
-      'context_bias': (V,)}``.
-    batch: ``{'rows', 'cols', 'log_counts', 'weights'}``, each ``(B,)``; a pair
-      with weight 0 (padding) contributes nothing.
-
-  Returns:
-    A float32 scalar.
+  """:func:`cost` of the pairs ``batch = {'rows', 'cols', 'log_counts', 'weights'}``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -239,16 +188,10 @@ def glove_cost(params: Params, batch: Mapping[str, jax.Array]) -> jax.Array:
 
 
 class GloVe(nnx.Module):
-  """The GloVe model as a Flax NNX module: word and context tables with biases.
+  """GloVe as a Flax NNX module: tables :func:`init_table`, biases 0.
 
-  ``model(rows, cols)`` predicts ``log X`` for the pairs as
-  ``w_rows . w~_cols + b_rows + b~_cols``; :meth:`vectors` is the output ``W + W~``.
-  Tables start at ``(U(0, 1) - 0.5) / d`` (``glove.c``, :func:`init_table`), biases at 0.
-
-  Args:
-    vocab_size: ``V``.
-    dim: ``d``.
-    rngs: Flax random streams (``params`` is used).
+  ``model(rows, cols)`` predicts ``log X`` of the pairs (:func:`predict`);
+  :meth:`vectors` is the output ``W + W~``. ``rngs.params`` draws the tables.
 
   Example:
     >>> import jax.numpy as jnp

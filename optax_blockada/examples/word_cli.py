@@ -1,77 +1,84 @@
 """The command line the word-vector examples share (GloVe and SGNS).
 
-:func:`add_common_arguments` adds their common options (corpus, sizes, outputs,
-checkpoints), :func:`settings_from_args` resolves the sizes, :func:`load_corpus` reads
-the corpus and builds the vocabulary, and :func:`check_output_paths` and
-:func:`prepare_checkpoint_dir` check the outputs and ``--resume`` before training; bad
-input raises :class:`UsageError`.
+:func:`add_common_arguments` adds the common options, :func:`settings_from_args` resolves
+sizes and learning rates, :func:`load_corpus` reads the corpus, and :func:`run` is the
+examples' ``main``: input checks, training, the printed table and the files.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+import sys
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from optax_blockada.examples import text, word_eval
+from optax_blockada.examples._checkpoint import CheckpointError
 from optax_blockada.examples._cli import float_in, int_at_least
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES
+from optax_blockada.examples.report import (
+  format_rates,
+  machine_description,
+  save_loss_plot,
+  write_json,
+)
+from optax_blockada.examples.training import format_table
 
 __all__ = [
+  "QUICK_NOTE",
   "UsageError",
   "add_common_arguments",
-  "check_output_paths",
   "load_corpus",
   "prepare_checkpoint_dir",
+  "run",
   "settings_from_args",
 ]
+
+QUICK_NOTE = (
+  "--quick is a smoke test (fewer epochs, one learning rate per optimizer): its scores are "
+  "not comparable with a full run's."
+)
 
 _MAX_LEARNING_RATE = 10.0
 _LEARNING_RATE = float_in(0, _MAX_LEARNING_RATE, label="learning rates ")
 
 
 class UsageError(Exception):
-  """Bad input found after parsing (a corpus, vocabulary or checkpoint problem).
-
-  Example:
-    >>> from optax_blockada.examples.word_cli import UsageError
-    >>> str(UsageError("the corpus is empty"))
-    'the corpus is empty'
-  """
+  """Bad input found after parsing (a corpus, vocabulary or checkpoint problem)."""
 
 
 def settings_from_args(
-  args: argparse.Namespace,
-  defaults: Mapping[str, Any],
-  quick: Mapping[str, Any],
+  args: argparse.Namespace, defaults: Mapping[str, Any], quick: Mapping[str, Any]
 ) -> dict[str, Any]:
-  """The run's sizes: the defaults (or ``--quick``'s) overridden by explicit options.
+  """The run's settings: the defaults (or ``--quick``'s) overridden by explicit options.
 
-  Args:
-    args: parsed by a parser with :func:`add_common_arguments`.
-    defaults: the sizes of a full run.
-    quick: the sizes of a ``--quick`` run.
-
-  Returns:
-    ``{'dim', 'epochs', 'min_count', 'max_vocab', 'window'}``.
+  ``defaults`` and ``quick`` map each size option (``'dim'``, ``'epochs'``, ...) to its
+  value and ``'learning_rates'`` to a grid ``{optimizer: rates}``. The result holds the
+  sizes, ``'learning_rates'`` of the chosen optimizers and ``'seed'``.
 
   Example:
     >>> import argparse
     >>> from optax_blockada.examples.word_cli import add_common_arguments, settings_from_args
-    >>> full = {"dim": 50, "epochs": 8, "min_count": 5, "max_vocab": None, "window": 10}
-    >>> quick = {**full, "dim": 32, "max_vocab": 2000}
+    >>> full = {"dim": 50, "epochs": 8, "min_count": 5, "max_vocab": None, "window": 10,
+    ...         "batch_size": 64, "learning_rates": {"rowwise": (0.1, 0.2)}}
+    >>> quick = {**full, "dim": 32, "learning_rates": {"rowwise": (0.2,)}}
     >>> parser = argparse.ArgumentParser()
     >>> add_common_arguments(parser, full, quick)
-    >>> args = parser.parse_args(["--quick", "--epochs", "2"])
-    >>> settings = settings_from_args(args, full, quick)
-    >>> settings["dim"], settings["epochs"]
-    (32, 2)
+    >>> s = settings_from_args(parser.parse_args(["--quick", "--optimizers", "rowwise"]),
+    ...                        full, quick)
+    >>> s["dim"], s["epochs"], s["learning_rates"]
+    (32, 8, {'rowwise': (0.2,)})
   """
   settings = dict(quick if args.quick else defaults)
+  grid = settings.pop("learning_rates")
   for key in settings:
     if getattr(args, key) is not None:
       settings[key] = getattr(args, key)
+  names = args.optimizers or OPTIMIZER_NAMES
+  settings["learning_rates"] = {n: tuple(args.learning_rates or grid[n]) for n in names}
+  settings["seed"] = args.seed
   return settings
 
 
@@ -80,29 +87,19 @@ def load_corpus(
 ) -> tuple[str, text.Vocabulary, text.EncodedCorpus, int]:
   """Reads ``--corpus`` (or the default), builds the vocabulary and checks it is usable.
 
-  Args:
-    args: parsed arguments.
-    settings: from :func:`settings_from_args`.
-
-  Returns:
-    ``(corpus name, vocabulary, encoded corpus, token count)``.
-
-  Raises:
-    UsageError: a missing or empty file, a corpus shorter than the window, or a
-      vocabulary that covers no evaluation question or pair.
+  Returns ``(corpus name, vocabulary, encoded corpus, token count)``; raises
+  :class:`UsageError` for a missing or empty file, a corpus no longer than the window,
+  or a vocabulary that covers no evaluation question or pair.
 
   Example:
     >>> import argparse, pathlib, tempfile
     >>> from optax_blockada.examples import word_cli
-    >>> sizes = {"dim": 8, "epochs": 1, "min_count": 5, "max_vocab": None, "window": 10}
-    >>> parser = argparse.ArgumentParser()
-    >>> word_cli.add_common_arguments(parser, sizes, sizes)
+    >>> sizes = {"min_count": 1, "max_vocab": None, "window": 2}
     >>> with tempfile.TemporaryDirectory() as d:
     ...   path = pathlib.Path(d) / "c.txt"
     ...   _ = path.write_text("the tiger and the cat\\n" * 3)
-    ...   args = parser.parse_args(["--corpus", str(path), "--min-count", "1", "--window", "2"])
-    ...   settings = word_cli.settings_from_args(args, sizes, sizes)
-    ...   name, vocab, enc, n = word_cli.load_corpus(args, settings)
+    ...   args = argparse.Namespace(corpus=str(path), no_progress=True)
+    ...   name, vocab, enc, n = word_cli.load_corpus(args, sizes)
     >>> vocab.words, n
     (('the', 'and', 'cat', 'tiger'), 15)
   """
@@ -126,8 +123,7 @@ def load_corpus(
       f"the corpus has {encoded.ids.size} in-vocabulary tokens, not more than the window "
       f"({settings['window']}): use a longer corpus, a smaller --window or --min-count."
     )
-  coverage = word_eval.benchmark_coverage(vocab.words)
-  if not any(coverage.values()):
+  if not any(word_eval.benchmark_coverage(vocab.words).values()):
     raise UsageError(
       f"the vocabulary ({len(vocab.words)} words) covers no analogy question and no "
       "WordSim-353 or SimLex-999 pair, so the vectors cannot be evaluated: use an English "
@@ -137,128 +133,124 @@ def load_corpus(
 
 
 def add_common_arguments(
-  parser: argparse.ArgumentParser,
-  defaults: Mapping[str, Any],
-  quick: Mapping[str, Any],
+  parser: argparse.ArgumentParser, defaults: Mapping[str, Any], quick: Mapping[str, Any]
 ) -> None:
-  """Adds the options the word-vector examples share (corpus, sizes, outputs, resume).
-
-  Args:
-    parser: the parser to extend.
-    defaults: the example's sizes (for the help text).
-    quick: its ``--quick`` sizes.
+  """Adds the options the word-vector examples share; the sizes' help shows both settings.
 
   Example:
     >>> import argparse
     >>> from optax_blockada.examples.word_cli import add_common_arguments
     >>> parser = argparse.ArgumentParser()
-    >>> sizes = {"dim": 8, "epochs": 1, "min_count": 5, "max_vocab": None, "window": 10}
-    >>> add_common_arguments(parser, sizes, sizes)
+    >>> add_common_arguments(parser, *[dict.fromkeys(["dim", "epochs", "min_count",
+    ...   "max_vocab", "window", "batch_size"], 1)] * 2)
     >>> parser.parse_args(["--quick"]).quick
     True
   """
-  parser.add_argument(
-    "--corpus",
-    metavar="PATH",
-    help="a plain text file, one document a line "
-    "(default: gensim's Wikipedia excerpt + Lee corpus)",
-  )
-  parser.add_argument(
-    "--quick", action="store_true", help="a smaller setting (fewer words, epochs and rates)"
-  )
-  parser.add_argument(
-    "--optimizers",
-    nargs="+",
-    choices=OPTIMIZER_NAMES,
-    metavar="NAME",
-    help=f"a subset of {', '.join(OPTIMIZER_NAMES)} (default: all)",
-  )
-  parser.add_argument(
-    "--learning-rates",
-    nargs="+",
-    type=_LEARNING_RATE,
-    metavar="LR",
-    help=f"rates to try for every optimizer, each in (0, "
-    f"{_MAX_LEARNING_RATE:g}] (default: a grid per optimizer)",
-  )
-
-  def sizes(key: str) -> str:
-    return f"(default: {defaults[key]}; with --quick: {quick[key]})"
-
-  parser.add_argument("--dim", type=int_at_least(1), help=f"vector size d {sizes('dim')}")
-  parser.add_argument(
-    "--epochs", type=int_at_least(1), help=f"passes over the data per run {sizes('epochs')}"
-  )
-  parser.add_argument(
-    "--min-count", type=int_at_least(1), help=f"smallest word count kept {sizes('min_count')}"
-  )
-  parser.add_argument(
-    "--max-vocab", type=int_at_least(1), help=f"keep at most this many words {sizes('max_vocab')}"
-  )
-  parser.add_argument("--window", type=int_at_least(1), help=f"context window {sizes('window')}")
-  parser.add_argument(
-    "--seed",
-    type=int_at_least(0),
-    default=0,
-    help="seed of initialisation, data order and rotation (default: 0)",
-  )
-  parser.add_argument("--json", metavar="PATH", help="write the results to this JSON file")
-  parser.add_argument("--plot", metavar="PATH", help="save the loss curves to this image")
-  parser.add_argument(
-    "--save-vectors",
-    metavar="DIR",
-    help="write each optimizer's trained vectors to DIR/<optimizer>.txt (word2vec text "
-    "format, for gensim's KeyedVectors.load_word2vec_format)",
-  )
-  parser.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint every run here (orbax)")
-  parser.add_argument(
-    "--checkpoint-every",
-    type=int_at_least(1),
-    default=1000,
-    help="steps between checkpoints (default: %(default)s)",
-  )
-  parser.add_argument(
-    "--resume", action="store_true", help="continue the runs saved in --checkpoint-dir"
-  )
-  parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+  add = parser.add_argument
+  add("--corpus", metavar="PATH", help="a plain text file, one document a line "
+      "(default: gensim's Wikipedia excerpt + Lee corpus)")  # fmt: skip
+  add("--quick", action="store_true", help="a smoke test: fewer epochs, one rate each")
+  add("--optimizers", nargs="+", choices=OPTIMIZER_NAMES, metavar="NAME",
+      help=f"a subset of {', '.join(OPTIMIZER_NAMES)} (default: all)")  # fmt: skip
+  add("--learning-rates", nargs="+", type=_LEARNING_RATE, metavar="LR",
+      help=f"rates to try for every optimizer, each in (0, {_MAX_LEARNING_RATE:g}] "
+      "(default: a grid per optimizer)")  # fmt: skip
+  for option, what in (
+    ("dim", "vector size d"),
+    ("epochs", "passes over the data per run"),
+    ("min-count", "smallest word count kept"),
+    ("max-vocab", "keep at most this many words"),
+    ("window", "context window"),
+    ("batch-size", "items per step"),
+  ):
+    key = option.replace("-", "_")
+    sizes = f"(default: {defaults[key]}; with --quick: {quick[key]})"
+    add(f"--{option}", type=int_at_least(1), help=f"{what} {sizes}")
+  add("--seed", type=int_at_least(0), default=0,
+      help="seed of initialisation, data order and rotation (default: 0)")  # fmt: skip
+  add("--json", metavar="PATH", help="write the results to this JSON file")
+  add("--plot", metavar="PATH", help="save the loss curves to this image")
+  add("--save-vectors", metavar="DIR", help="write each optimizer's trained vectors to "
+      "DIR/<optimizer>.txt (word2vec text format, for gensim's KeyedVectors)")  # fmt: skip
+  add("--checkpoint-dir", metavar="DIR", help="checkpoint every run here (orbax)")
+  add("--checkpoint-every", type=int_at_least(1), default=1000,
+      help="steps between checkpoints (default: %(default)s)")  # fmt: skip
+  add("--resume", action="store_true", help="continue the runs saved in --checkpoint-dir")
+  add("--no-progress", action="store_true", help="no progress bars")
 
 
-def check_output_paths(args: argparse.Namespace) -> None:
-  """Fails early if ``--json``, ``--plot`` or ``--save-vectors`` cannot be written.
+def run(
+  args: argparse.Namespace,
+  defaults: Mapping[str, Any],
+  quick: Mapping[str, Any],
+  train: Callable[..., tuple[list[dict[str, Any]], str, str, dict[str, Any]]],
+  *,
+  name: str,
+  selection: str,
+  ylabel: str,
+  **extra: Any,
+) -> int:
+  """The word-vector examples' ``main``: settings, input checks, training, the report.
 
-  Args:
-    args: parsed arguments.
-
-  Raises:
-    UsageError: if an output's directory does not exist, or ``--resume`` lacks
-      ``--checkpoint-dir``.
+  ``train(settings, vocab, encoded, options)`` trains every run (``options``: the
+  checkpoint, progress and ``--save-vectors`` options of ``compare_optimizers``) and
+  returns ``(rows, details, legend, corpus facts)``. The settings are
+  :func:`settings_from_args`'s plus ``extra``; they are stored with the checkpoints (and
+  ``--corpus``) and in the ``--json`` file. The report prints what ran (``details`` after
+  the corpus), the machine and the wall time, :data:`QUICK_NOTE` with ``--quick``, the
+  table and the legend, and writes ``--json`` and ``--plot`` (loss curves, ``ylabel``).
+  Bad input (:class:`UsageError`, a checkpoint that cannot be resumed) prints an error
+  and returns 2.
 
   Example:
     >>> import argparse
-    >>> from optax_blockada.examples.word_cli import check_output_paths
-    >>> check_output_paths(argparse.Namespace(json="/no/such/dir/out.json", plot=None,
-    ...                                       resume=False, checkpoint_dir=None))
-    ... # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    optax_blockada.examples.word_cli.UsageError: --json: the directory ... does not exist.
+    >>> from optax_blockada.examples import word_cli
+    >>> parser = argparse.ArgumentParser()
+    >>> sizes = {"dim": 8, "epochs": 1, "min_count": 1, "max_vocab": None, "window": 2,
+    ...          "batch_size": 8, "learning_rates": {}}
+    >>> word_cli.add_common_arguments(parser, sizes, sizes)
+    >>> args = parser.parse_args(["--corpus", "/no/such/file", "--learning-rates", "0.1"])
+    >>> word_cli.run(args, sizes, sizes, None, name="GloVe", selection="", ylabel="")
+    2
   """
-  for option in ("json", "plot"):
-    path = getattr(args, option)
-    if path is not None:
-      directory = os.path.dirname(os.path.abspath(path))
-      if not os.path.isdir(directory):
-        raise UsageError(f"--{option}: the directory {directory!r} does not exist.")
-  if args.resume and args.checkpoint_dir is None:
-    raise UsageError("--resume needs --checkpoint-dir (where the runs were saved).")
-  save_vectors = getattr(args, "save_vectors", None)
-  if save_vectors is not None:
-    if os.path.exists(save_vectors) and not os.path.isdir(save_vectors):
-      raise UsageError(f"--save-vectors: {save_vectors!r} exists and is not a directory.")
-    try:
-      os.makedirs(save_vectors, exist_ok=True)
-    except OSError as e:
-      raise UsageError(f"--save-vectors: cannot create {save_vectors!r}: {e}") from e
+  start = time.perf_counter()
+  settings = {**settings_from_args(args, defaults, quick), **extra}
+  try:
+    corpus, vocab, encoded, tokens = _prepare(args, settings)
+    options = {
+      "checkpoint_dir": args.checkpoint_dir,
+      "checkpoint_every": args.checkpoint_every,
+      "checkpoint_settings": {**settings, "corpus": args.corpus},
+      "resume": args.resume,
+      "progress": not args.no_progress,
+      "save_vectors": args.save_vectors,
+    }
+    rows, details, legend, facts = train(settings, vocab, encoded, options)
+  except (UsageError, CheckpointError) as e:
+    prefix = "--resume: " if isinstance(e, CheckpointError) else ""
+    print(f"error: {prefix}{e}", file=sys.stderr)
+    return 2
+  seconds = time.perf_counter() - start
+  machine = machine_description()
+  print(
+    f"{name} on {corpus}: {tokens:,} tokens, {len(vocab.words):,} words (min count "
+    f"{settings['min_count']}){details}, seed {args.seed}.\nBest learning rate per "
+    f"optimizer: {selection}; tried {format_rates(settings['learning_rates'])}.\n"
+    f"{machine}; total wall time {seconds:.0f} s."
+  )
+  if args.quick:
+    print(QUICK_NOTE)
+  print(f"\n{format_table(rows)}\n\n{legend}")
+  if args.json is not None:
+    facts = {"name": corpus, "tokens": tokens, "vocab_size": len(vocab.words), **facts}
+    results = {"settings": {**settings, "selection": selection}, "corpus": facts}
+    write_json(args.json, {**results, "machine": machine, "seconds": seconds, "results": rows})
+  if args.plot is not None:
+    title = (
+      f"{name} on {corpus} (d={settings['dim']}):\ntraining loss at each optimizer's best rate"
+    )
+    save_loss_plot(args.plot, rows[1:], title, ylabel)
+  return 0
 
 
 def prepare_checkpoint_dir(args: argparse.Namespace) -> None:
@@ -304,3 +296,29 @@ def _has_checkpoints(directory: str) -> bool:
   return os.path.isdir(directory) and any(
     name.isdigit() for _, dirs, _ in os.walk(directory) for name in dirs
   )
+
+
+def _prepare(
+  args: argparse.Namespace, settings: Mapping[str, Any]
+) -> tuple[str, text.Vocabulary, text.EncodedCorpus, int]:
+  """Checks the outputs and ``--resume`` (creating ``--save-vectors``), then reads the
+  corpus: bad input fails before any training."""
+  for option in ("json", "plot"):
+    path = getattr(args, option)
+    if path is not None:
+      directory = os.path.dirname(os.path.abspath(path))
+      if not os.path.isdir(directory):
+        raise UsageError(f"--{option}: the directory {directory!r} does not exist.")
+  if args.resume and args.checkpoint_dir is None:
+    raise UsageError("--resume needs --checkpoint-dir (where the runs were saved).")
+  save_vectors = args.save_vectors
+  if save_vectors is not None:
+    if os.path.exists(save_vectors) and not os.path.isdir(save_vectors):
+      raise UsageError(f"--save-vectors: {save_vectors!r} exists and is not a directory.")
+    try:
+      os.makedirs(save_vectors, exist_ok=True)
+    except OSError as e:
+      raise UsageError(f"--save-vectors: cannot create {save_vectors!r}: {e}") from e
+  loaded = load_corpus(args, settings)
+  prepare_checkpoint_dir(args)
+  return loaded
