@@ -2,8 +2,8 @@
 
 Run it with::
 
-    python -m optax_blockada.examples.sgns            # default corpus, ~6 min on 2 cores
-    python -m optax_blockada.examples.sgns --quick    # a smoke test
+    python -m optax_blockada.examples.sgns            # default corpus, ~5 min on 2 cores
+    python -m optax_blockada.examples.sgns --quick    # a smoke test, ~35 s
     python -m optax_blockada.examples.sgns --corpus text8 --json out.json --plot loss.png
 
 The model, its pairs and its cost (``word2vec.c``'s recipe) are in
@@ -188,12 +188,9 @@ def compare_optimizers(
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-    prog="python -m optax_blockada.examples.sgns",
-    description="Train word2vec skip-gram with negative sampling with each Adagrad variant "
-    "(a short learning-rate sweep each) and print one comparison table.",
+  parser = word_cli.make_parser(
+    "sgns", "word2vec skip-gram with negative sampling", _DEFAULTS, _QUICK
   )
-  word_cli.add_common_arguments(parser, _DEFAULTS, _QUICK)
   parser.add_argument(
     "--negatives", type=int_at_least(1), default=5, help="negatives per pair (default: 5)"
   )
@@ -206,19 +203,18 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def _train(
-  settings: dict[str, Any],
-  vocab: text.Vocabulary,
-  encoded: text.EncodedCorpus,
-  options: dict[str, Any],
-) -> tuple[list[dict[str, Any]], str, str, dict[str, Any]]:
-  sizes = ("learning_rates", "dim", "epochs", "batch_size", "window", "negatives", "subsample")
+_REPORT = {
+  "name": "SGNS",
+  "selection": f"lowest loss on a fixed sample of {_EVAL_PAIRS:,} pairs with fixed negatives",
+  "ylabel": "training cost per skip-gram pair (nats)",
+  "extra": ("negatives", "subsample"),  # the options of this example only, kept with the settings
+}
+
+
+def _train(settings: dict, corpus: word_cli.Corpus, options: dict) -> word_cli.Outcome:
+  keys = ("dim", "epochs", "batch_size", "window", "negatives", "subsample")
   rows = compare_optimizers(
-    encoded,
-    vocab,
-    optimizers=tuple(settings["learning_rates"]),
-    **{k: settings[k] for k in (*sizes, "seed")},
-    **options,
+    corpus.encoded, corpus.vocab, **{k: settings[k] for k in keys}, **options
   )
   details = (
     f"; d={settings['dim']}, dynamic window {settings['window']}, {settings['negatives']} "
@@ -236,25 +232,14 @@ _LEGEND = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """The command line (see the module docstring); returns 0, or 2 on bad input.
+  """SGNS's command line (see the module docstring): 0 on success, 2 on bad input.
 
   Example:
     >>> from optax_blockada.examples.sgns import main
-    >>> main(["--corpus", "/no/such/file"])
+    >>> main(["--corpus", "missing.txt", "--subsample", "0"])
     2
   """
-  args = _parser().parse_args(argv)
-  return word_cli.run(
-    args,
-    _DEFAULTS,
-    _QUICK,
-    _train,
-    name="SGNS",
-    selection=f"lowest loss on a fixed sample of {_EVAL_PAIRS:,} pairs with fixed negatives",
-    ylabel="training cost per skip-gram pair (nats)",
-    negatives=args.negatives,
-    subsample=args.subsample,
-  )
+  return word_cli.run(_parser().parse_args(argv), _DEFAULTS, _QUICK, _train, **_REPORT)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The command line the word-vector examples share (GloVe and SGNS).
 
-:func:`add_common_arguments` adds the common options, :func:`settings_from_args` resolves
+:func:`make_parser` makes the parser with the common options, :func:`settings_from_args` resolves
 sizes and learning rates, :func:`load_corpus` reads the corpus, and :func:`run` is the
 examples' ``main``: input checks, training, the printed table and the files.
 """
@@ -11,8 +11,8 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from optax_blockada.examples import text, word_eval
 from optax_blockada.examples._checkpoint import CheckpointError
@@ -28,9 +28,11 @@ from optax_blockada.examples.training import format_table
 
 __all__ = [
   "QUICK_NOTE",
+  "Corpus",
+  "Outcome",
   "UsageError",
-  "add_common_arguments",
   "load_corpus",
+  "make_parser",
   "prepare_checkpoint_dir",
   "run",
   "settings_from_args",
@@ -59,13 +61,11 @@ def settings_from_args(
   sizes, ``'learning_rates'`` of the chosen optimizers and ``'seed'``.
 
   Example:
-    >>> import argparse
-    >>> from optax_blockada.examples.word_cli import add_common_arguments, settings_from_args
+    >>> from optax_blockada.examples.word_cli import make_parser, settings_from_args
     >>> full = {"dim": 50, "epochs": 8, "min_count": 5, "max_vocab": None, "window": 10,
     ...         "batch_size": 64, "learning_rates": {"rowwise": (0.1, 0.2)}}
     >>> quick = {**full, "dim": 32, "learning_rates": {"rowwise": (0.2,)}}
-    >>> parser = argparse.ArgumentParser()
-    >>> add_common_arguments(parser, full, quick)
+    >>> parser = make_parser("glove", "GloVe", full, quick)
     >>> s = settings_from_args(parser.parse_args(["--quick", "--optimizers", "rowwise"]),
     ...                        full, quick)
     >>> s["dim"], s["epochs"], s["learning_rates"]
@@ -82,12 +82,24 @@ def settings_from_args(
   return settings
 
 
-def load_corpus(
-  args: argparse.Namespace, settings: Mapping[str, Any]
-) -> tuple[str, text.Vocabulary, text.EncodedCorpus, int]:
+class Corpus(NamedTuple):
+  """A corpus read for training (:func:`load_corpus`)."""
+
+  name: str  # the file's name, or the default corpus's
+  vocab: text.Vocabulary
+  encoded: text.EncodedCorpus
+  tokens: int  # all tokens, before the vocabulary's cut
+
+
+Outcome = tuple[list[dict[str, Any]], str, str, dict[str, Any]]
+"""What an example's training returns to :func:`run`: the table's rows, what ran (after the
+corpus in the header), the legend, and facts about the data for the JSON's ``corpus``."""
+
+
+def load_corpus(args: argparse.Namespace, settings: Mapping[str, Any]) -> Corpus:
   """Reads ``--corpus`` (or the default), builds the vocabulary and checks it is usable.
 
-  Returns ``(corpus name, vocabulary, encoded corpus, token count)``; raises
+  Returns a :class:`Corpus`; raises
   :class:`UsageError` for a missing or empty file, a corpus no longer than the window,
   or a vocabulary that covers no evaluation question or pair.
 
@@ -129,23 +141,27 @@ def load_corpus(
       "WordSim-353 or SimLex-999 pair, so the vectors cannot be evaluated: use an English "
       "corpus with common words, or a lower --min-count."
     )
-  return name, vocab, encoded, tokens
+  return Corpus(name, vocab, encoded, tokens)
 
 
-def add_common_arguments(
-  parser: argparse.ArgumentParser, defaults: Mapping[str, Any], quick: Mapping[str, Any]
-) -> None:
-  """Adds the options the word-vector examples share; the sizes' help shows both settings.
+def make_parser(
+  module: str, model: str, defaults: Mapping[str, Any], quick: Mapping[str, Any]
+) -> argparse.ArgumentParser:
+  """The parser of ``python -m optax_blockada.examples.<module>`` with the options the
+  word-vector examples share; the sizes' help shows the default and ``--quick`` values.
 
   Example:
-    >>> import argparse
-    >>> from optax_blockada.examples.word_cli import add_common_arguments
-    >>> parser = argparse.ArgumentParser()
-    >>> add_common_arguments(parser, *[dict.fromkeys(["dim", "epochs", "min_count",
-    ...   "max_vocab", "window", "batch_size"], 1)] * 2)
-    >>> parser.parse_args(["--quick"]).quick
+    >>> from optax_blockada.examples.word_cli import make_parser
+    >>> sizes = dict.fromkeys(["dim", "epochs", "min_count", "max_vocab", "window",
+    ...                        "batch_size"], 1)
+    >>> make_parser("glove", "GloVe", sizes, sizes).parse_args(["--quick"]).quick
     True
   """
+  parser = argparse.ArgumentParser(
+    prog=f"python -m optax_blockada.examples.{module}",
+    description=f"Train {model} with each Adagrad variant (a short learning-rate sweep each) "
+    "and print one comparison table.",
+  )
   add = parser.add_argument
   add("--corpus", metavar="PATH", help="a plain text file, one document a line "
       "(default: gensim's Wikipedia excerpt + Lee corpus)")  # fmt: skip
@@ -177,47 +193,50 @@ def add_common_arguments(
       help="steps between checkpoints (default: %(default)s)")  # fmt: skip
   add("--resume", action="store_true", help="continue the runs saved in --checkpoint-dir")
   add("--no-progress", action="store_true", help="no progress bars")
+  return parser
 
 
 def run(
   args: argparse.Namespace,
   defaults: Mapping[str, Any],
   quick: Mapping[str, Any],
-  train: Callable[..., tuple[list[dict[str, Any]], str, str, dict[str, Any]]],
+  train: Callable[[dict, Corpus, dict], Outcome],
   *,
   name: str,
   selection: str,
   ylabel: str,
-  **extra: Any,
+  extra: Sequence[str] = (),
 ) -> int:
   """The word-vector examples' ``main``: settings, input checks, training, the report.
 
-  ``train(settings, vocab, encoded, options)`` trains every run (``options``: the
-  checkpoint, progress and ``--save-vectors`` options of ``compare_optimizers``) and
-  returns ``(rows, details, legend, corpus facts)``. The settings are
-  :func:`settings_from_args`'s plus ``extra``; they are stored with the checkpoints (and
-  ``--corpus``) and in the ``--json`` file. The report prints what ran (``details`` after
-  the corpus), the machine and the wall time, :data:`QUICK_NOTE` with ``--quick``, the
-  table and the legend, and writes ``--json`` and ``--plot`` (loss curves, ``ylabel``).
-  Bad input (:class:`UsageError`, a checkpoint that cannot be resumed) prints an error
-  and returns 2.
+  ``train(settings, corpus, options)`` trains every run (``options``: the optimizers,
+  learning rates, seed, checkpoint, progress and ``--save-vectors`` options of
+  ``compare_optimizers``) and returns an :data:`Outcome`. The settings are
+  :func:`settings_from_args`'s plus the options named in ``extra``; they are stored with
+  the checkpoints (and ``--corpus``) and in the ``--json`` file. The report prints what
+  ran (``details`` after the corpus), the machine and the wall time, :data:`QUICK_NOTE`
+  with ``--quick``, the table and the legend, and writes ``--json`` and ``--plot`` (loss
+  curves, ``ylabel``). Bad input (:class:`UsageError`, a checkpoint that cannot be
+  resumed) prints an error and returns 2.
 
   Example:
-    >>> import argparse
     >>> from optax_blockada.examples import word_cli
-    >>> parser = argparse.ArgumentParser()
     >>> sizes = {"dim": 8, "epochs": 1, "min_count": 1, "max_vocab": None, "window": 2,
     ...          "batch_size": 8, "learning_rates": {}}
-    >>> word_cli.add_common_arguments(parser, sizes, sizes)
+    >>> parser = word_cli.make_parser("glove", "GloVe", sizes, sizes)
     >>> args = parser.parse_args(["--corpus", "/no/such/file", "--learning-rates", "0.1"])
     >>> word_cli.run(args, sizes, sizes, None, name="GloVe", selection="", ylabel="")
     2
   """
   start = time.perf_counter()
-  settings = {**settings_from_args(args, defaults, quick), **extra}
+  settings = settings_from_args(args, defaults, quick)
+  settings.update({key: getattr(args, key) for key in extra})
   try:
-    corpus, vocab, encoded, tokens = _prepare(args, settings)
+    corpus = _prepare(args, settings)
     options = {
+      "optimizers": tuple(settings["learning_rates"]),
+      "learning_rates": settings["learning_rates"],
+      "seed": settings["seed"],
       "checkpoint_dir": args.checkpoint_dir,
       "checkpoint_every": args.checkpoint_every,
       "checkpoint_settings": {**settings, "corpus": args.corpus},
@@ -225,15 +244,16 @@ def run(
       "progress": not args.no_progress,
       "save_vectors": args.save_vectors,
     }
-    rows, details, legend, facts = train(settings, vocab, encoded, options)
+    rows, details, legend, facts = train(settings, corpus, options)
   except (UsageError, CheckpointError) as e:
     prefix = "--resume: " if isinstance(e, CheckpointError) else ""
     print(f"error: {prefix}{e}", file=sys.stderr)
     return 2
   seconds = time.perf_counter() - start
   machine = machine_description()
+  name, vocab, tokens = f"{name} on {corpus.name}", corpus.vocab, corpus.tokens
   print(
-    f"{name} on {corpus}: {tokens:,} tokens, {len(vocab.words):,} words (min count "
+    f"{name}: {tokens:,} tokens, {len(vocab.words):,} words (min count "
     f"{settings['min_count']}){details}, seed {args.seed}.\nBest learning rate per "
     f"optimizer: {selection}; tried {format_rates(settings['learning_rates'])}.\n"
     f"{machine}; total wall time {seconds:.0f} s."
@@ -242,13 +262,11 @@ def run(
     print(QUICK_NOTE)
   print(f"\n{format_table(rows)}\n\n{legend}")
   if args.json is not None:
-    facts = {"name": corpus, "tokens": tokens, "vocab_size": len(vocab.words), **facts}
+    facts = {"name": corpus.name, "tokens": tokens, "vocab_size": len(vocab.words), **facts}
     results = {"settings": {**settings, "selection": selection}, "corpus": facts}
     write_json(args.json, {**results, "machine": machine, "seconds": seconds, "results": rows})
   if args.plot is not None:
-    title = (
-      f"{name} on {corpus} (d={settings['dim']}):\ntraining loss at each optimizer's best rate"
-    )
+    title = f"{name} (d={settings['dim']}):\ntraining loss at each optimizer's best rate"
     save_loss_plot(args.plot, rows[1:], title, ylabel)
   return 0
 
@@ -298,9 +316,7 @@ def _has_checkpoints(directory: str) -> bool:
   )
 
 
-def _prepare(
-  args: argparse.Namespace, settings: Mapping[str, Any]
-) -> tuple[str, text.Vocabulary, text.EncodedCorpus, int]:
+def _prepare(args: argparse.Namespace, settings: Mapping[str, Any]) -> Corpus:
   """Checks the outputs and ``--resume`` (creating ``--save-vectors``), then reads the
   corpus: bad input fails before any training."""
   for option in ("json", "plot"):
