@@ -54,7 +54,6 @@ from optax_blockada.examples.training import TrainResult, sweep_optimizers, trai
 
 __all__ = [
   "LEARNING_RATES",
-  "PRESET_CLIP",
   "GloVe",
   "compare_optimizers",
   "glove_cost",
@@ -115,10 +114,6 @@ def train_glove(
     **kwargs,
   )
 
-
-PRESET_CLIP = 10.0
-"""A clip that tames the preset's first bias steps on summed minibatch gradients (used by
-the ``04_glove`` notebook); the main job runs the preset as ``glove.c`` does, without it."""
 
 LEARNING_RATES = {
   "optax.adagrad": (0.1, 0.2, 0.4),
