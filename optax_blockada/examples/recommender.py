@@ -86,7 +86,7 @@ class TrainResult(NamedTuple):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "tx", "loss"))
 def _epoch(params, opt_state, rest, pos_user, pos_item, keys, samples, *, graphdef, tx, loss):
-  """One epoch as one scan (training.train_loop checkpoints by step, without settings)."""
+  """One epoch as one scan (checkpoints here count epochs; training.train_loop's count steps)."""
 
   def batch_loss(p, rows, weight, candidates):
     model = nnx.merge(graphdef, p, rest)
