@@ -117,7 +117,6 @@ class Checkpointer:
     if isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1:
       raise ValueError(f"max_to_keep must be a positive int, got {max_to_keep!r}.")
     self.directory = os.path.abspath(os.fspath(directory))
-    self.every = every
     # As JSON gives them back (tuples become lists), so that the comparison is exact.
     self.settings = None if settings is None else json.loads(json.dumps(settings))
     self._saved_settings: Any = None
