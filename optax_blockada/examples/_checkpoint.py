@@ -42,17 +42,7 @@ class SettingsMismatch(CheckpointError, ValueError):
 
 
 def checksums(state: Any) -> dict[str, str]:
-  """A SHA-256 of every array leaf of ``state`` (dtype, shape and bytes), by key path.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from optax_blockada.examples._checkpoint import checksums
-    >>> sums = checksums({"w": jnp.ones(3)})
-    >>> list(sums), len(sums["['w']"])
-    (["['w']"], 64)
-    >>> checksums({"w": jnp.ones(3)}) == checksums({"w": jnp.ones(3).at[1].set(2.0)})
-    False
-  """
+  """A SHA-256 of every array leaf of ``state`` (dtype, shape and bytes), by key path."""
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
     array = np.ascontiguousarray(jax.device_get(leaf))
@@ -81,27 +71,6 @@ class Checkpointer:
     settings: what determines the run (a JSON-serialisable mapping), stored as the
       directory's orbax metadata; :meth:`restore_latest` refuses checkpoints written with
       other settings. ``None``: not checked.
-
-  Example:
-    >>> import shutil, tempfile
-    >>> import jax.numpy as jnp
-    >>> from optax_blockada.examples._checkpoint import Checkpointer, SettingsMismatch
-    >>> state = {"w": jnp.ones(3), "step": jnp.asarray(0)}
-    >>> d = tempfile.mkdtemp()
-    >>> with Checkpointer(d, every=2, settings={"lr": 0.1}) as ckpt:
-    ...   ckpt.save(1, state), ckpt.save(2, {"w": 2 * jnp.ones(3), "step": jnp.asarray(2)})
-    (False, True)
-    >>> with Checkpointer(d, every=2, settings={"lr": 0.1}) as ckpt:
-    ...   step, restored = ckpt.restore_latest(state)
-    >>> print(step, restored["w"])
-    2 [2. 2. 2.]
-    >>> with Checkpointer(d, every=2, settings={"lr": 0.2}) as ckpt:
-    ...   try:
-    ...     ckpt.restore_latest(state)
-    ...   except SettingsMismatch as e:
-    ...     print(str(e).split("written with ")[1].split(";")[0])
-    other settings (lr differ)
-    >>> shutil.rmtree(d)
   """
 
   def __init__(

@@ -28,18 +28,6 @@ def check_int(name: str, value: object, minimum: int) -> int:
       and its type).
     ValueError: ``value`` is below ``minimum`` (the message names the argument, the
       value and the smallest allowed one).
-
-  Example:
-    >>> import numpy as np
-    >>> from optax_blockada.examples._cli import check_int
-    >>> check_int("epochs", np.int64(3), 1)
-    3
-    >>> check_int("epochs", 2.0, 1)
-    Traceback (most recent call last):
-    TypeError: epochs must be an integer, got 2.0 (a float); pass an int >= 1, e.g. 2.
-    >>> check_int("epochs", 0, 1)
-    Traceback (most recent call last):
-    ValueError: epochs must be >= 1, got 0; pass an int >= 1.
   """
   if isinstance(value, bool) or not isinstance(value, numbers.Integral):
     hint = ""
@@ -55,16 +43,7 @@ def check_int(name: str, value: object, minimum: int) -> int:
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
-  """An ``argparse`` type: an integer no smaller than ``minimum``, else a clear error.
-
-  Example:
-    >>> import argparse
-    >>> from optax_blockada.examples._cli import int_at_least
-    >>> parser = argparse.ArgumentParser()
-    >>> _ = parser.add_argument("--steps", type=int_at_least(1))
-    >>> parser.parse_args(["--steps", "3"]).steps
-    3
-  """
+  """An ``argparse`` type: an integer no smaller than ``minimum``, else a clear error."""
 
   def parse(text: str) -> int:
     try:
@@ -89,17 +68,6 @@ def float_in(
     high: the upper bound, included; ``inf`` for none.
     include_low: whether ``low`` itself is allowed.
     label: what the message calls the value, e.g. ``'a learning rate '``.
-
-  Example:
-    >>> import argparse
-    >>> from optax_blockada.examples._cli import float_in
-    >>> parser = argparse.ArgumentParser()
-    >>> _ = parser.add_argument("--lr", type=float_in(0, 10))
-    >>> parser.parse_args(["--lr", "0.5"]).lr
-    0.5
-    >>> float_in(0, 10, label="a learning rate ")("nan")
-    Traceback (most recent call last):
-    argparse.ArgumentTypeError: a learning rate must be in (0, 10], got nan
   """
 
   def parse(text: str) -> float:

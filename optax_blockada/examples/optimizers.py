@@ -46,14 +46,6 @@ def make_optimizer(
   """The optimizer ``name`` at a positive ``learning_rate`` (GloVe's ``eta`` for its
   preset); ``'preset'`` is ``PRESETS[preset]``; ``'block'`` has ``block_structure`` and
   ``root`` (e.g. ``'rows'`` and ``'newton_schulz'``).
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from optax_blockada.examples.optimizers import make_optimizer
-    >>> tx = make_optimizer("rowwise", 0.1)
-    >>> updates, _ = tx.update(jnp.ones((2, 4)), tx.init(jnp.zeros((2, 4))))
-    >>> print(f"{updates[0, 0]:.4f}")  # -0.1 / sqrt(0.1 + 1)
-    -0.0953
   """
   if name not in OPTIMIZER_NAMES:
     raise ValueError(f"name must be one of {OPTIMIZER_NAMES}, got {name!r}.")

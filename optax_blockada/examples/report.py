@@ -42,15 +42,7 @@ _ALIGN = {"l": "---", "r": "---:"}
 
 
 def markdown_table(header: Sequence[str], align: str, rows: Iterable[Sequence[str]]) -> str:
-  """A markdown table of formatted cells; ``align`` has ``'l'`` or ``'r'`` per column.
-
-  Example:
-    >>> from optax_blockada.examples.report import markdown_table
-    >>> print(markdown_table(["name", "loss"], "lr", [["rowwise", "0.12"]]))
-    | name | loss |
-    | --- | ---: |
-    | rowwise | 0.12 |
-  """
+  """A markdown table of formatted cells; ``align`` has ``'l'`` or ``'r'`` per column."""
   if len(align) != len(header) or set(align) - set(_ALIGN):
     raise ValueError(f"align must have one of 'l'/'r' per column ({len(header)}), got {align!r}.")
 
@@ -64,26 +56,12 @@ def progress_bar(what: str, run: int, runs: int, total: int, *, enabled: bool = 
   """The examples' progress bar for run ``run`` of ``runs``: ``total`` steps, on stderr.
 
   Show the current loss with ``bar.set_postfix(loss=...)``; use it as a context manager.
-
-  Example:
-    >>> from optax_blockada.examples.report import progress_bar
-    >>> with progress_bar("rowwise", 2, 6, total=10) as bar:
-    ...   bar.set_postfix(loss=0.5)
-    ...   _ = bar.update(10)
-    >>> bar.desc, bar.n
-    ('rowwise (run 2 of 6)', 10)
   """
   return tqdm(total=total, desc=f"{what} (run {run} of {runs})", disable=not enabled, leave=False)
 
 
 def format_number(value: Any, spec: str, *, missing: str = "n/a") -> str:
-  """``format(value, spec)``, with ``'-'`` for ``None`` and ``missing`` for NaN/infinity.
-
-  Example:
-    >>> from optax_blockada.examples.report import format_number
-    >>> format_number(4000, ","), format_number(None, ".3f"), format_number(float("nan"), ".3f")
-    ('4,000', '-', 'n/a')
-  """
+  """``format(value, spec)``, with ``'-'`` for ``None`` and ``missing`` for NaN/infinity."""
   if value is None:
     return "-"
   if isinstance(value, float) and not math.isfinite(value):
@@ -92,13 +70,7 @@ def format_number(value: Any, spec: str, *, missing: str = "n/a") -> str:
 
 
 def format_rates(rates: Mapping[str, Sequence[float]]) -> str:
-  """The learning rates tried per optimizer, on one line.
-
-  Example:
-    >>> from optax_blockada.examples.report import format_rates
-    >>> format_rates({"rowwise": [0.1, 0.2], "glove": [0.05]})
-    'rowwise: 0.1, 0.2; glove: 0.05'
-  """
+  """The learning rates tried per optimizer, on one line."""
   return "; ".join(f"{n}: {', '.join(f'{r:g}' for r in rs)}" for n, rs in rates.items())
 
 
@@ -107,15 +79,6 @@ def write_atomically(path: str, write: Callable[[str], None]) -> None:
 
   A crash leaves the old file or the new one, never half of one; the file gets the
   permissions of a plain ``open(path, 'w')`` (``0o666`` less the umask), not ``0o600``.
-
-  Example:
-    >>> import pathlib, tempfile
-    >>> from optax_blockada.examples.report import write_atomically
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...   out = pathlib.Path(d) / "a.txt"
-    ...   write_atomically(str(out), lambda tmp: pathlib.Path(tmp).write_text("hi"))
-    ...   print(out.read_text())
-    hi
   """
   directory = os.path.dirname(os.path.abspath(path))
   suffix = os.path.splitext(path)[1]
@@ -134,18 +97,7 @@ def write_atomically(path: str, write: Callable[[str], None]) -> None:
 
 
 def write_json(path: str, payload: Any) -> None:
-  """Writes ``payload`` as indented JSON (NaN allowed) and a newline, atomically.
-
-  Example:
-    >>> import pathlib, tempfile
-    >>> from optax_blockada.examples.report import write_json
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...   write_json(f"{d}/r.json", {"loss": 0.5})
-    ...   print(pathlib.Path(f"{d}/r.json").read_text(), end="")
-    {
-      "loss": 0.5
-    }
-  """
+  """Writes ``payload`` as indented JSON (NaN allowed) and a newline, atomically."""
 
   def write(tmp: str) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
@@ -158,15 +110,6 @@ def write_json(path: str, payload: Any) -> None:
 def save_loss_plot(path: str, rows: Sequence[Mapping[str, Any]], title: str, ylabel: str) -> None:
   """Saves each row's ``epoch_losses`` (labelled by ``optimizer`` and ``learning_rate``)
   as an image; the suffix of ``path`` picks the format.
-
-  Example:
-    >>> import pathlib, tempfile
-    >>> from optax_blockada.examples.report import save_loss_plot
-    >>> rows = [{"optimizer": "rowwise", "learning_rate": 0.1, "epoch_losses": [2.0, 1.0]}]
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...   save_loss_plot(f"{d}/loss.png", rows, "GloVe", "loss")
-    ...   print(pathlib.Path(f"{d}/loss.png").stat().st_size > 1000)
-    True
   """
   import matplotlib
 
@@ -198,17 +141,6 @@ def save_loss_plot(path: str, rows: Sequence[Mapping[str, Any]], title: str, yla
 def save_word2vec(path: str, words: Sequence[str], vectors: Any) -> None:
   """Writes ``vectors`` (row ``i`` is ``words[i]``) in word2vec's text format, atomically,
   with gensim: ``KeyedVectors.load_word2vec_format(path)`` reads them back (float32).
-
-  Example:
-    >>> import pathlib, tempfile
-    >>> import numpy as np
-    >>> from gensim.models import KeyedVectors
-    >>> from optax_blockada.examples.report import save_word2vec
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...   path = str(pathlib.Path(d) / "v.txt")
-    ...   save_word2vec(path, ["cat", "dog"], np.array([[1.0, 0.5], [0.25, 2.0]]))
-    ...   print(KeyedVectors.load_word2vec_format(path)["dog"])
-    [0.25 2.  ]
   """
   from gensim.models import KeyedVectors
 
@@ -235,13 +167,7 @@ def _cpu_name() -> str:
 
 
 def machine_description() -> str:
-  """One line naming the machine: CPU, core count, jax version and backend, date.
-
-  Example:
-    >>> from optax_blockada.examples.report import machine_description
-    >>> "jax" in machine_description()
-    True
-  """
+  """One line naming the machine: CPU, core count, jax version and backend, date."""
   return (
     f"{_cpu_name()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()}, "
     f"{datetime.date.today().isoformat()}"
@@ -249,14 +175,7 @@ def machine_description() -> str:
 
 
 def machine_facts(**extra: Any) -> dict[str, Any]:
-  """The machine and versions a run or benchmark ran on, plus ``extra`` entries (for JSON).
-
-  Example:
-    >>> from optax_blockada.examples.report import machine_facts
-    >>> facts = machine_facts(steps=3)
-    >>> facts["steps"], "jax" in facts and "cpu_count" in facts
-    (3, True)
-  """
+  """The machine and versions a run or benchmark ran on, plus ``extra`` entries (for JSON)."""
   return {
     "platform": platform.platform(),
     "processor": platform.processor() or platform.machine(),

@@ -100,19 +100,8 @@ def glove_loss(params: Params, cooc: Any) -> jax.Array:
   r"""GloVe's cost per nonzero pair, as glove.c reports it, computed densely (small V).
 
   :math:`\frac{1}{|\{X_{ij} > 0\}|} \sum_{X_{ij} > 0} \tfrac12 f(X_{ij})
-  (w_i^\top c_j + b_i + \tilde b_j - \log X_{ij})^2` with glove_model's ``f``.
-
-  ``params``: ``{'word': (V, d), 'context': (V, d), 'word_bias': (V,), 'context_bias':
-  (V,)}``; ``cooc``: the ``(V, V)`` counts (non-negative, not all zero). A scalar in the
-  params' dtype.
-
-  Example:
-    >>> import numpy as np
-    >>> from optax_blockada.examples.rotation import glove_loss, init_params
-    >>> params = {**init_params(3, 2), 'word': np.zeros((3, 2), np.float32)}  # predicts 0
-    >>> cooc = np.array([[0, 10, 1], [10, 0, 0], [1, 0, 0]], np.float32)
-    >>> print(f"{float(glove_loss(params, cooc)):.4f}")  # 2 pairs of log 10, 2 of log 1
-    1.3255
+  (w_i^\top c_j + b_i + \tilde b_j - \log X_{ij})^2` with glove_model's ``f``; ``cooc``
+  holds the ``(V, V)`` counts. A scalar in the params' dtype.
   """
   weight, log_cooc, nonzero = _problem(params, cooc)
   return _glove_cost(params, weight, log_cooc) / nonzero
@@ -120,15 +109,7 @@ def glove_loss(params: Params, cooc: Any) -> jax.Array:
 
 def random_orthogonal(dim: int, seed: int = 0) -> jax.Array:
   """A Haar-random orthogonal float32 ``(d, d)`` matrix: sign-fixed QR of a Gaussian, in
-  float64 numpy (``numpy.random.default_rng(seed)``).
-
-  Example:
-    >>> import numpy as np
-    >>> from optax_blockada.examples.rotation import random_orthogonal
-    >>> r = np.asarray(random_orthogonal(4, seed=0))
-    >>> r.dtype, bool(np.allclose(r @ r.T, np.eye(4), atol=1e-6))
-    (dtype('float32'), True)
-  """
+  float64 numpy (``numpy.random.default_rng(seed)``)."""
   dim = check_int("dim", dim, 1)
   seed = check_int("seed", seed, 0)
   q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((dim, dim)))
@@ -137,31 +118,13 @@ def random_orthogonal(dim: int, seed: int = 0) -> jax.Array:
 
 
 def rotate(params: Params, rotation: jax.Array) -> Params:
-  """``{'word': W R, 'context': C R, ...}``: the same predictions; biases untouched.
-
-  Example:
-    >>> import numpy as np
-    >>> from optax_blockada.examples.rotation import init_params, random_orthogonal, rotate
-    >>> params = init_params(vocab_size=5, dim=4)
-    >>> rotated = rotate(params, random_orthogonal(4))
-    >>> gram = lambda p: np.asarray(p['word'] @ p['context'].T)
-    >>> bool(np.allclose(gram(params), gram(rotated), atol=1e-7))
-    True
-  """
+  """``{'word': W R, 'context': C R, ...}``: the same predictions; biases untouched."""
   rotation = jnp.asarray(rotation, jnp.float32)
   return {**params, **{k: jnp.matmul(params[k], rotation, precision=_HIGHEST) for k in _TABLES}}
 
 
 def relative_drift(params: Params, rotated_params: Params, rotation: jax.Array) -> float:
-  """``||W - W' R^T||_F / ||W||_F`` over both tables; 0 for an equivariant optimizer.
-
-  Example:
-    >>> from optax_blockada.examples.rotation import (
-    ...     init_params, random_orthogonal, relative_drift, rotate)
-    >>> params, r = init_params(5, 4), random_orthogonal(4)
-    >>> bool(relative_drift(params, rotate(params, r), r) < 1e-6)
-    True
-  """
+  """``||W - W' R^T||_F / ||W||_F`` over both tables; 0 for an equivariant optimizer."""
   return float(_drift(params, rotated_params, jnp.asarray(rotation, jnp.float32)))
 
 
@@ -198,18 +161,8 @@ def train(
   ``jax.lax.scan`` in up to 10 chunks, each advancing ``bar`` (a
   :func:`~optax_blockada.examples.report.progress_bar`) unless it is ``None``.
 
-  Returns:
-    ``(final_params, losses)``, ``losses[t]`` the :func:`glove_loss` before step ``t``,
-    in the params' dtype (float64 for float64 params under ``jax.enable_x64``).
-
-  Example:
-    >>> import optax
-    >>> from optax_blockada.examples.planted import planted_cooccurrence
-    >>> from optax_blockada.examples.rotation import glove_loss, init_params, train
-    >>> cooc = planted_cooccurrence(vocab_size=20, rank=2)
-    >>> final, losses = train(optax.adagrad(0.1), init_params(20, 4), cooc, steps=3)
-    >>> losses.shape, bool(glove_loss(final, cooc) < losses[0])
-    ((3,), True)
+  Returns ``(final_params, losses)``, ``losses[t]`` the :func:`glove_loss` before step
+  ``t`` in the params' dtype (float64 for float64 params under ``jax.enable_x64``).
   """
   steps = check_int("steps", steps, 1)
   step, _ = _step_fn(tx, params, cooc)
@@ -240,22 +193,9 @@ def drift_over_steps(
   """Trains from ``params`` and from ``rotate(params, rotation)`` side by side (one scan,
   ``steps`` steps each) and records the drift after every step.
 
-  Returns:
-    Float64 arrays of shape ``(steps + 1,)``, entry ``t`` after ``t`` steps: ``step``,
-    ``drift`` (:func:`relative_drift`; the final one is :func:`run_experiment`'s up to
-    float rounding), ``loss`` and ``loss_rotated`` (:func:`glove_loss` of each run).
-
-  Example:
-    >>> import optax_blockada as ob
-    >>> from optax_blockada.examples.planted import planted_cooccurrence
-    >>> from optax_blockada.examples.rotation import (
-    ...     drift_over_steps, init_params, random_orthogonal)
-    >>> cooc = planted_cooccurrence(vocab_size=30, rank=2)
-    >>> params, r = init_params(vocab_size=30, dim=4), random_orthogonal(4, seed=1)
-    >>> row = drift_over_steps(ob.rowwise_adagrad(0.1), params, cooc, r, steps=20)
-    >>> diag = drift_over_steps(ob.diagonal_adagrad(0.1), params, cooc, r, steps=20)
-    >>> row['drift'].shape, bool(row['drift'].max() < 1e-4), bool(diag['drift'][-1] > 1e-2)
-    ((21,), True, True)
+  Returns float64 arrays of shape ``(steps + 1,)``, entry ``t`` after ``t`` steps:
+  ``step``, ``drift`` (:func:`relative_drift`), ``loss`` and ``loss_rotated``
+  (:func:`glove_loss` of each run).
   """
   steps = check_int("steps", steps, 1)
   step, loss = _step_fn(tx, params, cooc)
@@ -288,11 +228,6 @@ def default_optimizers(dim: int) -> dict[str, optax.GradientTransformation]:
 
   All train the default problem (loss ~1.1 -> 0.02-0.04 in 300 steps) at their nominal
   rates; GloVe's preset needs ``optax.clip(1.0)`` first (see the source).
-
-  Example:
-    >>> from optax_blockada.examples.rotation import default_optimizers
-    >>> list(default_optimizers(4))[:2]
-    ['optax.adagrad(0.1)', 'diagonal_adagrad(0.1)']
   """
   dim = check_int("dim", dim, 1)
   k, lr_d = max(dim // 4, 1), 0.1 * math.sqrt(dim)
@@ -337,18 +272,8 @@ def run_experiment(
   Data ``planted_cooccurrence(vocab_size, rank=8, seed=seed)``, initial parameters
   ``init_params(vocab_size, dim, seed)``, rotation ``random_orthogonal(dim, seed + 1)``.
 
-  Returns:
-    One dict per optimizer, in order: ``name``, ``loss`` and ``loss_rotated`` (final
-    :func:`glove_loss` of the runs from ``W`` and ``W R``), ``drift``
-    (:func:`relative_drift`), ``state_bytes`` and ``seconds`` (both runs, compiling).
-
-  Example:
-    >>> import optax_blockada as ob
-    >>> from optax_blockada.examples.rotation import run_experiment
-    >>> rows = run_experiment({'rowwise': ob.rowwise_adagrad(0.1)},
-    ...                       vocab_size=20, dim=4, steps=3)
-    >>> [(r['name'], r['drift'] < 1e-4) for r in rows]
-    [('rowwise', True)]
+  Returns one dict per optimizer, in order: ``name``, ``loss`` and ``loss_rotated`` (final
+  :func:`glove_loss` from ``W`` and ``W R``), ``drift``, ``state_bytes`` and ``seconds``.
   """
   vocab_size = check_int("vocab_size", vocab_size, 2)
   dim = check_int("dim", dim, 1)
@@ -400,14 +325,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Command-line entry point; returns 0 (argparse exits with 2 on bad arguments).
-
-  Example:
-    >>> from optax_blockada.examples.rotation import main
-    >>> main(['--steps', '0'])  # doctest: +IGNORE_EXCEPTION_DETAIL
-    Traceback (most recent call last):
-    SystemExit: 2
-  """
+  """Command-line entry point; returns 0 (argparse exits with 2 on bad arguments)."""
   args = _parser().parse_args(argv)
   cooc = planted_cooccurrence(args.vocab_size, _PLANTED_RANK, seed=args.seed)
   nonzero = int(np.count_nonzero(cooc))

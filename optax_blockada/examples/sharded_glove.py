@@ -66,14 +66,7 @@ Batch = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
 
 def make_optimizer(name: str, learning_rate: float = 0.05) -> optax.GradientTransformation:
   """``'rowwise'``, ``'diagonal'`` or ``'block'`` (``structure='rows'``) Adagrad, from
-  :func:`optax_blockada.examples.optimizers.make_optimizer`.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from optax_blockada.examples.sharded_glove import make_optimizer
-    >>> type(make_optimizer('rowwise').init({'w': jnp.ones((4, 2))})[0]).__name__
-    'RowwiseAdagradState'
-  """
+  :func:`optax_blockada.examples.optimizers.make_optimizer`."""
   if name not in _OPTIMIZERS:
     raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {name!r}.")
   # jaxlib 0.10's batched LAPACK eigh fans out into the CPU thread pool it runs on, which
@@ -85,13 +78,7 @@ def make_optimizer(name: str, learning_rate: float = 0.05) -> optax.GradientTran
 
 def make_mesh(data_parallel: int, *, explicit: bool = False) -> jax.sharding.Mesh:
   """A ``('data', 'rows')`` mesh over all devices, ``data_parallel`` (a divisor of the
-  device count) along ``data``; Explicit sharding axes if ``explicit``, else Auto.
-
-  Example:
-    >>> from optax_blockada.examples.sharded_glove import make_mesh
-    >>> make_mesh(1).axis_names
-    ('data', 'rows')
-  """
+  device count) along ``data``; Explicit sharding axes if ``explicit``, else Auto."""
   n = jax.device_count()
   if data_parallel < 1 or n % data_parallel:
     divisors = ", ".join(str(k) for k in range(1, n + 1) if n % k == 0)
@@ -105,15 +92,7 @@ def make_mesh(data_parallel: int, *, explicit: bool = False) -> jax.sharding.Mes
 
 def make_batches(cooc: Any, batch_size: int, steps: int, seed: int = 0) -> list[Batch]:
   """``steps`` batches of ``batch_size`` nonzero pairs ``(i, j, f(X_ij), log X_ij)``, drawn
-  uniformly (numpy ``seed``): int32 ids, float32 weights and targets.
-
-  Example:
-    >>> import numpy as np
-    >>> from optax_blockada.examples.sharded_glove import make_batches
-    >>> i, j, f, y = make_batches(np.array([[0, 10.0], [10.0, 0]]), 4, steps=1)[0]
-    >>> print(i.shape, f, y)
-    (4,) [1. 1. 1. 1.] [2.30259 2.30259 2.30259 2.30259]
-  """
+  uniformly (numpy ``seed``): int32 ids, float32 weights and targets."""
   counts = np.asarray(cooc, np.float32)
   rows, cols = np.nonzero(counts)
   if rows.size == 0:
@@ -146,17 +125,7 @@ def _ids(i: jax.Array, j: jax.Array) -> dict[str, jax.Array]:
 
 def pair_loss(params: dict[str, jax.Array], batch: Batch, gather_spec: Any = None) -> jax.Array:
   """glove_model's :func:`cost` (summed over the pairs) of a :func:`make_batches` batch;
-  ``gather_spec``: in Explicit mode, the mesh axis the batch is split over.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from optax_blockada.examples.sharded_glove import pair_loss
-    >>> params = {'word': jnp.ones((2, 2)), 'context': jnp.ones((2, 2)),
-    ...           'word_bias': jnp.zeros(2), 'context_bias': jnp.zeros(2)}
-    >>> batch = (jnp.array([0]), jnp.array([1]), jnp.array([1.0]), jnp.array([1.0]))
-    >>> print(pair_loss(params, batch))  # (2 - 1)^2 / 2
-    0.5
-  """
+  ``gather_spec``: in Explicit mode, the mesh axis the batch is split over."""
   i, j, weight, log_x = batch
   return _ids_loss(params, _ids(i, j), weight, log_x, gather_spec)
 
@@ -197,18 +166,7 @@ def _loop(step, params, state, batches, put=lambda batch: batch, bar=None):
 def train_single_device(
   tx: optax.GradientTransformation, params: dict[str, jax.Array], batches: Sequence[Batch], bar=None
 ) -> tuple[dict[str, jax.Array], Any, list[float]]:
-  """The reference: the same steps on one device; ``(params, state, losses per pair)``.
-
-  Example:
-    >>> import numpy as np
-    >>> from optax_blockada.examples import sharded_glove as sg
-    >>> from optax_blockada.examples.glove_model import init_params
-    >>> batches = sg.make_batches(np.array([[0, 10.0], [10.0, 0]]), 4, steps=30)
-    >>> _, _, losses = sg.train_single_device(
-    ...   sg.make_optimizer('rowwise', 0.5), init_params(2, 2), batches)
-    >>> bool(losses[-1] < 0.1 * losses[0])
-    True
-  """
+  """The reference: the same steps on one device; ``(params, state, losses per pair)``."""
   return _loop(jax.jit(_step_fn(tx)), params, tx.init(params), batches, bar=bar)[:3]
 
 
@@ -232,21 +190,8 @@ def train_sharded(
   with each batch split over all devices, not over ``data``. ``bar``: a
   :func:`~optax_blockada.examples.report.progress_bar`, or ``None``.
 
-  Returns:
-    ``(params, state, losses per pair, routing)``, ``routing`` listing for each routed
-    step whether it overflowed and its largest load.
-
-  Example:
-    >>> import jax
-    >>> import numpy as np
-    >>> from optax_blockada.examples import sharded_glove as sg
-    >>> from optax_blockada.examples.glove_model import init_params
-    >>> mesh, n = sg.make_mesh(1), jax.device_count()  # the rows split over all devices
-    >>> batches = sg.make_batches(np.ones((2 * n, 2 * n)), 4 * n, steps=2)
-    >>> tx, params = sg.make_optimizer('rowwise'), init_params(2 * n, 3)
-    >>> _, state, _, routing = sg.train_sharded(tx, params, batches, mesh, sparse_rows=True)
-    >>> state[0].sum_of_squares['word'].sharding.shard_shape((2 * n, 1)), routing[0]['overflowed']
-    ((2, 1), False)
+  Returns ``(params, state, losses per pair, routing)``, ``routing`` listing for each
+  routed step whether it overflowed and its largest load.
   """
   routing = {"capacity": capacity, "mesh": mesh} if sparse_rows else None
   # The routed step splits the batch over all devices; the dense one over 'data'.
@@ -277,14 +222,7 @@ def train_sharded(
 
 def shard_report(tree: Any, name: str) -> list[dict[str, Any]]:
   """Per array leaf: ``path`` (prefixed by ``name``), ``shape``, ``spec``,
-  ``shard_shape``, ``devices`` and ``bytes_per_device``.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from optax_blockada.examples.sharded_glove import shard_report
-    >>> shard_report({'w': jnp.ones((4, 2))}, 'params')[0]['shard_shape']
-    (4, 2)
-  """
+  ``shard_shape``, ``devices`` and ``bytes_per_device``."""
   out = []
   for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
     shard = leaf.addressable_shards[0].data
@@ -315,14 +253,6 @@ def spread_ids(batches: Sequence[Batch], vocab_size: int, seed: int = 0) -> list
 
   With words sorted by frequency (GloVe's, word2vec's, the planted ones), the shard of the
   first rows gets most ids; a fixed relabelling spreads them and changes nothing else.
-
-  Example:
-    >>> import numpy as np
-    >>> from optax_blockada.examples.sharded_glove import make_batches, spread_ids
-    >>> batches = make_batches(np.array([[0, 10.0], [10.0, 0]]), 4, steps=1)
-    >>> i, j, _, _ = spread_ids(batches, 2)[0]
-    >>> bool(((i == 0) | (i == 1)).all())
-    True
   """
   perm = jnp.asarray(np.random.default_rng(seed).permutation(vocab_size), np.int32)
   return [(perm[i], perm[j], weight, log_x) for i, j, weight, log_x in batches]
@@ -330,17 +260,7 @@ def spread_ids(batches: Sequence[Batch], vocab_size: int, seed: int = 0) -> list
 
 def suggest_capacity(batches: Sequence[Batch], vocab_size: int, mesh: jax.sharding.Mesh) -> int:
   """:func:`optax_blockada.routed.suggest_capacity` for the words and the contexts of the
-  sample ``batches`` on ``mesh``'s ``rows`` axis: the larger of the two.
-
-  Example:
-    >>> import numpy as np
-    >>> from optax_blockada.examples import sharded_glove as sg
-    >>> mesh = sg.make_mesh(1)
-    >>> n = mesh.size
-    >>> batches = sg.make_batches(np.ones((4 * n, 4 * n)), 8 * n, steps=3)
-    >>> 1 <= sg.suggest_capacity(batches, 4 * n, mesh) <= 8
-    True
-  """
+  sample ``batches`` on ``mesh``'s ``rows`` axis: the larger of the two."""
   return max(
     routed.suggest_capacity([b[k] for b in batches], vocab_size, mesh, "rows") for k in (0, 1)
   )
@@ -404,13 +324,7 @@ def _mesh(args: argparse.Namespace, prog: str) -> jax.sharding.Mesh:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Command-line entry point: 0 if the sharded run equals the single-device run, 1 if
-  not, 2 for bad arguments or too few devices.
-
-  Example:
-    >>> from optax_blockada.examples.sharded_glove import main
-    >>> main(['--devices', '1000'])
-    2
-  """
+  not, 2 for bad arguments or too few devices."""
   parser = _parser()
   args = parser.parse_args(argv)
   try:

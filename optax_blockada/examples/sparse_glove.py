@@ -62,13 +62,7 @@ OPTIMIZERS = tuple(_NAMES)
 def make_optimizer(name: str, learning_rate: float = 0.1) -> optax.GradientTransformation:
   """Row-wise, diagonal, ``glove.c``'s (``'glove'``) or block (``'rows_x_shared'``)
   Adagrad, from :func:`optax_blockada.examples.optimizers.make_optimizer`; cached, so
-  that runs with the same optimizer reuse the compiled steps.
-
-  Example:
-    >>> from optax_blockada.examples.sparse_glove import make_optimizer
-    >>> type(make_optimizer('rowwise')).__name__
-    'GradientTransformationExtraArgs'
-  """
+  that runs with the same optimizer reuse the compiled steps."""
   if name not in _NAMES:
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}.")
   return optimizers.make_optimizer(_NAMES[name], learning_rate, preset="glove")
@@ -91,14 +85,6 @@ class GloVe(nnx.Module):
 
   Its sides sit at the paths ``'word'`` and ``'context'``, each a ``(V, d)`` table and a
   ``(V,)`` bias that share the ids; initialised as ``glove.c`` does.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from flax import nnx
-    >>> from optax_blockada.examples.sparse_glove import GloVe
-    >>> model = GloVe(10, 4, rngs=nnx.Rngs(0))
-    >>> model(jnp.array([1, 2]), jnp.array([3, 3])).shape
-    (2,)
   """
 
   def __init__(self, vocab_size: int, dim: int, *, rngs: nnx.Rngs):
@@ -114,15 +100,6 @@ def glove_loss(model: Any, ids: dict[str, jax.Array], x: jax.Array) -> jax.Array
   r"""The mean of glove_model's :func:`squared_errors` of the pairs ``ids`` (``{'word': i,
   'context': j}``) with counts ``x``: :math:`f(x)(w_i \cdot c_j + b_i + \tilde b_j -
   \log x)^2`.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from flax import nnx
-    >>> from optax_blockada.examples.sparse_glove import GloVe, glove_loss
-    >>> ids = {'word': jnp.array([0]), 'context': jnp.array([1])}
-    >>> model = GloVe(4, 2, rngs=nnx.Rngs(0))
-    >>> print(f"{glove_loss(model, ids, jnp.array([1.0])):.4f}")  # log 1 = 0; small init
-    0.0000
   """
   pred = model(ids["word"], ids["context"])
   return jnp.mean(squared_errors(pred, jnp.log(x), weighting(x)))
@@ -130,19 +107,7 @@ def glove_loss(model: Any, ids: dict[str, jax.Array], x: jax.Array) -> jax.Array
 
 @nnx.jit(donate_argnums=(0, 1))
 def dense_step(model: GloVe, optimizer: nnx.Optimizer, ids: dict, x: jax.Array) -> jax.Array:
-  """The dense step: gradients and updates of every row; returns the loss before it.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from flax import nnx
-    >>> from optax_blockada.examples import sparse_glove as sg
-    >>> model = sg.GloVe(40, 4, rngs=nnx.Rngs(0))
-    >>> optimizer = nnx.Optimizer(model, sg.make_optimizer('rowwise'), wrt=nnx.Param)
-    >>> ids = {'word': jnp.array([1, 2]), 'context': jnp.array([3, 3])}
-    >>> # About mean(f(x) log(x)^2) = (0.5^0.75 log(5)^2 + 0) / 2 = 0.770: vectors start near 0.
-    >>> print(f"{sg.dense_step(model, optimizer, ids, jnp.array([5.0, 1.0])):.3f}")
-    0.772
-  """
+  """The dense step: gradients and updates of every row; returns the loss before it."""
   loss, grads = nnx.value_and_grad(glove_loss)(model, ids, x)
   optimizer.update(model, grads)
   return loss
@@ -150,19 +115,8 @@ def dense_step(model: GloVe, optimizer: nnx.Optimizer, ids: dict, x: jax.Array) 
 
 @nnx.jit(donate_argnums=(0, 1))
 def sparse_step(model: GloVe, optimizer: nnx.Optimizer, ids: dict, x: jax.Array) -> jax.Array:
-  """The sparse step (:func:`optax_blockada.sparse.nnx_update`): the looked-up rows only.
-
-  Example (the same loss and update as :func:`dense_step`):
-    >>> from flax import nnx
-    >>> from jax.numpy import array
-    >>> from optax_blockada.examples.sparse_glove import dense_step, sparse_step
-    >>> from optax_blockada.examples.sparse_glove import GloVe, make_optimizer
-    >>> ids, x = {'word': array([1, 2]), 'context': array([3, 3])}, array([5.0, 1.0])
-    >>> models = [GloVe(40, 4, rngs=nnx.Rngs(0)) for _ in range(2)]
-    >>> opts = [nnx.Optimizer(m, make_optimizer('rowwise'), wrt=nnx.Param) for m in models]
-    >>> [f"{step(m, o, ids, x):.3f}" for step, m, o in zip((dense_step, sparse_step), models, opts)]
-    ['0.772', '0.772']
-  """
+  """The sparse step (:func:`optax_blockada.sparse.nnx_update`): the looked-up rows only,
+  the same loss and update as :func:`dense_step`."""
   return sparse.nnx_update(model, optimizer, glove_loss, ids, x)
 
 
@@ -180,15 +134,8 @@ def run(
   """Trains the same GloVe model densely and sparsely on the same batches (``seed``: of
   the data, the initialisation and the batches; ``progress``: a progress bar).
 
-  Returns:
-    The settings, the losses of both runs (each step, first, final), the largest
-    differences of their losses and parameters, and median step times in milliseconds.
-
-  Example:
-    >>> from optax_blockada.examples.sparse_glove import run
-    >>> r = run(vocab_size=40, dim=4, batch_size=16, steps=3, progress=False)
-    >>> r['max_param_difference'] < 1e-5
-    True
+  Returns the settings, the losses of both runs (each step, first, final), the largest
+  differences of their losses and parameters, and median step times in milliseconds.
   """
   counts = planted_cooccurrence(vocab_size, 8, total_count=50.0 * vocab_size**2, seed=seed)
   i_all, j_all = (a.astype(np.int32) for a in np.nonzero(counts))
@@ -255,15 +202,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Command-line entry point; returns 0 (argparse exits with 2 on bad arguments).
-
-  Example:
-    >>> from optax_blockada.examples.sparse_glove import main
-    >>> main(['--vocab-size', '40', '--dim', '4', '--batch-size', '16', '--steps', '2'])
-    ... # doctest: +ELLIPSIS
-    GloVe, V=40, d=4, ...
-    0
-  """
+  """Command-line entry point; returns 0 (argparse exits with 2 on bad arguments)."""
   args = _parser().parse_args(argv)
   settings = {k: v for k, v in vars(args).items() if k not in ("json", "no_progress")}
   r = run(**settings, progress=not args.no_progress)
