@@ -1,20 +1,14 @@
 """Checkpointing for the example training loops: save every N steps, resume exactly.
 
-A thin layer over :class:`orbax.checkpoint.CheckpointManager`, which does the work:
-its :class:`~orbax.checkpoint.checkpoint_managers.FixedIntervalPolicy` decides which
-steps are saved, saves run in the background while training goes on (each one is
-written to a temporary folder and renamed when complete, so an interrupted save leaves
-no half-written checkpoint), and the run's settings are stored as the checkpoint
-directory's metadata. Resuming from step ``s`` and training to ``T`` gives the same
-result as training to ``T`` without interruption, as long as everything the loop
-depends on (data order, random keys) is in the state or a function of the step.
+:class:`orbax.checkpoint.CheckpointManager` does the work: its ``FixedIntervalPolicy``
+picks the steps, saves run in the background (written to a temporary folder, renamed
+when complete) and the run's settings are the directory's metadata. Resuming gives the
+uninterrupted result as long as all the loop depends on is in the state or the step.
 
-What this layer adds is verification. Every checkpoint stores a SHA-256 checksum of
-each array; a restore recomputes them, reports a checkpoint whose data changed on disk
-or cannot be read, and tries the next older one (:class:`CheckpointError` if none is
-intact). A resume with other settings than those stored, or with the stored settings
-missing or damaged, is refused (:class:`SettingsMismatch`). Training never resumes
-silently from changed data.
+This layer adds verification: a SHA-256 of each array is saved and checked on restore,
+which falls back to the next older checkpoint if one changed on disk or cannot be read
+(:class:`CheckpointError` if none is intact); other, missing or damaged settings are
+refused (:class:`SettingsMismatch`). Training never resumes silently from changed data.
 """
 
 from __future__ import annotations
@@ -63,14 +57,8 @@ def _options(every: int, max_to_keep: int, **kwargs: Any) -> ocp.CheckpointManag
 class Checkpointer:
   """Saves a training-state pytree every ``every`` steps and restores the latest one.
 
-  Args:
-    directory: where checkpoints go (created if missing; one sub-folder per step).
-    every: save at steps that are multiples of ``every`` (``save(..., force=True)``
-      saves at any step, e.g. the last one).
-    max_to_keep: how many of the newest checkpoints to keep.
-    settings: what determines the run (a JSON-serialisable mapping), stored as the
-      directory's orbax metadata; :meth:`restore_latest` refuses checkpoints written with
-      other settings. ``None``: not checked.
+  ``settings``: what determines the run (JSON-serialisable), stored as the directory's
+  orbax metadata; :meth:`restore_latest` refuses checkpoints written with others.
   """
 
   def __init__(
@@ -88,9 +76,8 @@ class Checkpointer:
     self.directory = os.path.abspath(os.fspath(directory))
     # As JSON gives them back (tuples become lists), so that the comparison is exact.
     self.settings = None if settings is None else json.loads(json.dumps(settings))
-    self._saved_settings: Any = None
-    self._settings_problem: str | None = None
-    has_steps = os.path.isdir(self.directory) and self._read_saved_settings(every, max_to_keep)
+    self._settings_error: str | None = None  # why restore_latest must refuse to resume
+    has_steps = os.path.isdir(self.directory) and self._check_settings(every, max_to_keep)
     # Settings are written with the first checkpoint of a directory, and never over those
     # of existing checkpoints (orbax would write them where they went missing).
     self._manager = ocp.CheckpointManager(
@@ -99,20 +86,31 @@ class Checkpointer:
       metadata=None if has_steps else self.settings,
     )
 
-  def _read_saved_settings(self, every: int, max_to_keep: int) -> bool:
-    """Reads the settings stored with existing checkpoints; whether there are any."""
+  def _check_settings(self, every: int, max_to_keep: int) -> bool:
+    """Compares the settings stored with existing checkpoints; whether there are any."""
     probe = ocp.CheckpointManager(self.directory, options=_options(every, max_to_keep))
     try:
       if not probe.all_steps():
         return False
-      if self.settings is not None:
-        try:
-          self._saved_settings = probe.metadata().custom_metadata
-        except Exception as e:  # orbax raises OSError and others for a damaged file
-          self._settings_problem = f"their settings cannot be read ({e})"
-        else:
-          if not self._saved_settings:
-            self._settings_problem = "no settings are stored with them"
+      if self.settings is None:
+        return True
+      where = f"the checkpoints in {self.directory!r}"
+      try:
+        saved = probe.metadata().custom_metadata or {}
+        problem = None if saved else "no settings are stored with them"
+      except Exception as e:  # orbax raises OSError and others for a damaged file
+        saved, problem = {}, f"their settings cannot be read ({e})"
+      if problem is not None:
+        self._settings_error = (
+          f"{where} cannot be checked against this run's settings: {problem}; "
+          "start anew in an empty directory."
+        )
+      elif saved != self.settings:
+        changed = sorted(k for k in saved | self.settings if saved.get(k) != self.settings.get(k))
+        self._settings_error = (
+          f"{where} were written with other settings ({', '.join(changed)} differ); resume "
+          "with the same options or use a new directory."
+        )
       return True
     finally:
       probe.close()
@@ -122,17 +120,9 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, *, force: bool = False) -> bool:
-    """Starts saving ``state`` as step ``step`` if ``step % every == 0`` or ``force``.
-
-    The arrays are copied to the host first, so the caller may donate or change them
-    while the checkpoint is written in the background.
-
-    Returns:
-      Whether a save was started (:meth:`close` waits for it to finish).
-    """
-    if step in self._manager.all_steps():
-      return False
-    if not (force or self._manager.should_save(step)):
+    """Starts saving ``state`` as step ``step`` if ``step % every == 0`` or ``force``;
+    whether it did. A host copy is saved, so the caller may donate the arrays meanwhile."""
+    if step in self._manager.all_steps() or not (force or self._manager.should_save(step)):
       return False
     host = jax.tree.map(lambda x: np.array(x, copy=True), state)
     args = ocp.args.Composite(
@@ -140,50 +130,18 @@ class Checkpointer:
     )
     return self._manager.save(step, args=args, force=True)
 
-  def _check_settings(self) -> None:
-    if self.settings is None:
-      return
-    where = f"the checkpoints in {self.directory!r}"
-    if self._settings_problem is not None:
-      raise SettingsMismatch(
-        f"{where} cannot be checked against this run's settings: {self._settings_problem}; "
-        "start anew in an empty directory."
-      )
-    saved = self._saved_settings
-    if saved is not None and saved != self.settings:
-      keys = set(saved) | set(self.settings) if isinstance(saved, dict) else set(self.settings)
-      changed = sorted(k for k in keys if (saved or {}).get(k) != self.settings.get(k))
-      raise SettingsMismatch(
-        f"{where} were written with other settings ({', '.join(changed)} differ); resume "
-        "with the same options or use a new directory."
-      )
-
   def restore_latest(self, like: Any) -> tuple[int, Any]:
-    """Restores the newest intact checkpoint into the structure, shapes and dtypes of ``like``.
-
-    A checkpoint that cannot be read, or whose arrays do not match the checksums saved
-    with them, is reported on standard error and the next older one is tried.
-
-    Args:
-      like: a pytree with the structure of the saved state (arrays or
-        :class:`jax.ShapeDtypeStruct`; shardings, if any, are kept).
-
-    Returns:
-      ``(step, state)``.
-
-    Raises:
-      FileNotFoundError: if the directory holds no checkpoint.
-      SettingsMismatch: if ``settings`` were given and differ from the stored ones, or
-        these are missing or unreadable.
-      CheckpointError: if no checkpoint is intact (every step tried is named).
-    """
+    """``(step, state)`` of the newest intact checkpoint, shaped as ``like`` (arrays or
+    ``jax.ShapeDtypeStruct``; shardings are kept). Damaged ones are reported on stderr and
+    skipped; FileNotFoundError if there is none."""
     self._manager.wait_until_finished()
     steps = sorted(self._manager.all_steps(), reverse=True)
     if not steps:
       raise FileNotFoundError(
         f"no checkpoint to resume from in {self.directory!r}; run without --resume first."
       )
-    self._check_settings()
+    if self._settings_error is not None:
+      raise SettingsMismatch(self._settings_error)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     problems = []
     for step in steps:

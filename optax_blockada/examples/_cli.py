@@ -13,21 +13,8 @@ __all__ = ["check_int", "float_in", "int_at_least"]
 def check_int(name: str, value: object, minimum: int) -> int:
   """Checks a function's integer argument: the examples' one rule for counts, sizes, seeds.
 
-  Any ``numbers.Integral`` (Python or numpy integers) is accepted, ``bool`` is not.
-
-  Args:
-    name: the argument's name, as the caller spells it.
-    value: what was passed.
-    minimum: the smallest allowed value.
-
-  Returns:
-    ``value`` as a Python ``int``.
-
-  Raises:
-    TypeError: ``value`` is not an integer (the message names the argument, the value
-      and its type).
-    ValueError: ``value`` is below ``minimum`` (the message names the argument, the
-      value and the smallest allowed one).
+  Returns ``value`` as an ``int``. TypeError unless a ``numbers.Integral`` (Python or
+  numpy, not ``bool``), ValueError below ``minimum``; the messages name argument and fix.
   """
   if isinstance(value, bool) or not isinstance(value, numbers.Integral):
     hint = ""
@@ -61,14 +48,8 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 def float_in(
   low: float, high: float = math.inf, *, include_low: bool = False, label: str = ""
 ) -> Callable[[str], float]:
-  """An ``argparse`` type: a finite number above ``low`` (or at it) and at most ``high``.
-
-  Args:
-    low: the lower bound, excluded unless ``include_low``.
-    high: the upper bound, included; ``inf`` for none.
-    include_low: whether ``low`` itself is allowed.
-    label: what the message calls the value, e.g. ``'a learning rate '``.
-  """
+  """An ``argparse`` type: a finite number above ``low`` (or at it if ``include_low``) and
+  at most ``high``; ``label`` names the value in the message, e.g. ``'a learning rate '``."""
 
   def parse(text: str) -> float:
     try:

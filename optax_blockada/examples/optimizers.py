@@ -1,16 +1,9 @@
-"""The optimizers every embedding example compares, built by name at a learning rate:
+"""The optimizers every embedding example compares, built by name at a learning rate.
 
-========================  ==============================================================
-name                      optimizer
-========================  ==============================================================
-``optax.adagrad``         :func:`optax.adagrad` (the baseline)
-``diagonal``              :func:`optax_blockada.diagonal_adagrad` (optax numerics)
-``preset``                the model's own ecosystem numerics (GloVe's ``glove.c``,
-                          LightFM, PyTorch): see :data:`PRESETS`
-``rowwise``               :func:`optax_blockada.rowwise_adagrad` (mean reduction)
-``block``                 :func:`optax_blockada.block_adagrad` with
-                          ``structure='rows_x_shared'``
-========================  ==============================================================
+``optax.adagrad`` (the baseline); ``diagonal``, :func:`optax_blockada.diagonal_adagrad`
+(optax numerics); ``preset``, the model's own ecosystem numerics (GloVe's ``glove.c``,
+LightFM, PyTorch: see :data:`PRESETS`); ``rowwise``, :func:`optax_blockada.rowwise_adagrad`
+(mean reduction); ``block``, :func:`optax_blockada.block_adagrad` (``'rows_x_shared'``).
 """
 
 from __future__ import annotations

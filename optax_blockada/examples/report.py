@@ -1,12 +1,7 @@
 """What the examples print and write: markdown tables, JSON and plot files, machine facts.
 
-Progress (:func:`progress_bar`) follows one convention: a tqdm bar per run with a fixed
-total, the run counter in its description and the current loss as its postfix.
-
-One report layer for every example (and the benchmarks): :func:`markdown_table` lays out
-the printed tables, :func:`write_json` and :func:`save_loss_plot` write ``--json`` and
-``--plot`` files atomically with the permissions a plain ``open(path, 'w')`` gives (the
-user's umask), and :func:`machine_description` / :func:`machine_facts` say where a run ran.
+One layer for every example (and the benchmarks): a tqdm bar per run (run counter in its
+description, loss as postfix), files written atomically with the user's umask.
 """
 
 from __future__ import annotations
@@ -15,6 +10,7 @@ import datetime
 import json
 import math
 import os
+import pathlib
 import platform
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -53,10 +49,7 @@ def markdown_table(header: Sequence[str], align: str, rows: Iterable[Sequence[st
 
 
 def progress_bar(what: str, run: int, runs: int, total: int, *, enabled: bool = True) -> tqdm:
-  """The examples' progress bar for run ``run`` of ``runs``: ``total`` steps, on stderr.
-
-  Show the current loss with ``bar.set_postfix(loss=...)``; use it as a context manager.
-  """
+  """The examples' progress bar for run ``run`` of ``runs``: ``total`` steps, on stderr."""
   return tqdm(total=total, desc=f"{what} (run {run} of {runs})", disable=not enabled, leave=False)
 
 
@@ -98,19 +91,12 @@ def write_atomically(path: str, write: Callable[[str], None]) -> None:
 
 def write_json(path: str, payload: Any) -> None:
   """Writes ``payload`` as indented JSON (NaN allowed) and a newline, atomically."""
-
-  def write(tmp: str) -> None:
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(payload, f, indent=2, allow_nan=True)
-      f.write("\n")
-
-  write_atomically(path, write)
+  text = json.dumps(payload, indent=2, allow_nan=True) + "\n"
+  write_atomically(path, lambda tmp: pathlib.Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def save_loss_plot(path: str, rows: Sequence[Mapping[str, Any]], title: str, ylabel: str) -> None:
-  """Saves each row's ``epoch_losses`` (labelled by ``optimizer`` and ``learning_rate``)
-  as an image; the suffix of ``path`` picks the format.
-  """
+  """Plots each row's ``epoch_losses`` (by ``optimizer`` and ``learning_rate``) to ``path``."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -124,9 +110,7 @@ def save_loss_plot(path: str, rows: Sequence[Mapping[str, Any]], title: str, yla
       ax.plot(
         epochs, r["epoch_losses"], marker="o", label=f"{r['optimizer']} (lr {r['learning_rate']:g})"
       )
-  ax.set_yscale("log")
-  ax.set_xlabel("epoch (passes over the training data)")
-  ax.set_ylabel(ylabel)
+  ax.set(yscale="log", xlabel="epoch (passes over the training data)", ylabel=ylabel)
   ax.set_title(title, fontsize=11)
   ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   ax.grid(True, which="both", alpha=0.3)
@@ -155,15 +139,12 @@ def save_word2vec(path: str, words: Sequence[str], vectors: Any) -> None:
 
 def _cpu_name() -> str:
   """The CPU's model name from ``/proc/cpuinfo``, else what :mod:`platform` knows."""
-  cpu = platform.processor() or platform.machine()
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
+      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
   except OSError:
-    pass
-  return cpu
+    names = []
+  return names[0] if names else platform.processor() or platform.machine()
 
 
 def machine_description() -> str:

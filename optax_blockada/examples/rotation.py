@@ -6,14 +6,9 @@ is multiplied by the same orthogonal ``R``, so training from ``(W, C)`` and from
 ``|g_i|^2``, does not see ``R``: the second run stays the rotated copy of the first (up to
 float rounding). Diagonal Adagrad's, fed by ``g_ik^2``, does: the runs drift apart.
 
-Run it with::
-
-    python -m optax_blockada.examples.rotation [--steps 300] [--dim 32]
-        [--vocab-size 500] [--seed 0] [--json results.json] [--no-progress]
-
-It trains each optimizer of :func:`default_optimizers` from ``W`` and from ``W R``, full
-batch, on a planted co-occurrence matrix (:mod:`optax_blockada.examples.planted`) with the
-cost of :mod:`optax_blockada.examples.glove_model`, and prints both final losses, the drift
+``python -m optax_blockada.examples.rotation [--steps 300] [--dim 32] [--json PATH]``
+trains each optimizer of :func:`default_optimizers` from ``W`` and ``W R``, full batch, on
+a planted co-occurrence matrix and prints both final losses, the drift
 ``||W_T - W'_T R^T||_F / ||W_T||_F`` (both tables) and the optimizer's state size.
 """
 
@@ -275,10 +270,6 @@ def run_experiment(
   Returns one dict per optimizer, in order: ``name``, ``loss`` and ``loss_rotated`` (final
   :func:`glove_loss` from ``W`` and ``W R``), ``drift``, ``state_bytes`` and ``seconds``.
   """
-  vocab_size = check_int("vocab_size", vocab_size, 2)
-  dim = check_int("dim", dim, 1)
-  steps = check_int("steps", steps, 1)
-  seed = check_int("seed", seed, 0)
   cooc = planted_cooccurrence(vocab_size, _PLANTED_RANK, seed=seed)
   params = init_params(vocab_size, dim, seed)
   rotation = random_orthogonal(dim, seed + 1)
@@ -349,8 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.json is not None:
     settings |= {"planted_rank": _PLANTED_RANK, "nonzero_pairs": nonzero}
     settings |= {"x_max": X_MAX, "alpha": ALPHA}
-    payload = machine_facts(settings=settings, seconds=seconds, results=results)
-    write_json(args.json, payload)
+    write_json(args.json, machine_facts(settings=settings, seconds=seconds, results=results))
   return 0
 
 

@@ -1,12 +1,11 @@
 """Sharded GloVe: both tables and their optimizer state split by rows over 8 devices.
 
-GloVe's cost (:mod:`~optax_blockada.examples.glove_model`) on minibatches of planted
-co-occurrences (:mod:`~optax_blockada.examples.planted`) on a ``data x rows`` mesh
-(``2 x 4``): tables, biases and state (:func:`optax_blockada.sharding.state_shardings`)
-split by rows over ``rows``, batches over ``data``. ``--sparse`` updates only the looked-up
-rows, routed to the devices that own them (:mod:`optax_blockada.routed`, ``--capacity``
-ids per shard; overflowing steps run exactly at full capacity). The same steps then run
-on one device; both runs must agree to float32 rounding. On CPU::
+GloVe on minibatches of planted co-occurrences on a ``data x rows`` mesh (``2 x 4``):
+tables, biases and state (:func:`optax_blockada.sharding.state_shardings`) split by rows
+over ``rows``, batches over ``data``. ``--sparse`` updates only the looked-up rows, routed
+to the devices that own them (:mod:`optax_blockada.routed`; overflowing steps run exactly
+at full capacity). The same steps then run on one device; both runs must agree to float32
+rounding. On CPU::
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m \\
         optax_blockada.examples.sharded_glove [--sparse] [--mode explicit] [--help]
@@ -100,11 +99,8 @@ def make_batches(cooc: Any, batch_size: int, steps: int, seed: int = 0) -> list[
   x = counts[rows, cols]
   columns = (rows.astype(np.int32), cols.astype(np.int32), weighting(x), np.log(x))
   rng = np.random.default_rng(seed)
-  out = []
-  for _ in range(steps):
-    pick = rng.integers(0, rows.size, batch_size)
-    out.append(tuple(jnp.asarray(c[pick]) for c in columns))
-  return out
+  picks = [rng.integers(0, rows.size, batch_size) for _ in range(steps)]
+  return [tuple(jnp.asarray(c[pick]) for c in columns) for pick in picks]
 
 
 def _lookup(table: jax.Array, ids: jax.Array, gather_spec: Any) -> jax.Array:
@@ -182,16 +178,10 @@ def train_sharded(
 ) -> tuple[dict[str, jax.Array], Any, list[float], list[dict[str, Any]]]:
   """The same steps with the tables split by rows over ``mesh``'s ``rows`` axis.
 
-  Auto axes: the state is built by ``jax.jit(tx.init, out_shardings=state_shardings(...))``
-  and the step given its shardings. Explicit axes: under ``jax.set_mesh(mesh)``,
-  ``tx.init`` shards the state like the params and the step keeps the sharding types.
-  ``sparse_rows``: update only the looked-up rows, routed to their owners
-  (:func:`optax_blockada.routed.value_and_update`, ``capacity`` ids per device per shard)
-  with each batch split over all devices, not over ``data``. ``bar``: a
-  :func:`~optax_blockada.examples.report.progress_bar`, or ``None``.
-
-  Returns ``(params, state, losses per pair, routing)``, ``routing`` listing for each
-  routed step whether it overflowed and its largest load.
+  ``sparse_rows``: only the looked-up rows, routed to their owners
+  (:func:`optax_blockada.routed.value_and_update`, ``capacity`` ids per device per shard),
+  each batch split over all devices. Returns ``(params, state, losses per pair, routing)``,
+  ``routing`` saying for each routed step whether it overflowed and its largest load.
   """
   routing = {"capacity": capacity, "mesh": mesh} if sparse_rows else None
   # The routed step splits the batch over all devices; the dense one over 'data'.
@@ -365,18 +355,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     f"data={data} x rows={rows} ({args.mode} mode), jax {jax.__version__} on "
     f"{jax.default_backend()}.\n\n{markdown_table(header, 'llll', cells)}\n"
   )
-  print(
-    f"loss per pair: {losses[0]:.4f} -> {losses[-1]:.4f} (sharded), "
-    f"{ref_losses[0]:.4f} -> {ref_losses[-1]:.4f} (one device)"
-  )
-  print(
-    f"max relative difference to the single-device run: params {params_diff:.2e}, "
-    f"state {state_diff:.2e}"
-  )
   verdict = "equals" if equal else "DIFFERS FROM"
   print(
-    f"the sharded run {verdict} the single-device run (rtol {RTOL}, atol {ATOL}); "
-    f"{seconds['sharded']:.1f} s sharded, {seconds['single_device']:.1f} s on one device."
+    f"loss per pair: {losses[0]:.4f} -> {losses[-1]:.4f} (sharded), "
+    f"{ref_losses[0]:.4f} -> {ref_losses[-1]:.4f} (one device)\n"
+    f"max relative difference to the single-device run: params {params_diff:.2e}, "
+    f"state {state_diff:.2e}\nthe sharded run {verdict} the single-device run (rtol {RTOL}, "
+    f"atol {ATOL}); {seconds['sharded']:.1f} s sharded, {seconds['single_device']:.1f} s on "
+    "one device."
   )
   summary = None
   if routing:
