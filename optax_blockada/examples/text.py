@@ -1,11 +1,9 @@
-"""Text pipeline for the word-vector examples: corpora, vocabulary, GloVe co-occurrences.
+"""The word-vector examples' input pipeline: corpora, vocabulary, GloVe's co-occurrences.
 
-A corpus is a list of documents, each a list of lower-case tokens; a plain text file gives
-one document per line (as GloVe's ``cooccur.c``: a newline ends a document). The offline
-default, :func:`gensim_corpus`, is the raw English gensim's wheel ships: a Wikipedia
-excerpt (206 pages, one document per article) and the Lee corpus (300 news documents),
-529,881 tokens in all. :func:`build_vocabulary`, :func:`encode` and :func:`cooccurrence`
-follow ``vocab_count.c`` and ``cooccur.c``, vectorised with numpy.
+A corpus is a list of documents, each a list of lower-case tokens; a text file gives one
+document per line (a newline ends a document, as in ``cooccur.c``). The offline default,
+:func:`gensim_corpus`, is the English text in gensim's wheel. :func:`build_vocabulary`,
+:func:`encode` and :func:`cooccurrence` follow ``vocab_count.c`` and ``cooccur.c``.
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ import collections
 import os
 import pathlib
 import re
-import shutil
 import tempfile
 import urllib.request
 import zipfile
@@ -67,11 +64,6 @@ Corpus = list[list[str]]
 def tokenize(text: str) -> list[str]:
   """The maximal runs of Unicode letters of ``text``, lower-cased (gensim's
   ``PAT_ALPHABETIC``): digits, punctuation and underscores separate tokens.
-
-  Example:
-    >>> from optax_blockada.examples.text import tokenize
-    >>> tokenize("The cat's 2 hats, e.g. Zürich_Rome!")
-    ['the', 'cat', 's', 'hats', 'e', 'g', 'zürich', 'rome']
   """
   if not isinstance(text, str):
     raise TypeError(f"text must be a str, got {type(text).__name__}.")
@@ -82,14 +74,6 @@ def read_corpus(path: str | os.PathLike, *, progress: bool = False) -> Corpus:
   """Reads a UTF-8 text file, one document per line (:func:`tokenize`; lines without
   tokens dropped, undecodable bytes replaced); raises ``FileNotFoundError`` for a missing
   file and ``ValueError`` for one without words.
-
-  Example:
-    >>> import tempfile
-    >>> from optax_blockada.examples.text import read_corpus
-    >>> with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
-    ...   print("A cat sat.\\n\\nThe dog ran", file=f, flush=True)
-    ...   read_corpus(f.name)
-    [['a', 'cat', 'sat'], ['the', 'dog', 'ran']]
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
@@ -114,27 +98,8 @@ def read_corpus(path: str | os.PathLike, *, progress: bool = False) -> Corpus:
 
 
 def download_text8(directory: str | os.PathLike, *, url: str = TEXT8_URL) -> pathlib.Path:
-  """Downloads ``text8.zip`` from ``url`` and extracts ``directory/text8`` (100 MB, one
-  line, for :func:`read_corpus`); returns its path.
-
-  The file appears only when complete (an interrupted download leaves nothing); if it
-  exists, nothing is downloaded. ``ValueError`` if the download is not a zip archive
-  holding ``text8``.
-
-  Example:
-    >>> import pathlib, tempfile, zipfile
-    >>> from optax_blockada.examples.text import TEXT8_URL, download_text8, read_corpus
-    >>> TEXT8_URL
-    'http://mattmahoney.net/dc/text8.zip'
-    >>> with tempfile.TemporaryDirectory() as d:  # a local archive stands in for the real one
-    ...   archive = pathlib.Path(d) / "text8.zip"
-    ...   with zipfile.ZipFile(archive, "w") as z:
-    ...     z.writestr("text8", " anarchism originated as a term of abuse")
-    ...   path = download_text8(pathlib.Path(d) / "data", url=archive.as_uri())
-    ...   print(path.name, read_corpus(path)[0][:3])
-    text8 ['anarchism', 'originated', 'as']
-    >>> # On Colab: path = download_text8('/content/data')
-  """
+  """Downloads and extracts ``directory/text8`` (100 MB, one line) unless it exists; returns
+  its path. The file appears only when complete."""
   directory = pathlib.Path(directory).expanduser()
   target = directory / "text8"
   if target.is_file():
@@ -142,32 +107,19 @@ def download_text8(directory: str | os.PathLike, *, url: str = TEXT8_URL) -> pat
   directory.mkdir(parents=True, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=directory, prefix=".text8-download-") as tmp:
     archive = pathlib.Path(tmp) / "text8.zip"
-    with urllib.request.urlopen(url) as response, open(archive, "wb") as f:
-      shutil.copyfileobj(response, f)
+    urllib.request.urlretrieve(url, archive)
     if not zipfile.is_zipfile(archive):
       raise ValueError(f"the download from {url} is not a zip archive.")
-    extracted = pathlib.Path(tmp) / "extracted"
     with zipfile.ZipFile(archive) as z:
       if "text8" not in z.namelist():
         raise ValueError(f"the archive from {url} holds no text8 file.")
-      z.extract("text8", extracted)
-    os.replace(extracted / "text8", target)
+      os.replace(z.extract("text8", tmp), target)
   return target
 
 
 def gensim_corpus(*, progress: bool = False) -> Corpus:
-  """The offline default corpus (needs gensim): the articles of gensim's Wikipedia
-  excerpt (markup stripped by gensim's ``filter_wiki``, pages skipped as ``WikiCorpus``
-  skips them), then the lines of the Lee corpus; 529,881 tokens.
-
-  Example:
-    >>> from optax_blockada.examples.text import gensim_corpus
-    >>> docs = gensim_corpus()
-    >>> len(docs), sum(map(len, docs))
-    (406, 529881)
-    >>> docs[0][:4]
-    ['anarchism', 'is', 'a', 'political']
-  """
+  """The offline default corpus (needs gensim): the articles of gensim's Wikipedia excerpt
+  (pages skipped as ``WikiCorpus`` does), then the Lee news corpus; 529,881 tokens."""
   try:
     from gensim.corpora.wikicorpus import extract_pages, filter_wiki
     from gensim.test.utils import datapath
@@ -183,22 +135,11 @@ def gensim_corpus(*, progress: bool = False) -> Corpus:
       tokens = tokenize(filter_wiki(text))
       if len(tokens) >= _WIKI_MIN_TOKENS:
         documents.append(tokens)
-  with open(datapath(LEE_CORPUS), encoding="utf-8", errors="replace") as f:
-    for line in f:
-      tokens = tokenize(line)
-      if tokens:
-        documents.append(tokens)
-  return documents
+  return documents + read_corpus(datapath(LEE_CORPUS))
 
 
 class Vocabulary(NamedTuple):
-  """Words kept for training, most frequent first.
-
-  Example:
-    >>> from optax_blockada.examples.text import Vocabulary
-    >>> Vocabulary(("a",), np.array([3]), {"a": 0}).index["a"]
-    0
-  """
+  """Words kept for training, most frequent first."""
 
   words: tuple[str, ...]  # id -> word, by decreasing count (ties by word)
   counts: np.ndarray  # shape=(V,), int64, corpus counts
@@ -210,19 +151,11 @@ def build_vocabulary(
 ) -> Vocabulary:
   """The words occurring at least ``min_count`` times, by decreasing count, ties by the
   word (``vocab_count.c``'s order), at most ``max_size`` of them; ``ValueError`` if none.
-
-  Example:
-    >>> from optax_blockada.examples.text import build_vocabulary
-    >>> vocab = build_vocabulary([["b", "a", "b"], ["c", "a"]], min_count=2)
-    >>> vocab.words, vocab.counts.tolist()
-    (('a', 'b'), [2, 2])
   """
   min_count = check_int("min_count", min_count, 1)
   if max_size is not None:
     max_size = check_int("max_size", max_size, 1)
-  counter = collections.Counter()
-  for doc in documents:
-    counter.update(doc)
+  counter = collections.Counter(word for doc in documents for word in doc)
   kept = sorted(
     ((w, c) for w, c in counter.items() if c >= min_count), key=lambda wc: (-wc[1], wc[0])
   )
@@ -240,29 +173,14 @@ def build_vocabulary(
 
 
 class EncodedCorpus(NamedTuple):
-  """In-vocabulary token ids of a corpus, with the document of each token.
-
-  Example:
-    >>> from optax_blockada.examples.text import EncodedCorpus
-    >>> EncodedCorpus(np.array([0, 1], np.int32), np.array([0, 0], np.int32)).ids.tolist()
-    [0, 1]
-  """
+  """In-vocabulary token ids of a corpus, with the document of each token."""
 
   ids: np.ndarray  # shape=(T,), int32, out-of-vocabulary tokens dropped
   document: np.ndarray  # shape=(T,), int32, document number of each token
 
 
 def encode(documents: Iterable[Sequence[str]], vocab: Vocabulary) -> EncodedCorpus:
-  """Maps tokens to ids, dropping out-of-vocabulary tokens (documents keep their numbers).
-
-  Example:
-    >>> from optax_blockada.examples.text import build_vocabulary, encode
-    >>> docs = [["a", "x", "b"], ["b"]]
-    >>> vocab = build_vocabulary([["a", "b", "b"]], min_count=1)
-    >>> enc = encode(docs, vocab)
-    >>> enc.ids.tolist(), enc.document.tolist()
-    ([1, 0, 0], [0, 0, 1])
-  """
+  """Maps tokens to ids, dropping out-of-vocabulary tokens (documents keep their numbers)."""
   index = vocab.index
   ids, lengths = [], []
   for doc in documents:
@@ -274,14 +192,7 @@ def encode(documents: Iterable[Sequence[str]], vocab: Vocabulary) -> EncodedCorp
 
 
 class Cooccurrence(NamedTuple):
-  """Sparse co-occurrence counts ``X[rows[n], cols[n]] = counts[n]``, sorted by (row, col).
-
-  Example:
-    >>> from optax_blockada.examples.text import Cooccurrence
-    >>> x = Cooccurrence(np.array([0]), np.array([1]), np.array([0.5]), 2)
-    >>> x.to_dense().tolist()
-    [[0.0, 0.5], [0.0, 0.0]]
-  """
+  """Sparse co-occurrence counts ``X[rows[n], cols[n]] = counts[n]``, sorted by (row, col)."""
 
   rows: np.ndarray  # shape=(nnz,), int32, the word (centre) id
   cols: np.ndarray  # shape=(nnz,), int32, the context id
@@ -322,15 +233,6 @@ def cooccurrence(
   :math:`1/k` to :math:`X_{ab}` and, if ``symmetric`` (``-symmetric 1``), to
   :math:`X_{ba}`. Per distance, the keys ``a V + b`` are summed by a sort and
   ``np.add.reduceat`` in float64 (``cooccur.c``'s ``real``).
-
-  Example:
-    >>> from optax_blockada.examples.text import EncodedCorpus, cooccurrence
-    >>> ids = np.array([0, 1, 2, 0], np.int32)  # one document: a b c a
-    >>> x = cooccurrence(EncodedCorpus(ids, np.zeros(4, np.int32)), 3, window=2)
-    >>> print(x.to_dense())  # a-b: 1 + 1/2 (second a); a-c: 1/2 + 1; a-a: distance 3 > 2
-    [[0.  1.5 1.5]
-     [1.5 0.  1. ]
-     [1.5 1.  0. ]]
   """
   vocab_size = check_int("vocab_size", vocab_size, 1)
   window = check_int("window", window, 1)
@@ -366,12 +268,6 @@ def cooccurrence(
 
 
 def pad_batch(batch: Mapping[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-  """Pads every 1-D array of a batch with zeros to ``size`` entries (a short last batch
-  keeps the compiled shape; its padding must cost nothing, e.g. a weight of 0).
-
-  Example:
-    >>> from optax_blockada.examples.text import pad_batch
-    >>> pad_batch({"rows": np.array([3, 4])}, 4)["rows"].tolist()
-    [3, 4, 0, 0]
-  """
-  return {k: np.pad(v, (0, size - v.shape[0])) for k, v in batch.items()}
+  """Pads a batch's arrays with zeros along axis 0 to ``size`` rows, so that a short batch
+  keeps the compiled shape (its padding must cost nothing, e.g. a weight of 0)."""
+  return {k: np.pad(v, [(0, size - len(v))] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}

@@ -1,9 +1,7 @@
 """Word-vector evaluation: analogies (3CosAdd) and word-similarity Spearman correlations.
 
-The files are those gensim's wheel ships: ``questions-words.txt`` (word2vec's 19,544
-analogy questions in 14 sections, the ``gram*`` ones syntactic), WordSim-353 and
-SimLex-999. Words are lower-cased, as :mod:`~optax_blockada.examples.text` makes the
-vocabulary. The numbers agree with gensim's ``KeyedVectors.evaluate_word_analogies``
+On the files in gensim's wheel: word2vec's 19,544 analogy questions, WordSim-353 and
+SimLex-999, lower-cased. The numbers agree with gensim's ``evaluate_word_analogies``
 (``case_insensitive=True``) and ``evaluate_word_pairs``, which the tests check.
 """
 
@@ -48,13 +46,7 @@ def _datapath(name: str) -> str:
 
 
 class AnalogySection(NamedTuple):
-  """One section of an analogy file: ``a : b :: c : d`` questions.
-
-  Example:
-    >>> from optax_blockada.examples.word_eval import AnalogySection
-    >>> AnalogySection("family", (("boy", "girl", "man", "woman"),)).semantic
-    True
-  """
+  """One section of an analogy file: ``a : b :: c : d`` questions."""
 
   name: str  # e.g. 'capital-common-countries' or 'gram1-adjective-to-adverb'
   questions: tuple[tuple[str, str, str, str], ...]  # (a, b, c, expected), lower-case
@@ -67,48 +59,26 @@ class AnalogySection(NamedTuple):
 
 def load_analogies(path: str | os.PathLike | None = None) -> list[AnalogySection]:
   """Reads an analogy file in word2vec's format (``: section`` headers, 4 words a line;
-  default: gensim's ``questions-words.txt``), words lower-cased.
-
-  Example:
-    >>> from optax_blockada.examples.word_eval import load_analogies
-    >>> sections = load_analogies()
-    >>> len(sections), sum(len(s.questions) for s in sections)
-    (14, 19544)
-    >>> sections[0].name, sections[0].questions[0]
-    ('capital-common-countries', ('athens', 'greece', 'baghdad', 'iraq'))
-  """
+  default: gensim's ``questions-words.txt``), words lower-cased."""
   path = _datapath(ANALOGIES) if path is None else os.fspath(path)
-  sections: list[AnalogySection] = []
-  name, questions = None, []
+  sections: list[tuple[str, list]] = []
   with open(path, encoding="utf-8") as f:
     for number, line in enumerate(f, 1):
-      if line.startswith(": "):
-        if name is not None:
-          sections.append(AnalogySection(name, tuple(questions)))
-        name, questions = line[2:].strip(), []
-        continue
       words = line.lower().split()
-      if not words:
-        continue
-      if name is None or len(words) != 4:
+      if line.startswith(": "):
+        sections.append((line[2:].strip(), []))
+      elif words and (not sections or len(words) != 4):
         raise ValueError(
           f"{path}:{number}: expected a ': section' header first, then lines of 4 words; "
           f"got {line.strip()!r}."
         )
-      questions.append(tuple(words))
-  if name is not None:
-    sections.append(AnalogySection(name, tuple(questions)))
-  return sections
+      elif words:
+        sections[-1][1].append(tuple(words))
+  return [AnalogySection(name, tuple(questions)) for name, questions in sections]
 
 
 class WordPairs(NamedTuple):
-  """Word pairs with human similarity scores.
-
-  Example:
-    >>> from optax_blockada.examples.word_eval import WordPairs
-    >>> WordPairs((("cat", "dog"),), np.array([7.0])).scores.tolist()
-    [7.0]
-  """
+  """Word pairs with human similarity scores."""
 
   pairs: tuple[tuple[str, str], ...]  # lower-case
   scores: np.ndarray  # shape=(n,), float64, human judgements
@@ -116,14 +86,7 @@ class WordPairs(NamedTuple):
 
 def load_word_pairs(name: str | os.PathLike) -> WordPairs:
   """Reads a word-similarity file (``word1<TAB>word2<TAB>score``, ``#`` comments):
-  ``'wordsim353'``, ``'simlex999'`` (gensim's files) or a path.
-
-  Example:
-    >>> from optax_blockada.examples.word_eval import load_word_pairs
-    >>> ws = load_word_pairs("wordsim353")
-    >>> len(ws.pairs), ws.pairs[1], float(ws.scores[1])
-    (353, ('tiger', 'cat'), 7.35)
-  """
+  ``'wordsim353'``, ``'simlex999'`` (gensim's files) or a path."""
   if isinstance(name, str) and name in SIMILARITY_BENCHMARKS:
     path = _datapath(SIMILARITY_BENCHMARKS[name])
   else:
@@ -171,20 +134,8 @@ def analogy_accuracy(
 
   With unit rows :math:`\hat v`, the answer to ``a : b :: c : ?`` is
   :math:`\arg\max_{w \notin \{a, b, c\}} \hat v_w^\top (\hat v_b - \hat v_a + \hat v_c)`.
-  Only questions with all four words in ``words`` are asked. Returns the accuracies
-  ``'semantic'``, ``'syntactic'``, ``'total'`` (NaN where none was asked), ``'coverage'``
-  (asked / all) and the counts ``'asked'`` and ``'correct'``.
-
-  Example:
-    >>> import numpy as np
-    >>> from optax_blockada.examples.word_eval import AnalogySection, analogy_accuracy
-    >>> words = ["man", "woman", "king", "queen", "apple"]
-    >>> vecs = np.array([[1, 0, 0], [1, 1, 0], [1, 0, 1], [1, 1, 1], [0, 0, 1.]])
-    >>> qs = [AnalogySection("family", (("man", "woman", "king", "queen"),
-    ...                                 ("man", "woman", "king", "prince")))]
-    >>> r = analogy_accuracy(vecs, words, qs)
-    >>> r["total"], r["coverage"], r["syntactic"]
-    (1.0, 0.5, nan)
+  Only questions with all four words in ``words`` are asked (``'coverage'``); an accuracy
+  with no question asked is NaN.
   """
   vectors = _check_vectors(vectors, words)
   sections = load_analogies() if sections is None else sections
@@ -196,8 +147,6 @@ def analogy_accuracy(
   for section in sections:
     total_questions += len(section.questions)
     known = [q for q in section.questions if all(w in index for w in q)]
-    if not known:
-      continue
     ids = np.array([[index[w] for w in q] for q in known], dtype=np.int64)
     for start in range(0, len(ids), batch_size):
       chunk = ids[start : start + batch_size]
@@ -229,20 +178,8 @@ def analogy_accuracy(
 def similarity_spearman(
   vectors: Any, words: Sequence[str], pairs: WordPairs | str
 ) -> dict[str, float | int]:
-  """Spearman correlation of cosine similarities with human scores (``pairs``: a
-  :class:`WordPairs` or a name for :func:`load_word_pairs`); pairs with an unknown word
-  are skipped, as gensim does, and counted in ``'coverage'``.
-
-  Example:
-    >>> import numpy as np
-    >>> from optax_blockada.examples.word_eval import WordPairs, similarity_spearman
-    >>> words = ["cat", "dog", "car"]
-    >>> vecs = np.array([[1.0, 0.1], [1.0, 0.3], [0.0, 1.0]])
-    >>> gold = WordPairs((("cat", "dog"), ("cat", "car"), ("dog", "car"), ("cat", "x")),
-    ...                  np.array([9.0, 1.0, 2.0, 5.0]))
-    >>> similarity_spearman(vecs, words, gold)
-    {'spearman': 1.0, 'coverage': 0.75, 'pairs': 3}
-  """
+  """Spearman correlation of cosine similarities with human scores (``pairs``, or a name for
+  :func:`load_word_pairs`); pairs with an unknown word are skipped, as gensim does."""
   vectors = _check_vectors(vectors, words)
   if not isinstance(pairs, WordPairs):
     pairs = load_word_pairs(pairs)
@@ -260,13 +197,7 @@ def similarity_spearman(
 
 
 def benchmark_coverage(words: Sequence[str]) -> dict[str, int]:
-  """How many analogy questions and similarity pairs a vocabulary can answer.
-
-  Example:
-    >>> from optax_blockada.examples.word_eval import benchmark_coverage
-    >>> benchmark_coverage(["tiger", "cat", "zzz"])  # WordSim has tiger-cat, tiger-tiger
-    {'analogy': 0, 'wordsim353': 2, 'simlex999': 0}
-  """
+  """How many analogy questions and similarity pairs a vocabulary can answer."""
   index = set(words)
   out = {
     "analogy": sum(
@@ -281,18 +212,7 @@ def benchmark_coverage(words: Sequence[str]) -> dict[str, int]:
 def evaluate(
   vectors: Any, words: Sequence[str], *, sections: Sequence[AnalogySection] | None = None
 ) -> dict[str, float | int]:
-  """All benchmarks of ``vectors`` (row ``i`` for ``words[i]``) as one flat dict:
-  ``analogy_{semantic,syntactic,total,coverage}``, ``wordsim353``, ``simlex999``
-  (Spearman) and ``{wordsim353,simlex999}_coverage``.
-
-  Example:
-    >>> import numpy as np
-    >>> from optax_blockada.examples.word_eval import evaluate
-    >>> words = ["tiger", "cat", "dog", "king", "queen", "man", "woman"]
-    >>> r = evaluate(np.random.default_rng(0).normal(size=(7, 4)), words)
-    >>> sorted(r)[:3], r["analogy_coverage"] > 0
-    (['analogy_coverage', 'analogy_semantic', 'analogy_syntactic'], True)
-  """
+  """All benchmarks of ``vectors`` (row ``i`` for ``words[i]``) as one flat dict."""
   analogy = analogy_accuracy(vectors, words, sections)
   out: dict[str, float | int] = {
     f"analogy_{key}": analogy[key] for key in ("semantic", "syntactic", "total", "coverage")
