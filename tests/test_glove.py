@@ -282,6 +282,21 @@ def _cli(corpus, tmp_path, *extra):
   ]
 
 
+def test_quick_and_explicit_options_choose_the_settings():
+  # The values --help states: epochs 8, with --quick 2; the quick grid is one rate each.
+  def settings(*argv):
+    return word_cli.settings_from_args(
+      glove._parser().parse_args(argv), glove._DEFAULTS, glove._QUICK
+    )
+
+  quick = settings("--quick", "--dim", "8", "--optimizers", "preset", "rowwise")
+  assert (quick["dim"], quick["epochs"], quick["window"], quick["seed"]) == (8, 2, 10, 0)
+  assert quick["learning_rates"] == {"preset": (0.05,), "rowwise": (0.2,)}
+  full = settings("--learning-rates", "0.3", "0.4", "--seed", "3")
+  assert (full["dim"], full["epochs"], full["seed"]) == (50, 8, 3)
+  assert full["learning_rates"] == {name: (0.3, 0.4) for name in OPTIMIZER_NAMES}
+
+
 def test_cli_end_to_end(tiny_corpus, tmp_path, capsys):
   pytest.importorskip("gensim")  # the evaluation files
   plot = tmp_path / "loss.png"

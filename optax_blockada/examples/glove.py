@@ -7,22 +7,16 @@ Run it with::
     python -m optax_blockada.examples.glove --corpus text8 --json out.json --plot loss.png
     python -m optax_blockada.examples.glove --checkpoint-dir ckpt [--resume]
 
-It reads the corpus (gensim's Wikipedia excerpt and Lee corpus by default, or a plain
-text file, one document per line), counts co-occurrences as GloVe's ``cooccur.c``
-(:mod:`~optax_blockada.examples.text`), trains the :class:`GloVe` model
-(:mod:`~optax_blockada.examples.glove_model`) with each optimizer of
-:mod:`~optax_blockada.examples.optimizers` at a few learning rates, keeps each one's
-best rate (lowest final weighted loss, the training objective) and prints one table:
-final loss, analogies, WordSim-353 and SimLex-999 (:mod:`~optax_blockada.examples.word_eval`),
-state bytes, steps per second and the rotation drift (the same run from ``W R``).
+It counts co-occurrences as GloVe's ``cooccur.c`` (:mod:`~optax_blockada.examples.text`),
+trains the :class:`GloVe` model (:mod:`~optax_blockada.examples.glove_model`) with each
+optimizer at a few learning rates, keeps each one's best rate (lowest final weighted loss)
+and prints one table: loss, analogies, word similarities, state bytes, speed and rotation
+drift (the same run from ``W R``).
 
-Training uses shuffled minibatches of nonzero pairs with the *summed* cost, so each pair
-contributes the gradient it gets in ``glove.c`` (which updates one pair at a time,
-Hogwild, too slow in Python). ``'preset'`` is ``glove.c``'s recipe: its Adagrad
-(:func:`optax_blockada.presets.glove_adagrad`: per-element clip of the vectors' gradient
-at 100, biases unclipped and without eta), its eta 0.05 in the grid, and biases drawn as
-the vectors (:func:`~optax_blockada.examples.glove_model.glove_c_biases`); the other
-optimizers start from zero biases.
+Minibatches of nonzero pairs use the *summed* cost, so each pair contributes the gradient
+it gets in ``glove.c`` (which updates one pair at a time, Hogwild). ``'preset'`` is
+``glove.c``'s recipe: :func:`optax_blockada.presets.glove_adagrad`, eta 0.05 and biases
+drawn as the vectors (:func:`~optax_blockada.examples.glove_model.glove_c_biases`).
 """
 
 from __future__ import annotations
@@ -80,18 +74,6 @@ def train_glove(
   Epoch ``e`` visits the pairs in the order ``default_rng([seed, e]).permutation(n)``;
   ``kwargs`` go to :func:`~optax_blockada.examples.training.train_loop`. The result's
   ``epoch_losses`` are ``glove.c``'s per-iteration cost (per pair, during the epoch).
-
-  Example:
-    >>> import optax
-    >>> from flax import nnx
-    >>> from optax_blockada.examples.glove import GloVe, prepare_data, train_glove
-    >>> from optax_blockada.examples.text import Cooccurrence
-    >>> rows, cols = np.nonzero(np.ones((5, 5)))
-    >>> data = prepare_data(Cooccurrence(rows, cols, 1.0 + rows + cols, 5))
-    >>> params = nnx.to_pure_dict(nnx.state(GloVe(5, 3, rngs=nnx.Rngs(0)), nnx.Param))
-    >>> r = train_glove(params, data, optax.adagrad(0.1), epochs=20, batch_size=8)
-    >>> bool(r.epoch_losses[-1] < r.epoch_losses[0] / 2)
-    True
   """
   n = data.rows.size
   if n == 0:
@@ -102,27 +84,14 @@ def train_glove(
     order = np.random.default_rng([seed, epoch]).permutation(n)
     return {k: v[order] for k, v in arrays.items()}, n
 
-  return train_loop(
-    lambda p, b, key: glove_cost(p, b),
-    params,
-    tx,
-    epoch_data,
-    epochs=epochs,
-    batch_size=batch_size,
-    epoch_size=n,
-    seed=seed,
-    **kwargs,
-  )
+  cost = lambda p, batch, key: glove_cost(p, batch)
+  sizes = {"epochs": epochs, "batch_size": batch_size, "epoch_size": n, "seed": seed}
+  return train_loop(cost, params, tx, epoch_data, **sizes, **kwargs)
 
 
-LEARNING_RATES = {
-  "optax.adagrad": (0.1, 0.2, 0.4),
-  "diagonal": (0.1, 0.2, 0.4),
-  "preset": (0.05, 0.1, 0.2),  # glove.c's eta: its default 0.05 and two larger
-  "rowwise": (0.1, 0.2, 0.4),
-  "block": (0.1, 0.2, 0.4),
-}
+LEARNING_RATES = {name: (0.1, 0.2, 0.4) for name in OPTIMIZER_NAMES}
 """The learning rates each optimizer is tried at in the default run."""
+LEARNING_RATES["preset"] = (0.05, 0.1, 0.2)  # glove.c's eta: its default 0.05 and two larger
 
 _SIZES = {"min_count": 5, "max_vocab": None, "window": 10, "batch_size": 8192}
 _DEFAULTS = {"dim": 50, "epochs": 8, **_SIZES, "learning_rates": LEARNING_RATES}
@@ -148,22 +117,9 @@ def compare_optimizers(
 ) -> list[dict[str, Any]]:
   """Trains GloVe with each optimizer at each of its rates (default :data:`LEARNING_RATES`).
 
-  Every run starts from the same :class:`GloVe` initialisation (``nnx.Rngs(seed)``; the
-  preset's with :func:`glove_c_biases`) and sees the same data order; the sweep, the
-  evaluation and the rotation drift are :func:`~optax_blockada.examples.training.
-  sweep_optimizers`'s, which ``kwargs`` (checkpoints, progress, ``save_vectors``) go to.
-
-  Example:
-    >>> from optax_blockada.examples.glove import compare_optimizers, prepare_data
-    >>> from optax_blockada.examples.text import Cooccurrence
-    >>> rows, cols = np.nonzero(np.ones((6, 6)))
-    >>> data = prepare_data(Cooccurrence(rows, cols, 1.0 + rows * cols, 6))
-    >>> words = ["king", "queen", "man", "woman", "tiger", "cat"]
-    >>> out = compare_optimizers(data, words, optimizers=["rowwise"],
-    ...                          learning_rates={"rowwise": [0.1]}, dim=4, epochs=3,
-    ...                          batch_size=8)
-    >>> [r["optimizer"] for r in out], out[1]["drift"] < 1e-4
-    (['random init', 'rowwise'], True)
+  Every run starts from one :class:`GloVe` initialisation (the preset's with
+  :func:`glove_c_biases`) and sees the same data order; ``kwargs`` go to
+  :func:`~optax_blockada.examples.training.sweep_optimizers`.
   """
   model = GloVe(data.vocab_size, dim, rngs=nnx.Rngs(seed))
   bias_key = jax.random.fold_in(jax.random.key(seed), 1)
@@ -246,13 +202,7 @@ def _train(settings: dict, corpus: word_cli.Corpus, options: dict) -> word_cli.O
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """GloVe's command line (see the module docstring): 0 on success, 2 on bad input.
-
-  Example:
-    >>> from optax_blockada.examples.glove import main
-    >>> main(["--corpus", "/no/such/file"])
-    2
-  """
+  """GloVe's command line (see the module docstring): 0 on success, 2 on bad input."""
   return word_cli.run(_parser().parse_args(argv), _DEFAULTS, _QUICK, _train, **_REPORT)
 
 

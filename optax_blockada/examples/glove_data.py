@@ -15,13 +15,7 @@ __all__ = ["GloVeData", "prepare_data", "weighted_loss"]
 
 
 class GloVeData(NamedTuple):
-  """Nonzero co-occurrences prepared for training, as host numpy arrays.
-
-  Example:
-    >>> from optax_blockada.examples.glove_data import GloVeData
-    >>> GloVeData(*(np.zeros(1),) * 4, vocab_size=1).vocab_size
-    1
-  """
+  """Nonzero co-occurrences prepared for training, as host numpy arrays."""
 
   rows: np.ndarray  # shape=(n,), int32
   cols: np.ndarray  # shape=(n,), int32
@@ -33,15 +27,7 @@ class GloVeData(NamedTuple):
 def prepare_data(
   cooc: text.Cooccurrence, *, x_max: float = X_MAX, alpha: float = ALPHA
 ) -> GloVeData:
-  """Logs and weights (``x_max``, ``alpha``) of the counts of :func:`text.cooccurrence`.
-
-  Example:
-    >>> from optax_blockada.examples.glove_data import prepare_data
-    >>> from optax_blockada.examples.text import Cooccurrence
-    >>> d = prepare_data(Cooccurrence(np.array([0]), np.array([1]), np.array([10.0]), 2))
-    >>> float(d.weights[0]), round(float(d.log_counts[0]), 4)
-    (1.0, 2.3026)
-  """
+  """Logs and weights (``x_max``, ``alpha``) of the counts of :func:`text.cooccurrence`."""
   for name, value in (("x_max", x_max), ("alpha", alpha)):
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
       raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
@@ -65,17 +51,6 @@ _jitted_cost = jax.jit(glove_cost)
 def weighted_loss(params: Params, data: GloVeData, *, chunk: int = 1 << 18) -> float:
   """:func:`glove_cost` over all pairs at ``params``, per pair (in calls of ``chunk``
   pairs): the number ``glove.c`` prints after each iteration.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from optax_blockada.examples.glove_data import prepare_data, weighted_loss
-    >>> from optax_blockada.examples.text import Cooccurrence
-    >>> data = prepare_data(Cooccurrence(np.array([0, 1]), np.array([1, 0]),
-    ...                                  np.array([10.0, 10.0]), 2))
-    >>> zeros = {'word': jnp.zeros((2, 1)), 'context': jnp.zeros((2, 1)),
-    ...          'word_bias': jnp.zeros(2), 'context_bias': jnp.zeros(2)}
-    >>> round(weighted_loss(zeros, data), 4)  # 0.5 * log(10)^2
-    2.6509
   """
   total = 0.0
   n = data.rows.size

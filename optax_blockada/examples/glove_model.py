@@ -54,11 +54,6 @@ def weighting(counts: Any, x_max: float = X_MAX, alpha: float = ALPHA) -> Any:
 
   A JAX array gives a JAX array of its dtype, a numpy float array a numpy array of its
   dtype, anything else (lists, integer arrays) a float64 numpy array.
-
-  Example:
-    >>> from optax_blockada.examples.glove_model import weighting
-    >>> print(weighting([1.0, 10.0, 200.0], x_max=10.0, alpha=0.5))
-    [0.31623 1.      1.     ]
   """
   if isinstance(counts, jax.Array):
     return jnp.minimum(1.0, (counts / x_max) ** alpha)
@@ -69,27 +64,12 @@ def weighting(counts: Any, x_max: float = X_MAX, alpha: float = ALPHA) -> Any:
 
 
 def init_table(key: jax.Array, vocab_size: int, dim: int) -> jax.Array:
-  """``glove.c``'s initialisation of a ``(V, d)`` table: ``(U(0, 1) - 0.5) / d``, float32.
-
-  Example:
-    >>> import jax
-    >>> from optax_blockada.examples.glove_model import init_table
-    >>> table = init_table(jax.random.key(0), 5, 4)
-    >>> table.shape, bool(abs(table).max() <= 0.5 / 4)
-    ((5, 4), True)
-  """
+  """``glove.c``'s initialisation of a ``(V, d)`` table: ``(U(0, 1) - 0.5) / d``, float32."""
   return (jax.random.uniform(key, (vocab_size, dim), jnp.float32) - 0.5) / dim
 
 
 def init_params(vocab_size: int, dim: int, seed: int = 0) -> Params:
-  """The tables of :func:`init_table` (keys split from ``key(seed)``) and zero biases.
-
-  Example:
-    >>> from optax_blockada.examples.glove_model import init_params
-    >>> params = init_params(vocab_size=5, dim=4, seed=0)
-    >>> {k: v.shape for k, v in params.items()}
-    {'word': (5, 4), 'context': (5, 4), 'word_bias': (5,), 'context_bias': (5,)}
-  """
+  """The tables of :func:`init_table` (keys split from ``key(seed)``) and zero biases."""
   vocab_size = check_int("vocab_size", vocab_size, 1)
   dim = check_int("dim", dim, 1)
   seed = check_int("seed", seed, 0)
@@ -107,13 +87,6 @@ def glove_c_biases(params: Params, key: jax.Array) -> Params:
 
   ``glove.c`` initialises every entry of its ``(V, d + 1)`` arrays alike, biases
   included; :func:`init_params` and :class:`GloVe` start the biases at 0.
-
-  Example:
-    >>> import jax
-    >>> from optax_blockada.examples.glove_model import glove_c_biases, init_params
-    >>> params = glove_c_biases(init_params(5, 4), jax.random.key(1))
-    >>> bool(0 < abs(params["word_bias"]).max() <= 0.5 / 4)
-    True
   """
   (vocab_size, dim), keys = params["word"].shape, jax.random.split(key)
   draw = lambda k: (jax.random.uniform(k, (vocab_size,), jnp.float32) - 0.5) / dim
@@ -126,12 +99,6 @@ def predict(
   r"""The prediction :math:`w_i \cdot \tilde w_j + b_i + \tilde b_j` of :math:`\log X_{ij}`.
 
   Rows ``(..., d)``, biases ``(...)``; returns ``(...)``.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from optax_blockada.examples.glove_model import predict
-    >>> print(predict(jnp.ones((1, 2)), jnp.ones((1, 2)), jnp.ones(1), jnp.zeros(1)))
-    [3.]
   """
   return jnp.sum(word * context, axis=-1) + word_bias + context_bias
 
@@ -140,12 +107,6 @@ def squared_errors(pred: jax.Array, log_counts: jax.Array, weights: jax.Array) -
   r"""The pairs' weighted squared errors :math:`f(X_n) (\hat y_n - \log X_n)^2`, elementwise.
 
   A weight of 0 (padding, an absent pair) gives 0.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from optax_blockada.examples.glove_model import squared_errors
-    >>> print(squared_errors(jnp.array([2.0]), jnp.array([1.0]), jnp.array([0.5])))
-    [0.5]
   """
   return weights * (pred - log_counts) ** 2
 
@@ -153,12 +114,6 @@ def squared_errors(pred: jax.Array, log_counts: jax.Array, weights: jax.Array) -
 def cost(pred: jax.Array, log_counts: jax.Array, weights: jax.Array) -> jax.Array:
   r"""``glove.c``'s cost summed over pairs: :math:`\sum_n \tfrac12 f(X_n) (\hat y_n -
   \log X_n)^2`.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from optax_blockada.examples.glove_model import cost
-    >>> print(cost(jnp.array([2.0, 5.0]), jnp.array([1.0, 0.0]), jnp.array([0.5, 0.0])))
-    0.25
   """
   return 0.5 * jnp.sum(squared_errors(pred, log_counts, weights))
 
@@ -171,18 +126,7 @@ def _lookup_predict(params: Params, rows: jax.Array, cols: jax.Array) -> jax.Arr
 
 
 def glove_cost(params: Params, batch: Mapping[str, jax.Array]) -> jax.Array:
-  """:func:`cost` of the pairs ``batch = {'rows', 'cols', 'log_counts', 'weights'}``.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from optax_blockada.examples.glove_model import glove_cost
-    >>> params = {'word': jnp.ones((2, 2)), 'context': jnp.ones((2, 2)),
-    ...           'word_bias': jnp.zeros(2), 'context_bias': jnp.zeros(2)}
-    >>> batch = {'rows': jnp.array([0]), 'cols': jnp.array([1]),
-    ...          'log_counts': jnp.array([1.0]), 'weights': jnp.array([0.5])}
-    >>> float(glove_cost(params, batch))  # 0.5 * 0.5 * (2 - 1)^2
-    0.25
-  """
+  """:func:`cost` of the pairs ``batch = {'rows', 'cols', 'log_counts', 'weights'}``."""
   pred = _lookup_predict(params, batch["rows"], batch["cols"])
   return cost(pred, batch["log_counts"], batch["weights"])
 
@@ -192,21 +136,6 @@ class GloVe(nnx.Module):
 
   ``model(rows, cols)`` predicts ``log X`` of the pairs (:func:`predict`);
   :meth:`vectors` is the output ``W + W~``. ``rngs.params`` draws the tables.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> from flax import nnx
-    >>> from optax_blockada.examples.glove_model import GloVe
-    >>> model = GloVe(10, 4, rngs=nnx.Rngs(0))
-    >>> model(jnp.array([1, 2]), jnp.array([3, 3])).shape, model.vectors().shape
-    ((2,), (10, 4))
-    >>> optimizer = nnx.Optimizer(model, optax.adagrad(0.1), wrt=nnx.Param)
-    >>> loss = lambda m: jnp.sum((m(jnp.array([1]), jnp.array([3])) - 2.0) ** 2)
-    >>> before = loss(model)
-    >>> _ = optimizer.update(model, nnx.grad(loss)(model))
-    >>> bool(loss(model) < before)
-    True
   """
 
   def __init__(self, vocab_size: int, dim: int, *, rngs: nnx.Rngs):
