@@ -62,6 +62,10 @@ def test_skipgram_pairs_equal_word2vec_loops(window, subsample):
   expected = _brute_force_pairs(corpus, vocab.counts, window, subsample, 3)
   assert collections.Counter(zip(centres.tolist(), contexts.tolist(), strict=True)) == expected
   assert sum(expected.values()) > 0
+  count = sgns_model.count_skipgram_pairs(
+    corpus, vocab.counts, window=window, subsample=subsample, rng=np.random.default_rng(3)
+  )
+  assert count == sum(expected.values())
 
 
 def test_subsampling_drops_frequent_words_more():
@@ -115,6 +119,12 @@ def test_skipgram_init_matches_word2vec():
   w = np.asarray(model.word[...])
   assert np.all(np.abs(w) <= 0.5 / 10) and np.abs(w).max() > 0.4 / 10
   np.testing.assert_array_equal(model.context[...], np.zeros((30, 10)))
+  # model(inputs, outputs) scores v_input . u_output.
+  u = np.random.default_rng(0).normal(size=(30, 10)).astype(np.float32)
+  model.context[...] = jnp.asarray(u)
+  inputs, outputs = np.array([1, 2, 2]), np.array([3, 0, 2])
+  expected = [w[i].astype(np.float64) @ u[o] for i, o in zip(inputs, outputs, strict=True)]
+  np.testing.assert_allclose(model(inputs, outputs), expected, rtol=1e-5, atol=1e-6)
 
 
 def _params(vocab_size, dim=8):

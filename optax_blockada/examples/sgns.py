@@ -7,22 +7,21 @@ Run it with::
     python -m optax_blockada.examples.sgns --corpus text8 --json out.json --plot loss.png
 
 The model, its pairs and its cost (``word2vec.c``'s recipe) are in
-:mod:`~optax_blockada.examples.sgns_model`. Training uses shuffled minibatches of pairs
-with the *summed* cost (each pair's gradient is the one ``word2vec.c`` applies) and the
-optimizers of :mod:`~optax_blockada.examples.optimizers` instead of word2vec's linearly
+:mod:`~optax_blockada.examples.sgns_model`. Minibatches of pairs use the *summed* cost (each
+pair's gradient is the one ``word2vec.c`` applies) and the Adagrads instead of word2vec's
 decaying SGD; ``'preset'`` is PyTorch's Adagrad, the usual choice of PyTorch SGNS code.
-The best rate of each optimizer minimises the loss on a fixed sample of pairs with fixed
+Each optimizer's best rate minimises the loss on a fixed sample of pairs with fixed
 negatives; the table is the GloVe example's.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -74,20 +73,6 @@ def train_sgns(
   and their order from ``default_rng([seed, e])``; a step's negatives come from its key.
   ``kwargs`` go to :func:`~optax_blockada.examples.training.train_loop`; the result's
   ``epoch_losses`` are the cost per pair in each epoch.
-
-  Example:
-    >>> import numpy as np, optax
-    >>> from flax import nnx
-    >>> from optax_blockada.examples.sgns import train_sgns
-    >>> from optax_blockada.examples.sgns_model import SkipGram
-    >>> from optax_blockada.examples.text import EncodedCorpus
-    >>> ids = np.tile(np.array([0, 1, 2, 3], np.int32), 50)  # a periodic text
-    >>> corpus = EncodedCorpus(ids, np.zeros(ids.size, np.int32))
-    >>> params = nnx.to_pure_dict(nnx.state(SkipGram(4, 8, rngs=nnx.Rngs(0)), nnx.Param))
-    >>> r = train_sgns(params, corpus, [50] * 4, optax.adagrad(0.1), epochs=5,
-    ...                batch_size=64, window=1, negatives=1, subsample=0)
-    >>> bool(r.epoch_losses[-1] < 0.8 * r.epoch_losses[0])
-    True
   """
   negatives = check_int("negatives", negatives, 1)
   cdf = jnp.asarray(noise_distribution(counts))
@@ -106,20 +91,9 @@ def train_sgns(
     mask = np.ones(centres.shape, np.float32)
     return {"centre": centres[order], "context": contexts[order], "mask": mask}, centres.size
 
-  def cost(p: Params, batch: Mapping[str, jax.Array], key: jax.Array) -> jax.Array:
-    return sgns_cost(p, batch, key, cdf=cdf, negatives=negatives)
-
-  return train_loop(
-    cost,
-    params,
-    tx,
-    epoch_data,
-    epochs=epochs,
-    batch_size=batch_size,
-    epoch_size=epoch_size,
-    seed=seed,
-    **kwargs,
-  )
+  cost = functools.partial(sgns_cost, cdf=cdf, negatives=negatives)
+  sizes = {"epochs": epochs, "batch_size": batch_size, "epoch_size": epoch_size, "seed": seed}
+  return train_loop(cost, params, tx, epoch_data, **sizes, **kwargs)
 
 
 def compare_optimizers(
@@ -143,17 +117,6 @@ def compare_optimizers(
   and are selected by :func:`~optax_blockada.examples.sgns_model.evaluation_loss` on
   a fixed sample of pairs; ``kwargs`` go to
   :func:`~optax_blockada.examples.training.sweep_optimizers`.
-
-  Example:
-    >>> from optax_blockada.examples.sgns import compare_optimizers
-    >>> from optax_blockada.examples.text import build_vocabulary, encode
-    >>> docs = [["king", "queen", "man", "woman", "tiger", "cat"] * 20]
-    >>> vocab = build_vocabulary(docs, min_count=1)
-    >>> rows = compare_optimizers(encode(docs, vocab), vocab, optimizers=["rowwise"],
-    ...                           learning_rates={"rowwise": [0.1]}, dim=4, epochs=1,
-    ...                           batch_size=64, subsample=0)
-    >>> rows[1]["optimizer"], rows[1]["loss"] < rows[0]["loss"], rows[1]["drift"] < 1e-4
-    ('rowwise', True, True)
   """
   counts = vocab.counts
   model = SkipGram(len(vocab.words), dim, rngs=nnx.Rngs(seed))
@@ -232,13 +195,7 @@ _LEGEND = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """SGNS's command line (see the module docstring): 0 on success, 2 on bad input.
-
-  Example:
-    >>> from optax_blockada.examples.sgns import main
-    >>> main(["--corpus", "missing.txt", "--subsample", "0"])
-    2
-  """
+  """SGNS's command line (see the module docstring): 0 on success, 2 on bad input."""
   return word_cli.run(_parser().parse_args(argv), _DEFAULTS, _QUICK, _train, **_REPORT)
 
 

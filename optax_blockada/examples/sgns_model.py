@@ -8,9 +8,8 @@ The recipe follows ``word2vec.c`` (Mikolov et al. 2013):
 * **dynamic window**: each centre token draws ``b`` uniform in ``[0, window)`` and pairs
   with the tokens at distance ``1 .. window - b`` on both sides, within its document;
 * **negative sampling**: for each pair, ``K = 5`` words drawn from the unigram
-  distribution to the power 0.75 (a draw equal to the positive word is skipped). With
-  ``v`` the input (word) vector of the context token and ``u`` the output (context)
-  vectors, a pair costs ``-log s(v.u_centre) - sum_k log s(-v.u_k)``;
+  distribution to the power 0.75 (a draw equal to the positive word is skipped), in the
+  cost :func:`sgns_cost`;
 * init: input vectors ``U(-0.5, 0.5) / d``, output vectors 0; the output is the input table.
 """
 
@@ -27,6 +26,7 @@ from flax import nnx
 
 from optax_blockada.examples import text
 from optax_blockada.examples._cli import check_int
+from optax_blockada.examples.glove_model import Params, init_table
 
 __all__ = [
   "SkipGram",
@@ -38,39 +38,21 @@ __all__ = [
   "skipgram_pairs",
 ]
 
-Params = dict[str, jax.Array]
-
 
 class SkipGram(nnx.Module):
   """Skip-gram embeddings: input (``word``, ``U(-0.5, 0.5) / d``) and output (``context``,
-  0) tables, as ``word2vec.c``; ``model(inputs, outputs)`` scores ``v_inputs . u_outputs``.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from flax import nnx
-    >>> from optax_blockada.examples.sgns_model import SkipGram
-    >>> model = SkipGram(10, 4, rngs=nnx.Rngs(0))
-    >>> model(jnp.array([1, 2]), jnp.array([3, 4])).tolist()  # output vectors start at 0
-    [0.0, 0.0]
-  """
+  0) tables, as ``word2vec.c``; ``model(inputs, outputs)`` scores ``v_inputs . u_outputs``."""
 
   def __init__(self, vocab_size: int, dim: int, *, rngs: nnx.Rngs):
-    shape = (vocab_size, dim)
-    self.word = nnx.Param((jax.random.uniform(rngs.params(), shape, jnp.float32) - 0.5) / dim)
-    self.context = nnx.Param(jnp.zeros(shape, jnp.float32))
+    self.word = nnx.Param(init_table(rngs.params(), vocab_size, dim))
+    self.context = nnx.Param(jnp.zeros((vocab_size, dim), jnp.float32))
 
   def __call__(self, inputs: jax.Array, outputs: jax.Array) -> jax.Array:
     return jnp.sum(self.word[...][inputs] * self.context[...][outputs], axis=-1)
 
 
 def noise_distribution(counts: Any, power: float = 0.75) -> np.ndarray:
-  """The cumulative negative-sampling distribution ``counts**power / sum`` (float32).
-
-  Example:
-    >>> from optax_blockada.examples.sgns_model import noise_distribution
-    >>> print(noise_distribution([16, 1], power=0.5))  # weights 4 and 1
-    [0.8 1. ]
-  """
+  """The cumulative negative-sampling distribution ``counts**power / sum`` (float32)."""
   weights = np.asarray(counts, np.float64) ** power
   cdf = np.cumsum(weights / weights.sum())
   cdf[-1] = 1.0
@@ -106,19 +88,8 @@ def skipgram_pairs(
   subsample: float = 1e-3,
   rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """One epoch of ``(centres, contexts)`` (int32, corpus order): subsampling (``s =
-  subsample``, 0: none; ``T`` is the sum of ``counts``) and a dynamic window, vectorised.
-
-  Example:
-    >>> import numpy as np
-    >>> from optax_blockada.examples.sgns_model import skipgram_pairs
-    >>> from optax_blockada.examples.text import EncodedCorpus
-    >>> corpus = EncodedCorpus(np.array([0, 1, 2], np.int32), np.zeros(3, np.int32))
-    >>> c, x = skipgram_pairs(corpus, [1, 1, 1], window=1, subsample=0,
-    ...                       rng=np.random.default_rng(0))
-    >>> sorted(zip(c.tolist(), x.tolist()))
-    [(0, 1), (1, 0), (1, 2), (2, 1)]
-  """
+  """One epoch of ``(centres, contexts)`` (int32, corpus order), vectorised: subsampling
+  (``s = subsample``, 0: none; ``T`` is the sum of ``counts``) and a dynamic window."""
   centres, contexts = [np.zeros(0, np.int32)], [np.zeros(0, np.int32)]
   for first, second, right, left in _windows(corpus, counts, window, subsample, rng):
     centres += [first[right], second[left]]
@@ -134,31 +105,13 @@ def count_skipgram_pairs(
   subsample: float = 1e-3,
   rng: np.random.Generator,
 ) -> int:
-  """How many pairs :func:`skipgram_pairs` gives with the same arguments, cheaper.
-
-  Example:
-    >>> import numpy as np
-    >>> from optax_blockada.examples.sgns_model import count_skipgram_pairs
-    >>> from optax_blockada.examples.text import EncodedCorpus
-    >>> corpus = EncodedCorpus(np.array([0, 1, 2], np.int32), np.zeros(3, np.int32))
-    >>> count_skipgram_pairs(corpus, [1, 1, 1], window=1, subsample=0,
-    ...                      rng=np.random.default_rng(0))
-    4
-  """
+  """How many pairs :func:`skipgram_pairs` gives with the same arguments, cheaper."""
   masks = _windows(corpus, counts, window, subsample, rng)
   return sum(int(right.sum() + left.sum()) for _, _, right, left in masks)
 
 
 def draw_negatives(key: jax.Array, cdf: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """Word ids (int32) drawn from the distribution with CDF ``cdf``, by inverse CDF.
-
-  Example:
-    >>> import jax, jax.numpy as jnp
-    >>> from optax_blockada.examples.sgns_model import draw_negatives
-    >>> draws = draw_negatives(jax.random.key(0), jnp.array([0.0, 0.5, 1.0]), (1000,))
-    >>> sorted(set(draws.tolist()))  # word 0 has probability 0
-    [1, 2]
-  """
+  """Word ids (int32) drawn from the distribution with CDF ``cdf``, by inverse CDF."""
   uniform = jax.random.uniform(key, shape, jnp.float32)
   draws = jnp.searchsorted(cdf, uniform, side="right").astype(jnp.int32)
   return jnp.minimum(draws, cdf.shape[0] - 1)
@@ -174,18 +127,7 @@ def sgns_cost(
       + \sum_{k:\, z_{nk} \ne c_n} \log\sigma(-v_{x_n}^\top u_{z_{nk}})\Big]
 
   with ``x`` the context word (input vector ``v``, the ``word`` table), ``c`` the centre
-  word and ``z`` the negatives (output vectors ``u``, the ``context`` table), as
-  ``word2vec.c``'s skip-gram, and ``m`` the mask (0 for padding).
-
-  Example:
-    >>> import jax, jax.numpy as jnp
-    >>> from optax_blockada.examples.sgns_model import sgns_cost
-    >>> params = {'word': jnp.ones((3, 2)), 'context': jnp.zeros((3, 2))}
-    >>> batch = {'centre': jnp.array([0]), 'context': jnp.array([1]), 'mask': jnp.ones(1)}
-    >>> cdf = jnp.array([0.0, 0.0, 1.0])  # every negative is word 2
-    >>> cost = sgns_cost(params, batch, jax.random.key(0), cdf=cdf, negatives=2)
-    >>> round(float(cost), 4)  # 3 log 2: all scores are 0
-    2.0794
+  word, ``z`` the negatives (output vectors ``u``, the ``context`` table) and ``m`` the mask.
   """
   centre, context, mask = batch["centre"], batch["context"], batch["mask"]
   draws = draw_negatives(key, cdf, (centre.shape[0], negatives))
@@ -196,10 +138,7 @@ def sgns_cost(
   return -jnp.sum(mask * (positive + jnp.sum(negative, axis=-1)))
 
 
-_jitted_cost = jax.jit(
-  lambda p, b, k, cdf, negatives: sgns_cost(p, b, k, cdf=cdf, negatives=negatives),
-  static_argnums=4,
-)
+_jitted_cost = jax.jit(sgns_cost, static_argnames="negatives")
 
 
 def evaluation_loss(
@@ -213,22 +152,12 @@ def evaluation_loss(
   chunk: int = 1 << 15,
 ) -> float:
   """The SGNS cost per pair on fixed pairs with fixed negatives (chunk ``i`` of ``chunk``
-  pairs draws them with ``fold_in(key(seed), i)``): a deterministic score.
-
-  Example:
-    >>> import numpy as np, jax.numpy as jnp
-    >>> from optax_blockada.examples.sgns_model import evaluation_loss
-    >>> params = {'word': jnp.ones((3, 2)), 'context': jnp.zeros((3, 2))}
-    >>> loss = evaluation_loss(params, np.array([0, 1]), np.array([1, 2]), [1, 1, 1],
-    ...                        negatives=4)
-    >>> bool(np.log(2) <= loss <= 5 * np.log(2))  # log 2 per positive and kept negative
-    True
-  """
+  pairs draws them with ``fold_in(key(seed), i)``): a deterministic score."""
   cdf = jnp.asarray(noise_distribution(counts))
   total, n = 0.0, int(np.size(centres))
   for i, start in enumerate(range(0, n, chunk)):
     pairs = {"centre": centres[start : start + chunk], "context": contexts[start : start + chunk]}
     batch = text.pad_batch({**pairs, "mask": np.ones(pairs["centre"].shape, np.float32)}, chunk)
     key = jax.random.fold_in(jax.random.key(seed), i)
-    total += float(_jitted_cost(params, batch, key, cdf, negatives))
+    total += float(_jitted_cost(params, batch, key, cdf=cdf, negatives=negatives))
   return total / n
