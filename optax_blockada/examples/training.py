@@ -1,11 +1,6 @@
-"""The training loop, the learning-rate sweep and the table of GloVe and SGNS.
-
-:func:`train_loop` runs any per-batch cost with any optax transformation in jitted
-chunks of steps, with orbax checkpoints, exact resumption and the examples' progress
-convention: one bar per run with the whole run's steps as its fixed total, "run k of n"
-in its description and the current loss as its postfix. :func:`sweep_optimizers` tries
-each optimizer at a few learning rates, keeps the best, evaluates its vectors and
-measures its rotation drift; :func:`format_table` prints the rows.
+"""GloVe's and SGNS's training: the loop (:func:`train_loop`, jitted chunks of steps, orbax
+checkpoints, exact resumption), the learning-rate sweep with evaluation and rotation drift
+(:func:`sweep_optimizers`) and the printed table (:func:`format_table`).
 """
 
 from __future__ import annotations
@@ -23,7 +18,7 @@ import optax
 
 import optax_blockada as ob
 from optax_blockada.examples import rotation as rot
-from optax_blockada.examples import word_eval
+from optax_blockada.examples import text, word_eval
 from optax_blockada.examples._checkpoint import Checkpointer
 from optax_blockada.examples._cli import check_int
 from optax_blockada.examples.glove_model import Params
@@ -39,13 +34,7 @@ __all__ = ["TrainResult", "format_table", "sweep_optimizers", "train_loop"]
 
 
 class TrainResult(NamedTuple):
-  """What a training run returns.
-
-  Example:
-    >>> from optax_blockada.examples.training import TrainResult
-    >>> TrainResult({}, np.zeros(2), 10, 1.0, 10).steps_per_second
-    10.0
-  """
+  """What a training run returns."""
 
   params: Any  # the trained parameters
   epoch_losses: np.ndarray  # shape=(epochs,), mean cost per item during each epoch
@@ -81,30 +70,13 @@ def train_loop(
   run: tuple[int, int] = (1, 1),
   chunk_steps: int = 100,
 ) -> TrainResult:
-  """Minibatch training with a jitted step, checkpoints and exact resumption.
+  """Minimises ``cost(params, batch, key)`` (summed over the batch) on minibatches.
 
-  ``epoch_data(epoch)`` returns ``(arrays, n)``: host arrays of ``n`` items in training
-  order along axis 0; ``epoch_size`` gives each epoch's ``n`` up front (an int, or
-  ``epoch -> n``), for the progress bar's total. Step ``s`` of an epoch trains on items
-  ``[s B, (s + 1) B)`` (the last batch padded with zeros, which must cost nothing) and
-  minimises ``cost(params, batch, key) -> summed cost`` with ``key = fold_in(key(seed),
-  global step)``, in compiled chunks of ``chunk_steps``. Data and keys depend only on the
-  seed, the epoch and the step, so a run resumed (``resume``) from its newest orbax
-  checkpoint in ``checkpoint_dir`` (written every ``checkpoint_every`` steps and at the
-  end) equals the uninterrupted run; a resume with other ``checkpoint_settings`` is
-  refused. With ``progress``, the bar (:func:`report.progress_bar`) reads ``desc (run k of
-  n)`` for ``run=(k, n)``. ``epoch_losses[e]`` of the result is epoch ``e``'s cost over ``n``.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> from optax_blockada.examples.training import train_loop
-    >>> data = lambda epoch: ({"x": np.arange(10.0, dtype=np.float32)}, 10)
-    >>> cost = lambda p, b, key: jnp.sum(jnp.where(b["x"] > 0, (p - b["x"]) ** 2, 0.0))
-    >>> r = train_loop(cost, jnp.zeros(()), optax.sgd(0.01), data, epochs=30, batch_size=4,
-    ...                epoch_size=10)
-    >>> r.steps, round(float(r.params), 2)  # the mean of 1..9
-    (90, 5.0)
+  ``epoch_data(epoch)`` returns ``(arrays, n)``: ``n`` items in training order along axis
+  0; ``epoch_size`` gives each ``n`` up front (an int or ``epoch -> n``). The last batch is
+  padded with zeros, which must cost nothing; ``key = fold_in(key(seed), step)``. Data and
+  keys depend only on the seed, epoch and step, so a run resumed from its newest checkpoint
+  in ``checkpoint_dir`` equals the uninterrupted run. ``run=(k, n)`` labels the progress bar.
   """
   epochs = check_int("epochs", epochs, 1)
   batch_size = check_int("batch_size", batch_size, 1)
@@ -151,7 +123,7 @@ def train_loop(
           raise ValueError(f"epoch {epoch} has {n} items, but epoch_size says {sizes[epoch]}.")
         steps = -(-n // batch_size)
         capacity = -(-steps // 64) * 64 * batch_size  # few distinct shapes: few compilations
-        arrays = {k: _pad_to(v, capacity) for k, v in arrays.items()}
+        arrays = text.pad_batch(arrays, capacity)
         done = False
         while not done:
           stop = min(steps, offset + chunk_steps)
@@ -193,11 +165,6 @@ def _state(carry: tuple, losses: np.ndarray, epoch: int, offset: int, step: int)
           "epoch_losses": jnp.asarray(losses), **position}  # fmt: skip
 
 
-def _pad_to(array: np.ndarray, size: int) -> np.ndarray:
-  pad = [(0, size - array.shape[0])] + [(0, 0)] * (array.ndim - 1)
-  return np.pad(array, pad)
-
-
 def _tables(params: Params) -> Params:
   return {k: params[k] for k in ("word", "context")}
 
@@ -221,24 +188,12 @@ def sweep_optimizers(
   progress: bool = False,
   save_vectors: str | None = None,
 ) -> list[dict[str, Any]]:
-  """The learning-rate sweep and the table rows, for any model with word/context tables.
+  """Trains each optimizer at its rates and returns the table's rows (``random init`` first).
 
-  Each optimizer (a name for :func:`make_optimizer`, ``'preset'`` standing for
-  ``PRESETS[preset]``) trains with ``train(tx, init, **options)`` at each of its
-  ``learning_rates`` from ``start(name, params0)`` (default: ``params0``); ``options`` are
-  :func:`train_loop`'s checkpoint and progress options (run ``r`` of optimizer ``o``
-  checkpoints in ``checkpoint_dir/o/r`` with ``checkpoint_settings`` plus its optimizer and
-  rate). The rate with the lowest finite ``final_loss(params, result)`` wins; its
-  ``vectors(params)`` are evaluated (:func:`word_eval.evaluate`; saved to
-  ``save_vectors/<optimizer>.txt`` if given) and it trains again from ``params0``'s
-  ``'word'`` and ``'context'`` rotated by ``random_orthogonal(d, rotation_seed)`` to
-  measure the rotation drift (:func:`rotation.relative_drift`). Returns a ``random init``
-  row, then one row per optimizer (see :func:`format_table`).
-
-  Example:
-    >>> from optax_blockada.examples.training import sweep_optimizers
-    >>> callable(sweep_optimizers)  # see glove.compare_optimizers for a run
-    True
+  ``train(tx, init, **options)`` runs from ``start(name, params0)`` (``options``:
+  :func:`train_loop`'s checkpoint and progress ones). The lowest finite ``final_loss``
+  wins; its ``vectors`` are evaluated, and it trains again from ``params0`` with the
+  ``'word'`` and ``'context'`` tables rotated, for the rotation drift.
   """
   dim = int(params0["word"].shape[1])
   rotation = rot.random_orthogonal(dim, rotation_seed)
@@ -308,17 +263,7 @@ def sweep_optimizers(
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-  """The GloVe and SGNS table, in markdown (rows of :func:`sweep_optimizers`).
-
-  Example:
-    >>> from optax_blockada.examples.training import format_table
-    >>> row = {"optimizer": "rowwise", "learning_rate": 0.1, "loss": 0.02,
-    ...        "analogy_total": 0.05, "analogy_semantic": 0.1, "analogy_syntactic": 0.02,
-    ...        "wordsim353": 0.3, "simlex999": 0.1, "state_bytes": 4000,
-    ...        "steps_per_second": 100.0, "drift": 1e-7}
-    >>> print(format_table([row]).splitlines()[-1])
-    | rowwise | 0.1 | 0.02000 | 5.0 (10.0 / 2.0) | 0.300 | 0.100 | 4,000 | 100 | 1.0e-07 |
-  """
+  """The GloVe and SGNS table, in markdown (rows of :func:`sweep_optimizers`)."""
   header = ["optimizer", "best lr", "final loss", "analogy % (sem / syn)", "WordSim", "SimLex"]
   header += ["state bytes", "steps/s", "rotation drift"]
 

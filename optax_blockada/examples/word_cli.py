@@ -1,9 +1,4 @@
-"""The command line the word-vector examples share (GloVe and SGNS).
-
-:func:`make_parser` makes the parser with the common options, :func:`settings_from_args` resolves
-sizes and learning rates, :func:`load_corpus` reads the corpus, and :func:`run` is the
-examples' ``main``: input checks, training, the printed table and the files.
-"""
+"""The command line GloVe and SGNS share: options, settings, corpus and report (:func:`run`)."""
 
 from __future__ import annotations
 
@@ -33,7 +28,6 @@ __all__ = [
   "UsageError",
   "load_corpus",
   "make_parser",
-  "prepare_checkpoint_dir",
   "run",
   "settings_from_args",
 ]
@@ -54,23 +48,8 @@ class UsageError(Exception):
 def settings_from_args(
   args: argparse.Namespace, defaults: Mapping[str, Any], quick: Mapping[str, Any]
 ) -> dict[str, Any]:
-  """The run's settings: the defaults (or ``--quick``'s) overridden by explicit options.
-
-  ``defaults`` and ``quick`` map each size option (``'dim'``, ``'epochs'``, ...) to its
-  value and ``'learning_rates'`` to a grid ``{optimizer: rates}``. The result holds the
-  sizes, ``'learning_rates'`` of the chosen optimizers and ``'seed'``.
-
-  Example:
-    >>> from optax_blockada.examples.word_cli import make_parser, settings_from_args
-    >>> full = {"dim": 50, "epochs": 8, "min_count": 5, "max_vocab": None, "window": 10,
-    ...         "batch_size": 64, "learning_rates": {"rowwise": (0.1, 0.2)}}
-    >>> quick = {**full, "dim": 32, "learning_rates": {"rowwise": (0.2,)}}
-    >>> parser = make_parser("glove", "GloVe", full, quick)
-    >>> s = settings_from_args(parser.parse_args(["--quick", "--optimizers", "rowwise"]),
-    ...                        full, quick)
-    >>> s["dim"], s["epochs"], s["learning_rates"]
-    (32, 8, {'rowwise': (0.2,)})
-  """
+  """The defaults (or ``--quick``'s) overridden by explicit options, with ``'seed'`` and
+  ``'learning_rates'`` (``{optimizer: rates}``) of the chosen optimizers."""
   settings = dict(quick if args.quick else defaults)
   grid = settings.pop("learning_rates")
   for key in settings:
@@ -97,24 +76,7 @@ corpus in the header), the legend, and facts about the data for the JSON's ``cor
 
 
 def load_corpus(args: argparse.Namespace, settings: Mapping[str, Any]) -> Corpus:
-  """Reads ``--corpus`` (or the default), builds the vocabulary and checks it is usable.
-
-  Returns a :class:`Corpus`; raises
-  :class:`UsageError` for a missing or empty file, a corpus no longer than the window,
-  or a vocabulary that covers no evaluation question or pair.
-
-  Example:
-    >>> import argparse, pathlib, tempfile
-    >>> from optax_blockada.examples import word_cli
-    >>> sizes = {"min_count": 1, "max_vocab": None, "window": 2}
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...   path = pathlib.Path(d) / "c.txt"
-    ...   _ = path.write_text("the tiger and the cat\\n" * 3)
-    ...   args = argparse.Namespace(corpus=str(path), no_progress=True)
-    ...   name, vocab, enc, n = word_cli.load_corpus(args, sizes)
-    >>> vocab.words, n
-    (('the', 'and', 'cat', 'tiger'), 15)
-  """
+  """Reads ``--corpus`` (or the default) and its vocabulary; :class:`UsageError` if unusable."""
   progress = not args.no_progress
   try:
     if args.corpus is None:
@@ -147,16 +109,7 @@ def load_corpus(args: argparse.Namespace, settings: Mapping[str, Any]) -> Corpus
 def make_parser(
   module: str, model: str, defaults: Mapping[str, Any], quick: Mapping[str, Any]
 ) -> argparse.ArgumentParser:
-  """The parser of ``python -m optax_blockada.examples.<module>`` with the options the
-  word-vector examples share; the sizes' help shows the default and ``--quick`` values.
-
-  Example:
-    >>> from optax_blockada.examples.word_cli import make_parser
-    >>> sizes = dict.fromkeys(["dim", "epochs", "min_count", "max_vocab", "window",
-    ...                        "batch_size"], 1)
-    >>> make_parser("glove", "GloVe", sizes, sizes).parse_args(["--quick"]).quick
-    True
-  """
+  """The parser of ``python -m optax_blockada.examples.<module>`` with the shared options."""
   parser = argparse.ArgumentParser(
     prog=f"python -m optax_blockada.examples.{module}",
     description=f"Train {model} with each Adagrad variant (a short learning-rate sweep each) "
@@ -207,26 +160,11 @@ def run(
   ylabel: str,
   extra: Sequence[str] = (),
 ) -> int:
-  """The word-vector examples' ``main``: settings, input checks, training, the report.
+  """The examples' ``main``: 0 on success, 2 on bad input (an error printed).
 
-  ``train(settings, corpus, options)`` trains every run (``options``: the optimizers,
-  learning rates, seed, checkpoint, progress and ``--save-vectors`` options of
-  ``compare_optimizers``) and returns an :data:`Outcome`. The settings are
-  :func:`settings_from_args`'s plus the options named in ``extra``; they are stored with
-  the checkpoints (and ``--corpus``) and in the ``--json`` file. The report prints what
-  ran (``details`` after the corpus), the machine and the wall time, :data:`QUICK_NOTE`
-  with ``--quick``, the table and the legend, and writes ``--json`` and ``--plot`` (loss
-  curves, ``ylabel``). Bad input (:class:`UsageError`, a checkpoint that cannot be
-  resumed) prints an error and returns 2.
-
-  Example:
-    >>> from optax_blockada.examples import word_cli
-    >>> sizes = {"dim": 8, "epochs": 1, "min_count": 1, "max_vocab": None, "window": 2,
-    ...          "batch_size": 8, "learning_rates": {}}
-    >>> parser = word_cli.make_parser("glove", "GloVe", sizes, sizes)
-    >>> args = parser.parse_args(["--corpus", "/no/such/file", "--learning-rates", "0.1"])
-    >>> word_cli.run(args, sizes, sizes, None, name="GloVe", selection="", ylabel="")
-    2
+  ``train(settings, corpus, options)`` returns an :data:`Outcome`; ``options`` are the
+  keyword arguments of ``compare_optimizers``. The settings (plus the options in ``extra``)
+  are stored with the checkpoints and in the ``--json`` file.
   """
   start = time.perf_counter()
   settings = settings_from_args(args, defaults, quick)
@@ -271,54 +209,9 @@ def run(
   return 0
 
 
-def prepare_checkpoint_dir(args: argparse.Namespace) -> None:
-  """Checks ``--checkpoint-dir``/``--resume`` before any training.
-
-  A fresh run needs a directory without checkpoints (old ones would be resumed later by
-  mistake); ``--resume`` needs checkpoints. The run's settings are stored with the
-  checkpoints as orbax metadata and checked when each run resumes
-  (:class:`~optax_blockada.examples._checkpoint.Checkpointer`).
-
-  Args:
-    args: parsed arguments (``checkpoint_dir``, ``resume``).
-
-  Raises:
-    UsageError: if the directory does not fit the request.
-
-  Example:
-    >>> import argparse, tempfile
-    >>> from optax_blockada.examples.word_cli import prepare_checkpoint_dir
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...   prepare_checkpoint_dir(argparse.Namespace(checkpoint_dir=d, resume=True))
-    ... # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    optax_blockada.examples.word_cli.UsageError: --resume: no checkpoint in ...
-  """
-  directory = args.checkpoint_dir
-  if directory is None:
-    return
-  if args.resume:
-    if not _has_checkpoints(directory):
-      raise UsageError(f"--resume: no checkpoint in {directory!r}; run without --resume.")
-    return
-  if _has_checkpoints(directory):
-    raise UsageError(
-      f"--checkpoint-dir {directory!r} already holds checkpoints: add --resume to continue "
-      "them, or give an empty directory."
-    )
-  os.makedirs(directory, exist_ok=True)
-
-
-def _has_checkpoints(directory: str) -> bool:
-  return os.path.isdir(directory) and any(
-    name.isdigit() for _, dirs, _ in os.walk(directory) for name in dirs
-  )
-
-
 def _prepare(args: argparse.Namespace, settings: Mapping[str, Any]) -> Corpus:
-  """Checks the outputs and ``--resume`` (creating ``--save-vectors``), then reads the
-  corpus: bad input fails before any training."""
+  """Checks the output paths, reads the corpus and checks ``--checkpoint-dir``: bad input
+  fails before any training."""
   for option in ("json", "plot"):
     path = getattr(args, option)
     if path is not None:
@@ -335,6 +228,18 @@ def _prepare(args: argparse.Namespace, settings: Mapping[str, Any]) -> Corpus:
       os.makedirs(save_vectors, exist_ok=True)
     except OSError as e:
       raise UsageError(f"--save-vectors: cannot create {save_vectors!r}: {e}") from e
-  loaded = load_corpus(args, settings)
-  prepare_checkpoint_dir(args)
-  return loaded
+  corpus = load_corpus(args, settings)
+  directory = args.checkpoint_dir
+  if directory is not None:  # a fresh run must not mix with old checkpoints
+    found = os.path.isdir(directory) and any(
+      name.isdigit() for _, dirs, _ in os.walk(directory) for name in dirs
+    )
+    if args.resume and not found:
+      raise UsageError(f"--resume: no checkpoint in {directory!r}; run without --resume.")
+    if found and not args.resume:
+      raise UsageError(
+        f"--checkpoint-dir {directory!r} already holds checkpoints: add --resume to continue "
+        "them, or give an empty directory."
+      )
+    os.makedirs(directory, exist_ok=True)
+  return corpus
