@@ -1,9 +1,9 @@
 """Checkpointing for the example training loops: save every N steps, resume exactly.
 
 :class:`orbax.checkpoint.CheckpointManager` does the work: its ``FixedIntervalPolicy``
-picks the steps, saves run in the background (written to a temporary folder, renamed
-when complete) and the run's settings are the directory's metadata. Resuming gives the
-uninterrupted result as long as all the loop depends on is in the state or the step.
+picks the steps, saves run in the background (renamed into place when complete) and the
+run's settings are the directory's metadata. Resuming gives the uninterrupted result as
+long as all the loop depends on (data order, random keys) is in the state or the step.
 
 This layer adds verification: a SHA-256 of each array is saved and checked on restore,
 which falls back to the next older checkpoint if one changed on disk or cannot be read
@@ -143,16 +143,14 @@ class Checkpointer:
     if self._settings_error is not None:
       raise SettingsMismatch(self._settings_error)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    args = ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract), checksums=ocp.args.JsonRestore()
+    )
     problems = []
     for step in steps:
       where = os.path.join(self.directory, str(step))
       try:
-        restored = self._manager.restore(
-          step,
-          args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), checksums=ocp.args.JsonRestore()
-          ),
-        )
+        restored = self._manager.restore(step, args=args)
       except Exception as e:  # orbax raises many kinds of errors for damaged files
         problems.append(f"step {step} ({where}) cannot be read: {type(e).__name__}: {e}")
         continue

@@ -44,12 +44,8 @@ def make_optimizer(
     raise ValueError(f"name must be one of {OPTIMIZER_NAMES}, got {name!r}.")
   if preset not in PRESETS:
     raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}.")
-  if (
-    isinstance(learning_rate, bool)
-    or not isinstance(learning_rate, (int, float))
-    or not math.isfinite(learning_rate)
-    or learning_rate <= 0
-  ):
+  number = isinstance(learning_rate, (int, float)) and not isinstance(learning_rate, bool)
+  if not (number and math.isfinite(learning_rate) and learning_rate > 0):
     raise ValueError(
       f"learning_rate must be a positive finite number, got {learning_rate!r} "
       f"(for optimizer {name!r})."

@@ -75,10 +75,8 @@ def _problem(params: Params, cooc: Any) -> tuple[jax.Array, jax.Array, jax.Array
   if v != counts.shape[0]:
     raise ValueError(f"params have {v} rows but cooc is {counts.shape[0]} x {counts.shape[0]}")
   x = jnp.asarray(counts, jnp.float32)
-  mask = x > 0
-  safe_x = jnp.where(mask, x, jnp.ones_like(x))
-  weight = jnp.where(mask, weighting(safe_x), jnp.zeros_like(x))
-  log_cooc = jnp.where(mask, jnp.log(safe_x), jnp.zeros_like(x))
+  safe_x = jnp.where(x > 0, x, 1.0)  # log 1 = 0 where X = 0
+  weight, log_cooc = jnp.where(x > 0, weighting(safe_x), 0.0), jnp.log(safe_x)
   dtype = jnp.result_type(params["word"])
   nonzero = jnp.asarray(np.count_nonzero(counts), jnp.float32)
   return weight.astype(dtype), log_cooc.astype(dtype), nonzero.astype(dtype)
@@ -134,17 +132,18 @@ def _drift(params: Params, rotated_params: Params, rotation: jax.Array) -> jax.A
 
 
 def _step_fn(tx: optax.GradientTransformation, params: Params, cooc: Any):
-  """One full-batch step ``(params, state) -> (params, state, loss before it)``.
+  """One full-batch step ``(params, state) -> ((params, state), loss before it)``.
 
   The gradient is that of glove.c's summed cost (each pair's own gradient, as its
   per-pair updates); the loss is :func:`glove_loss`. Dividing the objective by ~1e5 pairs
   would make every gradient negligible next to Adagrad's initial accumulator."""
   weight, log_cooc, nonzero = _problem(params, cooc)
 
-  def step(p, state):
+  def step(carry, _=None):
+    p, state = carry
     total, grads = jax.value_and_grad(_glove_cost)(p, weight, log_cooc)
     updates, state = tx.update(grads, state, p)
-    return optax.apply_updates(p, updates), state, total / nonzero
+    return (optax.apply_updates(p, updates), state), total / nonzero
 
   return step, lambda p: _glove_cost(p, weight, log_cooc) / nonzero
 
@@ -152,23 +151,15 @@ def _step_fn(tx: optax.GradientTransformation, params: Params, cooc: Any):
 def train(
   tx: optax.GradientTransformation, params: Params, cooc: Any, steps: int, bar: Any = None
 ) -> tuple[Params, jax.Array]:
-  """``steps`` full-batch steps from ``params`` on the ``(V, V)`` counts ``cooc``: a jitted
-  ``jax.lax.scan`` in up to 10 chunks, each advancing ``bar`` (a
-  :func:`~optax_blockada.examples.report.progress_bar`) unless it is ``None``.
-
-  Returns ``(final_params, losses)``, ``losses[t]`` the :func:`glove_loss` before step
-  ``t`` in the params' dtype (float64 for float64 params under ``jax.enable_x64``).
-  """
+  """``steps`` full-batch steps from ``params``: a jitted ``jax.lax.scan`` in up to 10 chunks,
+  each advancing the progress ``bar`` if given. Returns ``(final_params, losses)``,
+  ``losses[t]`` the :func:`glove_loss` before step ``t``, in the params' dtype."""
   steps = check_int("steps", steps, 1)
   step, _ = _step_fn(tx, params, cooc)
 
-  def body(carry, _):
-    p, state, loss = step(*carry)
-    return (p, state), loss
-
   @functools.partial(jax.jit, static_argnums=2)
   def run(p, state, length):
-    (p, state), losses = jax.lax.scan(body, (p, state), None, length=length)
+    (p, state), losses = jax.lax.scan(step, (p, state), None, length=length)
     return p, state, losses
 
   chunk = -(-steps // 10)
@@ -185,13 +176,9 @@ def train(
 def drift_over_steps(
   tx: optax.GradientTransformation, params: Params, cooc: Any, rotation: jax.Array, steps: int
 ) -> dict[str, np.ndarray]:
-  """Trains from ``params`` and from ``rotate(params, rotation)`` side by side (one scan,
-  ``steps`` steps each) and records the drift after every step.
-
-  Returns float64 arrays of shape ``(steps + 1,)``, entry ``t`` after ``t`` steps:
-  ``step``, ``drift`` (:func:`relative_drift`), ``loss`` and ``loss_rotated``
-  (:func:`glove_loss` of each run).
-  """
+  """Trains from ``params`` and from ``rotate(params, rotation)`` side by side (one scan):
+  float64 arrays ``step``, ``drift``, ``loss`` and ``loss_rotated``, entry ``t`` after ``t``
+  of the ``steps`` steps."""
   steps = check_int("steps", steps, 1)
   step, loss = _step_fn(tx, params, cooc)
   dim = np.shape(params["word"])[1]
@@ -199,12 +186,10 @@ def drift_over_steps(
   if rotation.shape != (dim, dim):
     raise ValueError(f"rotation must have shape ({dim}, {dim}), got {rotation.shape}")
 
-  def both(carry, _):
-    (p, p_state), (q, q_state) = carry
-    drift = _drift(p, q, rotation)
-    p, p_state, p_loss = step(p, p_state)
-    q, q_state, q_loss = step(q, q_state)
-    return ((p, p_state), (q, q_state)), (drift, p_loss, q_loss)
+  def both(carry, _):  # carry: (params, state) of each run
+    drift = _drift(carry[0][0], carry[1][0], rotation)
+    (p, p_loss), (q, q_loss) = step(carry[0]), step(carry[1])
+    return (p, q), (drift, p_loss, q_loss)
 
   @jax.jit
   def run(p, q):
@@ -219,11 +204,8 @@ def drift_over_steps(
 
 
 def default_optimizers(dim: int) -> dict[str, optax.GradientTransformation]:
-  """The optimizers of the command-line experiment, by display name, in order.
-
-  All train the default problem (loss ~1.1 -> 0.02-0.04 in 300 steps) at their nominal
-  rates; GloVe's preset needs ``optax.clip(1.0)`` first (see the source).
-  """
+  """The optimizers of the command-line experiment, by display name: all train the default
+  problem (loss ~1.1 -> 0.02-0.04 in 300 steps); GloVe's preset after ``optax.clip(1.0)``."""
   dim = check_int("dim", dim, 1)
   k, lr_d = max(dim // 4, 1), 0.1 * math.sqrt(dim)
   return {
@@ -264,11 +246,8 @@ def run_experiment(
 ) -> list[dict[str, Any]]:
   """Trains each optimizer from ``W`` and from ``W R`` (:func:`train`) and measures the drift.
 
-  Data ``planted_cooccurrence(vocab_size, rank=8, seed=seed)``, initial parameters
-  ``init_params(vocab_size, dim, seed)``, rotation ``random_orthogonal(dim, seed + 1)``.
-
-  Returns one dict per optimizer, in order: ``name``, ``loss`` and ``loss_rotated`` (final
-  :func:`glove_loss` from ``W`` and ``W R``), ``drift``, ``state_bytes`` and ``seconds``.
+  Rotation ``random_orthogonal(dim, seed + 1)``. One dict per optimizer: ``name``, ``loss``
+  and ``loss_rotated`` (from ``W`` and ``W R``), ``drift``, ``state_bytes``, ``seconds``.
   """
   cooc = planted_cooccurrence(vocab_size, _PLANTED_RANK, seed=seed)
   params = init_params(vocab_size, dim, seed)

@@ -239,11 +239,8 @@ def _compare(a: Any, b: Any) -> tuple[float, bool]:
 
 
 def spread_ids(batches: Sequence[Batch], vocab_size: int, seed: int = 0) -> list[Batch]:
-  """The batches with the words relabelled by a random permutation (numpy ``seed``).
-
-  With words sorted by frequency (GloVe's, word2vec's, the planted ones), the shard of the
-  first rows gets most ids; a fixed relabelling spreads them and changes nothing else.
-  """
+  """The batches with the words relabelled by a random permutation (numpy ``seed``): with
+  words sorted by frequency, the first rows' shard gets most ids; this spreads them."""
   perm = jnp.asarray(np.random.default_rng(seed).permutation(vocab_size), np.int32)
   return [(perm[i], perm[j], weight, log_x) for i, j, weight, log_x in batches]
 
@@ -268,12 +265,8 @@ def _parser() -> argparse.ArgumentParser:
   add("--sparse", action="store_true", help=f"{sparse} (optax_blockada.routed)")
   spread = "relabel the words by a random permutation, so that the frequent ones are spread"
   add("--spread-ids", action="store_true", help=f"{spread} over the shards")
-  add(
-    "--capacity",
-    type=int_at_least(1),
-    help="with --sparse: ids each device may send to each shard per step (default: "
-    f"suggested from the first {_CAPACITY_SAMPLE} batches)",
-  )
+  cap = "with --sparse: ids each device may send to each shard per step (default: suggested"
+  add("--capacity", type=int_at_least(1), help=f"{cap} from the first {_CAPACITY_SAMPLE} batches)")
   add("--optimizer", choices=_OPTIMIZERS, default="rowwise")
   add("--learning-rate", type=float_in(0), default=0.05)
   for flag, least, default in [("--steps", 1, 200), ("--vocab-size", 2, 2048), ("--dim", 1, 32)]:

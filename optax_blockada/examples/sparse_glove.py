@@ -14,9 +14,8 @@ co-occurrence matrix (:mod:`optax_blockada.examples.planted`). Adagrad is lazily
 they train the same model; the script prints both losses, the largest parameter
 difference and the median step times. Run it with::
 
-    python -m optax_blockada.examples.sparse_glove [--vocab-size 3000] [--dim 64]
-        [--batch-size 1024] [--steps 100] [--optimizer rowwise] [--seed 0]
-        [--json results.json] [--no-progress]
+    python -m optax_blockada.examples.sparse_glove [--vocab-size 3000] [--steps 100]
+        [--optimizer rowwise] [--json results.json] [--help]
 """
 
 from __future__ import annotations
@@ -81,11 +80,8 @@ class _Side(nnx.Module):
 
 
 class GloVe(nnx.Module):
-  r"""GloVe with ``nnx.Embed`` tables: ``model(i, j)`` predicts :math:`\log X_{ij}`.
-
-  Its sides sit at the paths ``'word'`` and ``'context'``, each a ``(V, d)`` table and a
-  ``(V,)`` bias that share the ids; initialised as ``glove.c`` does.
-  """
+  r"""GloVe with ``nnx.Embed`` tables: ``model(i, j)`` predicts :math:`\log X_{ij}`; sides
+  ``'word'`` and ``'context'``, each a table and a bias, initialised as ``glove.c`` does."""
 
   def __init__(self, vocab_size: int, dim: int, *, rngs: nnx.Rngs):
     self.word = _Side(vocab_size, dim, rngs)
@@ -131,12 +127,8 @@ def run(
   seed: int = 0,
   progress: bool = True,
 ) -> dict[str, Any]:
-  """Trains the same GloVe model densely and sparsely on the same batches (``seed``: of
-  the data, the initialisation and the batches; ``progress``: a progress bar).
-
-  Returns the settings, the losses of both runs (each step, first, final), the largest
-  differences of their losses and parameters, and median step times in milliseconds.
-  """
+  """Trains the same GloVe model densely and sparsely on the same batches: the settings,
+  both runs' losses, their largest differences and the median step times in milliseconds."""
   counts = planted_cooccurrence(vocab_size, 8, total_count=50.0 * vocab_size**2, seed=seed)
   i_all, j_all = (a.astype(np.int32) for a in np.nonzero(counts))
   x_all = counts[i_all, j_all].astype(np.float32)
@@ -186,13 +178,9 @@ def run(
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
   add = parser.add_argument
-  for flag, least, default in (
-    ("--vocab-size", 2, 3000),
-    ("--dim", 1, 64),
-    ("--batch-size", 1, 1024),
-    ("--steps", 1, 100),
-  ):
-    add(flag, type=int_at_least(least), default=default)
+  add("--vocab-size", type=int_at_least(2), default=3000)
+  for flag, default in (("--dim", 64), ("--batch-size", 1024), ("--steps", 100)):
+    add(flag, type=int_at_least(1), default=default)
   add("--optimizer", choices=OPTIMIZERS, default="rowwise")
   add("--learning-rate", type=float_in(0), default=0.1)
   add("--seed", type=int_at_least(0), default=0)
