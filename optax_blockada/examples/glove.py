@@ -78,7 +78,7 @@ def train_glove(
   n = data.rows.size
   if n == 0:
     raise ValueError("data has no pair to train on.")
-  arrays = {k: getattr(data, k) for k in ("rows", "cols", "log_counts", "weights")}
+  arrays = data.arrays()
 
   def epoch_data(epoch: int) -> tuple[dict[str, np.ndarray], int]:
     order = np.random.default_rng([seed, epoch]).permutation(n)
@@ -97,10 +97,6 @@ _SIZES = {"min_count": 5, "max_vocab": None, "window": 10, "batch_size": 8192}
 _DEFAULTS = {"dim": 50, "epochs": 8, **_SIZES, "learning_rates": LEARNING_RATES}
 _QUICK = {"dim": 50, "epochs": 2, **_SIZES}
 _QUICK["learning_rates"] = {n: (0.05 if n == "preset" else 0.2,) for n in OPTIMIZER_NAMES}
-
-
-def _vectors(params: Params) -> np.ndarray:
-  return np.asarray(params["word"] + params["context"])
 
 
 def compare_optimizers(
@@ -133,7 +129,7 @@ def compare_optimizers(
   return sweep_optimizers(
     train,
     lambda params, result: weighted_loss(params, data),
-    _vectors,
+    lambda params: np.asarray(params["word"] + params["context"]),  # W + W~
     nnx.to_pure_dict(nnx.state(model, nnx.Param)),
     words,
     optimizers=optimizers,
@@ -147,13 +143,9 @@ def compare_optimizers(
 
 def _parser() -> argparse.ArgumentParser:
   parser = word_cli.make_parser("glove", "GloVe", _DEFAULTS, _QUICK)
-  positive = float_in(0)
-  parser.add_argument(
-    "--x-max", type=positive, default=X_MAX, help="weighting cut-off (default: %(default)s)"
-  )
-  parser.add_argument(
-    "--alpha", type=positive, default=ALPHA, help="weighting exponent (default: %(default)s)"
-  )
+  add, positive = parser.add_argument, float_in(0)
+  add("--x-max", type=positive, default=X_MAX, help="weighting cut-off (default: %(default)s)")
+  add("--alpha", type=positive, default=ALPHA, help="weighting exponent (default: %(default)s)")
   return parser
 
 

@@ -23,6 +23,10 @@ class GloVeData(NamedTuple):
   weights: np.ndarray  # shape=(n,), float32, f(X_ij)
   vocab_size: int  # V
 
+  def arrays(self) -> dict[str, np.ndarray]:
+    """The per-pair arrays by name, as a batch holds them."""
+    return {k: v for k, v in self._asdict().items() if k != "vocab_size"}
+
 
 def prepare_data(
   cooc: text.Cooccurrence, *, x_max: float = X_MAX, alpha: float = ALPHA
@@ -50,13 +54,9 @@ _jitted_cost = jax.jit(glove_cost)
 
 def weighted_loss(params: Params, data: GloVeData, *, chunk: int = 1 << 18) -> float:
   """:func:`glove_cost` over all pairs at ``params``, per pair (in calls of ``chunk``
-  pairs): the number ``glove.c`` prints after each iteration.
-  """
-  total = 0.0
-  n = data.rows.size
+  pairs): the number ``glove.c`` prints after each iteration."""
+  total, n, arrays = 0.0, data.rows.size, data.arrays()
   for start in range(0, n, chunk):
-    stop = min(n, start + chunk)
-    fields = ("rows", "cols", "log_counts", "weights")
-    batch = text.pad_batch({k: getattr(data, k)[start:stop] for k in fields}, chunk)
+    batch = text.pad_batch({k: v[start : start + chunk] for k, v in arrays.items()}, chunk)
     total += float(_jitted_cost(params, batch))
   return total / n

@@ -52,15 +52,10 @@ Params = dict[str, jax.Array]
 def weighting(counts: Any, x_max: float = X_MAX, alpha: float = ALPHA) -> Any:
   r"""GloVe's weighting function :math:`f(x) = \min(1, (x / x_{max})^\alpha)`.
 
-  A JAX array gives a JAX array of its dtype, a numpy float array a numpy array of its
-  dtype, anything else (lists, integer arrays) a float64 numpy array.
+  A JAX array gives a JAX array, anything else a numpy array (float64 for integer counts).
   """
-  if isinstance(counts, jax.Array):
-    return jnp.minimum(1.0, (counts / x_max) ** alpha)
-  counts = np.asarray(counts)
-  if not np.issubdtype(counts.dtype, np.floating):
-    counts = counts.astype(np.float64)
-  return np.minimum(1.0, (counts / x_max) ** alpha)
+  xp = jnp if isinstance(counts, jax.Array) else np
+  return xp.minimum(1.0, (xp.asarray(counts) / x_max) ** alpha)
 
 
 def init_table(key: jax.Array, vocab_size: int, dim: int) -> jax.Array:
@@ -83,11 +78,8 @@ def init_params(vocab_size: int, dim: int, seed: int = 0) -> Params:
 
 
 def glove_c_biases(params: Params, key: jax.Array) -> Params:
-  """``params`` with both biases drawn as ``glove.c`` draws them: ``(U(0, 1) - 0.5) / d``.
-
-  ``glove.c`` initialises every entry of its ``(V, d + 1)`` arrays alike, biases
-  included; :func:`init_params` and :class:`GloVe` start the biases at 0.
-  """
+  """``params`` with both biases drawn as ``glove.c`` draws all its entries (``(U(0, 1) -
+  0.5) / d``); :func:`init_params` and :class:`GloVe` start the biases at 0."""
   (vocab_size, dim), keys = params["word"].shape, jax.random.split(key)
   draw = lambda k: (jax.random.uniform(k, (vocab_size,), jnp.float32) - 0.5) / dim
   return {**params, "word_bias": draw(keys[0]), "context_bias": draw(keys[1])}
@@ -132,11 +124,8 @@ def glove_cost(params: Params, batch: Mapping[str, jax.Array]) -> jax.Array:
 
 
 class GloVe(nnx.Module):
-  """GloVe as a Flax NNX module: tables :func:`init_table`, biases 0.
-
-  ``model(rows, cols)`` predicts ``log X`` of the pairs (:func:`predict`);
-  :meth:`vectors` is the output ``W + W~``. ``rngs.params`` draws the tables.
-  """
+  """GloVe as a Flax NNX module: tables :func:`init_table`, biases 0; ``model(rows, cols)``
+  predicts ``log X`` of the pairs (:func:`predict`)."""
 
   def __init__(self, vocab_size: int, dim: int, *, rngs: nnx.Rngs):
     self.word = nnx.Param(init_table(rngs.params(), vocab_size, dim))

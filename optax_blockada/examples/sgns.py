@@ -126,10 +126,11 @@ def compare_optimizers(
     raise ValueError("the corpus gives no skip-gram pair: it is shorter than two tokens.")
   sample = np.random.default_rng([seed, 10**6 + 1]).permutation(centres.size)[:_EVAL_PAIRS]
 
+  options = {"epochs": epochs, "batch_size": batch_size, "window": window, "seed": seed}
+
   def train(tx: optax.GradientTransformation, init: Params, **run: Any) -> TrainResult:
-    options = {"window": window, "negatives": negatives, "subsample": subsample, "seed": seed}
     return train_sgns(
-      init, corpus, counts, tx, epochs=epochs, batch_size=batch_size, **options, **run
+      init, corpus, counts, tx, negatives=negatives, subsample=subsample, **options, **run
     )
 
   def final_loss(params: Params, result: Any) -> float:
@@ -154,10 +155,9 @@ def _parser() -> argparse.ArgumentParser:
   parser = word_cli.make_parser(
     "sgns", "word2vec skip-gram with negative sampling", _DEFAULTS, _QUICK
   )
-  parser.add_argument(
-    "--negatives", type=int_at_least(1), default=5, help="negatives per pair (default: 5)"
-  )
-  parser.add_argument(
+  add = parser.add_argument
+  add("--negatives", type=int_at_least(1), default=5, help="negatives per pair (default: 5)")
+  add(
     "--subsample",
     type=float_in(0, include_low=True),
     default=1e-3,
@@ -176,9 +176,8 @@ _REPORT = {
 
 def _train(settings: dict, corpus: word_cli.Corpus, options: dict) -> word_cli.Outcome:
   keys = ("dim", "epochs", "batch_size", "window", "negatives", "subsample")
-  rows = compare_optimizers(
-    corpus.encoded, corpus.vocab, **{k: settings[k] for k in keys}, **options
-  )
+  sizes = {k: settings[k] for k in keys}
+  rows = compare_optimizers(corpus.encoded, corpus.vocab, **sizes, **options)
   details = (
     f"; d={settings['dim']}, dynamic window {settings['window']}, {settings['negatives']} "
     f"negatives, subsampling {settings['subsample']:g}, {settings['epochs']} epochs of batches "

@@ -50,13 +50,6 @@ TEXT8_URL = "http://mattmahoney.net/dc/text8.zip"
 one line of about 17M lower-case tokens; the corpus of GloVe's and word2vec's demo scripts."""
 
 _WORD = re.compile(r"[^\W\d_]+")
-# As gensim's WikiCorpus: pages in these namespaces and articles shorter than 50 tokens
-# (mostly redirects) are skipped.
-_WIKI_IGNORED_NAMESPACES = (
-  "Wikipedia", "Category", "File", "Portal", "Template", "MediaWiki", "User", "Help", "Book",
-  "Draft", "WikiProject", "Special", "Talk",
-)  # fmt: skip
-_WIKI_MIN_TOKENS = 50
 
 Corpus = list[list[str]]
 
@@ -121,7 +114,12 @@ def gensim_corpus(*, progress: bool = False) -> Corpus:
   """The offline default corpus (needs gensim): the articles of gensim's Wikipedia excerpt
   (pages skipped as ``WikiCorpus`` does), then the Lee news corpus; 529,881 tokens."""
   try:
-    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+    from gensim.corpora.wikicorpus import (
+      ARTICLE_MIN_WORDS,
+      IGNORED_NAMESPACES,
+      extract_pages,
+      filter_wiki,
+    )
     from gensim.test.utils import datapath
   except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -130,10 +128,10 @@ def gensim_corpus(*, progress: bool = False) -> Corpus:
   documents = []
   with bz2.open(datapath(WIKI_EXCERPT), "rb") as f:
     for title, text, _ in tqdm(extract_pages(f), desc="wikipedia pages", disable=not progress):
-      if any(title.startswith(ns + ":") for ns in _WIKI_IGNORED_NAMESPACES):
+      if any(title.startswith(ns + ":") for ns in IGNORED_NAMESPACES):
         continue
       tokens = tokenize(filter_wiki(text))
-      if len(tokens) >= _WIKI_MIN_TOKENS:
+      if len(tokens) >= ARTICLE_MIN_WORDS:  # shorter ones are mostly redirects
         documents.append(tokens)
   return documents + read_corpus(datapath(LEE_CORPUS))
 

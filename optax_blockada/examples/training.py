@@ -48,14 +48,11 @@ class TrainResult(NamedTuple):
     return self.steps_run / self.seconds if self.seconds > 0 else math.nan
 
 
-EpochData = Callable[[int], tuple[dict[str, np.ndarray], int]]
-
-
 def train_loop(
   cost: Callable[[Any, Mapping[str, jax.Array], jax.Array], jax.Array],
   params: Any,
   tx: optax.GradientTransformation,
-  epoch_data: EpochData,
+  epoch_data: Callable[[int], tuple[dict[str, np.ndarray], int]],
   *,
   epochs: int,
   batch_size: int,
@@ -220,19 +217,9 @@ def sweep_optimizers(
     )
 
   baseline = word_eval.evaluate(vectors(params0), words)
-  rows = [
-    {
-      "optimizer": "random init",
-      "learning_rate": None,
-      "loss": final_loss(params0, None),
-      **baseline,
-      "state_bytes": None,
-      "steps_per_second": None,
-      "drift": None,
-      "sweep": {},
-      "epoch_losses": [],
-    }
-  ]
+  first = {"optimizer": "random init", "learning_rate": None, "loss": final_loss(params0, None)}
+  none = dict.fromkeys(("state_bytes", "steps_per_second", "drift"))
+  rows = [{**first, **baseline, **none, "sweep": {}, "epoch_losses": []}]
   for name in optimizers:
     results = {lr: run(name, lr, params0, f"lr={lr:g}") for lr in learning_rates[name]}
     sweep = {lr: final_loss(r.params, r) for lr, r in results.items()}

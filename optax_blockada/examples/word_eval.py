@@ -87,10 +87,8 @@ class WordPairs(NamedTuple):
 def load_word_pairs(name: str | os.PathLike) -> WordPairs:
   """Reads a word-similarity file (``word1<TAB>word2<TAB>score``, ``#`` comments):
   ``'wordsim353'``, ``'simlex999'`` (gensim's files) or a path."""
-  if isinstance(name, str) and name in SIMILARITY_BENCHMARKS:
-    path = _datapath(SIMILARITY_BENCHMARKS[name])
-  else:
-    path = os.fspath(name)
+  named = name in SIMILARITY_BENCHMARKS
+  path = _datapath(SIMILARITY_BENCHMARKS[name]) if named else os.fspath(name)
   pairs, scores = [], []
   with open(path, encoding="utf-8") as f:
     for number, line in enumerate(f, 1):
@@ -189,8 +187,7 @@ def similarity_spearman(
   if len(known) < 2:
     return {"spearman": math.nan, "coverage": coverage, "pairs": len(known)}
   unit = _unit_rows(vectors.astype(np.float64))
-  u = np.array([index[pairs.pairs[n][0]] for n in known])
-  v = np.array([index[pairs.pairs[n][1]] for n in known])
+  u, v = np.array([[index[w] for w in pairs.pairs[n]] for n in known]).T
   cosine = np.sum(unit[u] * unit[v], axis=1)
   rho = scipy.stats.spearmanr(cosine, pairs.scores[known]).statistic
   return {"spearman": float(rho), "coverage": coverage, "pairs": len(known)}
@@ -198,14 +195,11 @@ def similarity_spearman(
 
 def benchmark_coverage(words: Sequence[str]) -> dict[str, int]:
   """How many analogy questions and similarity pairs a vocabulary can answer."""
-  index = set(words)
-  out = {
-    "analogy": sum(
-      all(w in index for w in q) for section in load_analogies() for q in section.questions
-    )
-  }
+  known = set(words)
+  questions = [q for section in load_analogies() for q in section.questions]
+  out = {"analogy": sum(known.issuperset(q) for q in questions)}
   for name in SIMILARITY_BENCHMARKS:
-    out[name] = sum(u in index and v in index for u, v in load_word_pairs(name).pairs)
+    out[name] = sum(known.issuperset(pair) for pair in load_word_pairs(name).pairs)
   return out
 
 
