@@ -186,10 +186,11 @@ def drift_over_steps(
   if rotation.shape != (dim, dim):
     raise ValueError(f"rotation must have shape ({dim}, {dim}), got {rotation.shape}")
 
-  def both(carry, _):  # carry: (params, state) of each run
-    drift = _drift(carry[0][0], carry[1][0], rotation)
-    (p, p_loss), (q, q_loss) = step(carry[0]), step(carry[1])
-    return (p, q), (drift, p_loss, q_loss)
+  def both(carry, _):  # each run's (params, state), from W and from W R
+    run_w, run_wr = carry
+    drift = _drift(run_w[0], run_wr[0], rotation)
+    (run_w, loss_w), (run_wr, loss_wr) = step(run_w), step(run_wr)
+    return (run_w, run_wr), (drift, loss_w, loss_wr)
 
   @jax.jit
   def run(p, q):
