@@ -111,12 +111,9 @@ def compare_optimizers(
   seed: int = 0,
   **kwargs: Any,
 ) -> list[dict[str, Any]]:
-  """Trains GloVe with each optimizer at each of its rates (default :data:`LEARNING_RATES`).
-
-  Every run starts from one :class:`GloVe` initialisation (the preset's with
-  :func:`glove_c_biases`) and sees the same data order; ``kwargs`` go to
-  :func:`~optax_blockada.examples.training.sweep_optimizers`.
-  """
+  """Trains GloVe with each optimizer at each of its rates (default :data:`LEARNING_RATES`),
+  all from one :class:`GloVe` initialisation (the preset's with :func:`glove_c_biases`);
+  ``kwargs`` go to :func:`~optax_blockada.examples.training.sweep_optimizers`."""
   model = GloVe(data.vocab_size, dim, rngs=nnx.Rngs(seed))
   bias_key = jax.random.fold_in(jax.random.key(seed), 1)
 

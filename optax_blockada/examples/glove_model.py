@@ -50,10 +50,8 @@ Params = dict[str, jax.Array]
 
 
 def weighting(counts: Any, x_max: float = X_MAX, alpha: float = ALPHA) -> Any:
-  r"""GloVe's weighting function :math:`f(x) = \min(1, (x / x_{max})^\alpha)`.
-
-  A JAX array gives a JAX array, anything else a numpy array (float64 for integer counts).
-  """
+  r"""GloVe's weighting function :math:`f(x) = \min(1, (x / x_{max})^\alpha)`: a JAX array
+  for a JAX array, else a numpy array (float64 for integer counts)."""
   xp = jnp if isinstance(counts, jax.Array) else np
   return xp.minimum(1.0, (xp.asarray(counts) / x_max) ** alpha)
 
@@ -88,18 +86,13 @@ def glove_c_biases(params: Params, key: jax.Array) -> Params:
 def predict(
   word: jax.Array, context: jax.Array, word_bias: jax.Array, context_bias: jax.Array
 ) -> jax.Array:
-  r"""The prediction :math:`w_i \cdot \tilde w_j + b_i + \tilde b_j` of :math:`\log X_{ij}`.
-
-  Rows ``(..., d)``, biases ``(...)``; returns ``(...)``.
-  """
+  r"""The prediction :math:`w_i \cdot \tilde w_j + b_i + \tilde b_j` of :math:`\log X_{ij}`."""
   return jnp.sum(word * context, axis=-1) + word_bias + context_bias
 
 
 def squared_errors(pred: jax.Array, log_counts: jax.Array, weights: jax.Array) -> jax.Array:
-  r"""The pairs' weighted squared errors :math:`f(X_n) (\hat y_n - \log X_n)^2`, elementwise.
-
-  A weight of 0 (padding, an absent pair) gives 0.
-  """
+  r"""The pairs' weighted squared errors :math:`f(X_n) (\hat y_n - \log X_n)^2`, elementwise
+  (0 where the weight is 0: padding, an absent pair)."""
   return weights * (pred - log_counts) ** 2
 
 
@@ -111,10 +104,8 @@ def cost(pred: jax.Array, log_counts: jax.Array, weights: jax.Array) -> jax.Arra
 
 
 def _lookup_predict(params: Params, rows: jax.Array, cols: jax.Array) -> jax.Array:
-  return predict(
-    params["word"][rows], params["context"][cols], params["word_bias"][rows],
-    params["context_bias"][cols],
-  )  # fmt: skip
+  word, context = params["word"][rows], params["context"][cols]
+  return predict(word, context, params["word_bias"][rows], params["context_bias"][cols])
 
 
 def glove_cost(params: Params, batch: Mapping[str, jax.Array]) -> jax.Array:

@@ -69,10 +69,9 @@ def train_sgns(
 ) -> TrainResult:
   """Trains SGNS on shuffled minibatches of pairs with the summed cost.
 
-  Epoch ``e`` draws its pairs (:func:`~optax_blockada.examples.sgns_model.skipgram_pairs`)
-  and their order from ``default_rng([seed, e])``; a step's negatives come from its key.
-  ``kwargs`` go to :func:`~optax_blockada.examples.training.train_loop`; the result's
-  ``epoch_losses`` are the cost per pair in each epoch.
+  Epoch ``e`` draws its pairs (:func:`skipgram_pairs`) and their order from
+  ``default_rng([seed, e])``; a step's negatives come from its key. ``kwargs`` go to
+  :func:`~optax_blockada.examples.training.train_loop`.
   """
   negatives = check_int("negatives", negatives, 1)
   cdf = jnp.asarray(noise_distribution(counts))
@@ -111,13 +110,9 @@ def compare_optimizers(
   seed: int = 0,
   **kwargs: Any,
 ) -> list[dict[str, Any]]:
-  """Trains SGNS with each optimizer at each rate (default :data:`LEARNING_RATES`).
-
-  Runs start from one :class:`~optax_blockada.examples.sgns_model.SkipGram` (``Rngs(seed)``)
-  and are selected by :func:`~optax_blockada.examples.sgns_model.evaluation_loss` on
-  a fixed sample of pairs; ``kwargs`` go to
-  :func:`~optax_blockada.examples.training.sweep_optimizers`.
-  """
+  """Trains SGNS with each optimizer at each rate (default :data:`LEARNING_RATES`), all from
+  one :class:`SkipGram`; the rates are selected by :func:`evaluation_loss` on a fixed sample
+  of pairs. ``kwargs`` go to :func:`~optax_blockada.examples.training.sweep_optimizers`."""
   counts = vocab.counts
   model = SkipGram(len(vocab.words), dim, rngs=nnx.Rngs(seed))
   rng = np.random.default_rng([seed, 10**6])
@@ -133,13 +128,10 @@ def compare_optimizers(
       init, corpus, counts, tx, negatives=negatives, subsample=subsample, **options, **run
     )
 
-  def final_loss(params: Params, result: Any) -> float:
-    pairs = (centres[sample], contexts[sample])
-    return evaluation_loss(params, *pairs, counts, negatives=negatives, seed=seed)
-
+  pairs = (centres[sample], contexts[sample])  # the fixed sample that selects the rates
   return sweep_optimizers(
     train,
-    final_loss,
+    lambda params, result: evaluation_loss(params, *pairs, counts, negatives=negatives, seed=seed),
     lambda params: np.asarray(params["word"]),
     nnx.to_pure_dict(nnx.state(model, nnx.Param)),
     vocab.words,

@@ -17,18 +17,13 @@ import numpy as np
 import optax
 
 import optax_blockada as ob
+from optax_blockada.examples import report, text, word_eval
 from optax_blockada.examples import rotation as rot
-from optax_blockada.examples import text, word_eval
 from optax_blockada.examples._checkpoint import Checkpointer
 from optax_blockada.examples._cli import check_int
 from optax_blockada.examples.glove_model import Params
 from optax_blockada.examples.optimizers import make_optimizer
-from optax_blockada.examples.report import (
-  format_number,
-  markdown_table,
-  progress_bar,
-  save_word2vec,
-)
+from optax_blockada.examples.report import format_number, markdown_table
 
 __all__ = ["TrainResult", "format_table", "sweep_optimizers", "train_loop"]
 
@@ -112,7 +107,7 @@ def train_loop(
     epoch, offset, step = int(state["epoch"]), int(state["offset"]), int(state["step"])
     losses = np.asarray(state["epoch_losses"]).copy()
     carry = (state["params"], state["opt_state"], state["loss_sum"])
-    with progress_bar(desc, *run, total, enabled=progress) as bar:
+    with report.progress_bar(desc, *run, total, enabled=progress) as bar:
       bar.update(step)  # a resumed run starts where it stopped
       while epoch < epochs:
         arrays, n = epoch_data(epoch)
@@ -240,9 +235,10 @@ def sweep_optimizers(
     if diverged:
       row.update({k: math.nan for k in baseline}, drift=math.nan)
     else:
-      row.update(word_eval.evaluate(vectors(result.params), words))
+      trained = vectors(result.params)
+      row.update(word_eval.evaluate(trained, words))
       if save_vectors is not None:
-        save_word2vec(os.path.join(save_vectors, f"{name}.txt"), words, vectors(result.params))
+        report.save_word2vec(os.path.join(save_vectors, f"{name}.txt"), words, trained)
       rotated = run(name, best, rotated0, "rotated")
       row["drift"] = rot.relative_drift(_tables(result.params), _tables(rotated.params), rotation)
     rows.append(row)

@@ -9,16 +9,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from optax_blockada.examples import text, word_eval
+from optax_blockada.examples import report, text, word_eval
 from optax_blockada.examples._checkpoint import CheckpointError
 from optax_blockada.examples._cli import float_in, int_at_least
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES
-from optax_blockada.examples.report import (
-  format_rates,
-  machine_description,
-  save_loss_plot,
-  write_json,
-)
 from optax_blockada.examples.training import format_table
 
 __all__ = [
@@ -188,12 +182,12 @@ def run(
     print(f"error: {prefix}{e}", file=sys.stderr)
     return 2
   seconds = time.perf_counter() - start
-  machine = machine_description()
+  machine = report.machine_description()
   name, vocab, tokens = f"{name} on {corpus.name}", corpus.vocab, corpus.tokens
   print(
     f"{name}: {tokens:,} tokens, {len(vocab.words):,} words (min count "
     f"{settings['min_count']}){details}, seed {args.seed}.\nBest learning rate per "
-    f"optimizer: {selection}; tried {format_rates(settings['learning_rates'])}.\n"
+    f"optimizer: {selection}; tried {report.format_rates(settings['learning_rates'])}.\n"
     f"{machine}; total wall time {seconds:.0f} s."
   )
   if args.quick:
@@ -202,10 +196,12 @@ def run(
   if args.json is not None:
     facts = {"name": corpus.name, "tokens": tokens, "vocab_size": len(vocab.words), **facts}
     results = {"settings": {**settings, "selection": selection}, "corpus": facts}
-    write_json(args.json, {**results, "machine": machine, "seconds": seconds, "results": rows})
+    report.write_json(
+      args.json, {**results, "machine": machine, "seconds": seconds, "results": rows}
+    )
   if args.plot is not None:
     title = f"{name} (d={settings['dim']}):\ntraining loss at each optimizer's best rate"
-    save_loss_plot(args.plot, rows[1:], title, ylabel)
+    report.save_loss_plot(args.plot, rows[1:], title, ylabel)
   return 0
 
 

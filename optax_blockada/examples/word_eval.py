@@ -139,21 +139,15 @@ def analogy_accuracy(
   sections = load_analogies() if sections is None else sections
   index = {w: i for i, w in enumerate(words)}
   unit = _unit_rows(vectors)
-  total_questions = 0
-  asked = {True: 0, False: 0}
-  correct = {True: 0, False: 0}
+  asked, correct = {True: 0, False: 0}, {True: 0, False: 0}  # by section.semantic
   for section in sections:
-    total_questions += len(section.questions)
     known = [q for q in section.questions if all(w in index for w in q)]
     ids = np.array([[index[w] for w in q] for q in known], dtype=np.int64)
     for start in range(0, len(ids), batch_size):
       chunk = ids[start : start + batch_size]
       a, b, c, expected = chunk.T
-      query = unit[b] - unit[a] + unit[c]
-      scores = query @ unit.T
-      rows = np.arange(len(chunk))
-      for masked in (a, b, c):
-        scores[rows, masked] = -np.inf
+      scores = (unit[b] - unit[a] + unit[c]) @ unit.T
+      scores[np.arange(len(chunk))[:, None], chunk[:, :3]] = -np.inf  # not a, b or c
       predicted = np.argmax(scores, axis=1)
       asked[section.semantic] += len(chunk)
       correct[section.semantic] += int(np.sum(predicted == expected))
@@ -167,7 +161,7 @@ def analogy_accuracy(
     "semantic": ratio(correct[True], asked[True]),
     "syntactic": ratio(correct[False], asked[False]),
     "total": ratio(n_correct, n_asked),
-    "coverage": ratio(n_asked, total_questions),
+    "coverage": ratio(n_asked, sum(len(section.questions) for section in sections)),
     "asked": n_asked,
     "correct": n_correct,
   }
