@@ -7,6 +7,9 @@ shapes, nothing runs) for ``optax.adagrad``, row-wise Adagrad and each block str
 and reports the median wall time of ``lower(...).compile()`` over ``--repeats`` fresh
 compilations (one above 100 leaves; the compilation cache is off), its ratio against
 ``optax.adagrad``, and the kernels the compiled step launches (``_common.kernel_counts``).
+Two floors come last: a per-leaf ``eigh`` of ``G^T G`` with nothing else (the least any
+block Adagrad with one root per leaf compiles), and stacking every leaf's ``G^T G`` into one
+array and slicing it back (the least that batching roots across leaves adds).
 
 Usage::
 
@@ -24,10 +27,47 @@ import statistics
 import time
 
 import jax
+import jax.numpy as jnp
 import optax
 from _common import kernel_counts, machine_facts, write_report
 
 import optax_blockada as ob
+
+
+def _floor_per_leaf_root() -> optax.GradientTransformation:
+  """The least a per-leaf matrix-root step compiles: ``u = g Q diag(w) Q^T``, ``G^T G = Q w Q^T``.
+
+  No accumulator, damping, checks or fallback: the compile-time floor of any block Adagrad
+  that keeps one root computation per leaf.
+  """
+
+  def update(grads, state, params=None):
+    del params
+
+    def one(g):
+      w, q = jnp.linalg.eigh(g.T @ g)
+      return g @ (q * w) @ q.T
+
+    return jax.tree.map(one, grads), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def _floor_stacked_grams() -> optax.GradientTransformation:
+  """Batching across leaves at its cheapest: stack every leaf's ``G^T G``, slice back.
+
+  No root at all: what stacking the per-leaf ``(d, d)`` statistics into one array (for one
+  batched root) and handing each leaf its slice costs to compile.
+  """
+
+  def update(grads, state, params=None):
+    del params
+    leaves, treedef = jax.tree.flatten(grads)
+    grams = jnp.stack([g.T @ g for g in leaves]) * 2
+    return treedef.unflatten([g @ grams[i] for i, g in enumerate(leaves)]), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
 
 CANDIDATES = {
   "optax.adagrad": lambda: optax.adagrad(0.1),
@@ -37,6 +77,8 @@ CANDIDATES = {
   "block shared": lambda: ob.block_adagrad(0.1, structure="shared"),
   "block shared every 10": lambda: ob.block_adagrad(0.1, structure="shared", update_root_every=10),
   "block rows_x_shared": lambda: ob.block_adagrad(0.1, structure="rows_x_shared"),
+  "floor: per-leaf eigh": _floor_per_leaf_root,
+  "floor: stacked grams": _floor_stacked_grams,
 }
 
 
