@@ -215,10 +215,11 @@ for step in range(3):
 # above the sampled `j`, and starts at `log 2 = 0.69` per triple when all scores are near 0.
 # **WARP** instead draws movies until one *violates* the margin, `s(u, j) > s(u, i) - 1`, and
 # weights that hinge by the log of an estimate of `i`'s rank: the fewer draws it took to find a
-# violator, the worse `i` is ranked and the larger the step. `rec.train` runs either loss for
-# whole epochs as one jitted `jax.lax.scan`, with LightFM's sampling (BPR's negatives are the
-# movies of random training positives, so popular movies are drawn more often; WARP's are
-# uniform; 10 candidates per example). Its loss is the mean per positive, per epoch.
+# violator, the worse `i` is ranked and the larger the step. `rec.train` runs either loss in
+# GloVe's and SGNS's loop (`training.train_loop`: jitted chunks of steps), with LightFM's
+# sampling (BPR's negatives are the movies of random training positives, so popular movies are
+# drawn more often; WARP's are uniform; 10 candidates per example). Its loss is the mean per
+# positive, per epoch.
 #
 # ## 3. Optimizer state
 #

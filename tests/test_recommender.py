@@ -215,6 +215,14 @@ def test_prepare_data_splits_partition_the_positives():
   assert len(test) < 5 * 60
   kept = ratings.rating >= 4
   assert len(all_positives) == int(kept.sum())
+  # Features: an indicator per user and item, plus (hybrid) one per side-feature value.
+  assert (data.user_features.n_features, data.item_features.n_features) == (60, 80)
+  hybrid = rd.prepare_data(ratings, test_per_user=5, seed=2, features="hybrid")
+  n_segments, n_genres = (
+    len(s.values) for s in (*ratings.user_side.values(), *ratings.item_side.values())
+  )
+  assert hybrid.user_features.n_features == 60 + n_segments
+  assert hybrid.item_features.n_features == 80 + n_genres
 
 
 def test_feature_matrix_against_dense_reference():
@@ -309,6 +317,9 @@ def test_model_scores_match_the_definition():
     grid, reference[np.array([[0], [3], [29]]), pairs_i], rtol=1e-5, atol=1e-5
   )
   np.testing.assert_allclose(pairs, reference[pairs_u, pairs_i[:, 0]], rtol=1e-5, atol=1e-5)
+  # The feature matrices are no parameters: optimizers leave them alone.
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  assert sorted(params) == ["item_bias", "item_embedding", "user_bias", "user_embedding"]
   # LightFM's initialisation.
   dim = model.user_embedding.shape[1]
   assert float(jnp.max(jnp.abs(model.item_embedding[...]))) <= 0.5 / dim
@@ -357,6 +368,45 @@ def test_warp_loss_against_lightfm_loop():
     jnp.asarray(pos)
   )
   np.testing.assert_allclose(grad, -_warp_reference(pos, neg, valid, 1682, weights=True), rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss", rec.LOSSES)
+def test_sampled_loss_skips_the_users_own_positives(loss):
+  data, model = _small_model()
+  scores = _reference_scores(data, model)
+  user, item = data.train
+  liked = set(zip(user.tolist(), item.tolist(), strict=True))
+  keys = jnp.asarray(np.unique(user.astype(np.int64) * model.n_items + item).astype(np.int32))
+  rng = np.random.default_rng(0)
+  rows = rng.integers(0, len(user), 32)
+  u, i = user[rows], item[rows]
+  candidates = item[rng.integers(0, len(user), (32, 4))]  # items of positives: some the user's
+  candidates[0] = i[0]  # only the user's own positive: no negative, loss 0
+  got = rm.sampled_loss(model, *map(jnp.asarray, (u, i, candidates, keys)), loss)
+  valid = np.array(
+    [[(a, c) not in liked for c in row] for a, row in zip(u, candidates, strict=True)]
+  )
+  assert not valid[0].any() and not valid.all()
+  pos, neg = scores[u, i], scores[u[:, None], candidates]
+  if loss == "warp":
+    want = _warp_reference(pos, neg, valid, model.n_items)
+  else:  # BPR: the first candidate that is not a positive of the user
+    want = [
+      np.logaddexp(0, neg[b, v.argmax()] - pos[b]) if v.any() else 0 for b, v in enumerate(valid)
+    ]
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("negatives", ["popularity", "uniform"])
+def test_sample_epoch(negatives):
+  items = np.array([3, 1, 4, 1, 5, 9, 2, 6])
+  order, candidates = rm.sample_epoch(0, 1, items, 12, 5, negatives)
+  assert sorted(order.tolist()) == list(range(8)) and candidates.shape == (8, 5)
+  allowed = set(items.tolist()) if negatives == "popularity" else set(range(12))
+  assert set(candidates.ravel().tolist()) <= allowed
+  again = rm.sample_epoch(0, 1, items, 12, 5, negatives)
+  np.testing.assert_array_equal(candidates, again[1])  # epoch e is the same in every run
+  assert not np.array_equal(order, rm.sample_epoch(0, 2, items, 12, 5, negatives)[0])
 
 
 def _brute_force_metrics(scores, train, test, k):
@@ -448,8 +498,8 @@ def test_loss_falls_with_each_optimizer(planted, name, loss):
   tx = make_optimizer(name, 0.1, preset="lightfm")
   result = rec.train(model, tx, planted.train, loss=loss, epochs=10, batch_size=128)
   after = ranking.evaluate(model, planted.train, planted.test)
-  assert np.all(np.isfinite(result.losses))
-  assert result.losses[-1] < 0.85 * result.losses[0], result.losses
+  assert np.all(np.isfinite(result.epoch_losses))
+  assert result.epoch_losses[-1] < 0.85 * result.epoch_losses[0], result.epoch_losses
   # The planted structure is learnt: test AUC rises well above chance.
   assert after["auc"] > before["auc"] + 0.1 and after["auc"] > 0.7, (before, after)
 
@@ -480,17 +530,19 @@ def test_resume_equals_uninterrupted(planted, tmp_path, monkeypatch, loss):
   def fresh():
     return rm.LightFM(planted.user_features, planted.item_features, 8, rngs=nnx.Rngs(1))
 
-  settings = dict(loss=loss, epochs=5, batch_size=128, seed=3, checkpoint_every=2, tag="t")
+  settings = dict(loss=loss, epochs=5, batch_size=128, seed=3, checkpoint_every=25, tag="t")
   tx = make_optimizer("preset", 0.05, preset="lightfm")
   whole = fresh()
   expected = rec.train(whole, tx, planted.train, **settings)
+  steps_per_epoch = -(-len(planted.train[0]) // 128)
+  assert expected.steps == 5 * steps_per_epoch and 50 % steps_per_epoch  # 50: mid-epoch
 
-  # Interrupt the second run right after its epoch-4 checkpoint.
+  # Interrupt the second run right after its step-50 checkpoint.
   save = Checkpointer.save
 
   def save_then_stop(self, step, state, force=False):
     written = save(self, step, state, force=force)
-    if step == 4:
+    if step == 50:
       raise _Interrupted
     return written
 
@@ -501,15 +553,14 @@ def test_resume_equals_uninterrupted(planted, tmp_path, monkeypatch, loss):
 
   resumed = fresh()
   result = rec.train(resumed, tx, planted.train, checkpoint_dir=tmp_path, resume=True, **settings)
-  assert result.start_epoch == 4
-  np.testing.assert_array_equal(result.losses, expected.losses)
+  assert result.steps - result.steps_run == 50
+  np.testing.assert_array_equal(result.epoch_losses, expected.epoch_losses)
   jax.tree.map(np.testing.assert_array_equal, nnx.state(resumed), nnx.state(whole))
-  jax.tree.map(np.testing.assert_array_equal, result.opt_state, expected.opt_state)
 
   # A finished run resumes to itself without training, and other settings are refused.
   again = rec.train(fresh(), tx, planted.train, checkpoint_dir=tmp_path, resume=True, **settings)
-  assert again.start_epoch == 5
-  np.testing.assert_array_equal(again.losses, expected.losses)
+  assert again.steps_run == 0
+  np.testing.assert_array_equal(again.epoch_losses, expected.epoch_losses)
   with pytest.raises(SettingsMismatch, match=r"written with other settings \(tag differ\)"):
     rec.train(
       fresh(), tx, planted.train, checkpoint_dir=tmp_path, resume=True, **{**settings, "tag": "u"}

@@ -3,9 +3,10 @@
 The model and its losses are in :mod:`~optax_blockada.examples.recommender_model`, the data
 in :mod:`~optax_blockada.examples.recommender_data` and
 :mod:`~optax_blockada.examples.movielens`, the metrics in
-:mod:`~optax_blockada.examples.ranking`. Where LightFM steps after every example (with
-Adagrad, an accumulator grows by :math:`g_p^2 + g_n^2` over the positive's and the
-negative's steps), here one optax step takes the gradient of a minibatch's *summed* loss.
+:mod:`~optax_blockada.examples.ranking`; the loop is GloVe's and SGNS's
+(:func:`~optax_blockada.examples.training.train_loop`). Where LightFM steps after every
+example (with Adagrad, an accumulator grows by :math:`g_p^2 + g_n^2` over the positive's and
+the negative's steps), here one optax step takes the gradient of a minibatch's *summed* loss.
 
 Checked against published numbers on MovieLens-100K (d=32, 30 epochs, LightFM's Adagrad at
 lr 0.05, batch 256, indicator features; single runs): BPR with uniform negatives P@10
@@ -26,7 +27,7 @@ import pathlib
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,13 +37,14 @@ from flax import nnx
 
 import optax_blockada as ob
 from optax_blockada.examples import movielens
-from optax_blockada.examples._checkpoint import Checkpointer, CheckpointError, checksums
+from optax_blockada.examples._checkpoint import CheckpointError, checksums
 from optax_blockada.examples._cli import check_int, float_in, int_at_least
 from optax_blockada.examples.optimizers import OPTIMIZER_NAMES, make_optimizer
 from optax_blockada.examples.ranking import evaluate, ranking_metrics
 from optax_blockada.examples.recommender_data import RecommenderData, planted_ratings, prepare_data
 from optax_blockada.examples.recommender_model import LightFM, bpr_loss, sample_epoch, sampled_loss
-from optax_blockada.examples.report import machine_facts, markdown_table, progress_bar, write_json
+from optax_blockada.examples.report import machine_facts, markdown_table, write_json
+from optax_blockada.examples.training import TrainResult, train_loop
 
 # Re-exported for colabs/05_recommender: LightFM, bpr_loss, prepare_data, ranking_metrics.
 __all__ = [
@@ -60,47 +62,14 @@ __all__ = [
 ]
 
 LOSSES = ("bpr", "warp")
-"""The training losses :func:`train` accepts."""
-
-DEFAULT_LEARNING_RATES = (0.003, 0.01, 0.03, 0.1)
-"""The learning rates the command line tries for each optimizer (``--quick``: 0.03, 0.1)."""
-
+DEFAULT_LEARNING_RATES = (0.003, 0.01, 0.03, 0.1)  # --quick: 0.03 and 0.1
 _QUICK_LEARNING_RATES = (0.03, 0.1)
 
 
-class TrainResult(NamedTuple):
-  """What :func:`train` returns besides the trained model (updated in place).
-
-  Example:
-    >>> import numpy as np
-    >>> from optax_blockada.examples.recommender import TrainResult
-    >>> TrainResult(opt_state=(), losses=np.zeros(3), start_epoch=0, seconds=1.0).start_epoch
-    0
-  """
-
-  opt_state: Any  # the optimizer state after the last epoch
-  losses: np.ndarray  # (epochs,) float32 mean training loss per positive, per epoch
-  start_epoch: int  # the epoch training started from (> 0 after a resume)
-  seconds: float  # wall time of this call's epochs (compilation included)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "tx", "loss"))
-def _epoch(params, opt_state, rest, pos_user, pos_item, keys, samples, *, graphdef, tx, loss):
-  """One epoch as one scan (checkpoints here count epochs; training.train_loop's count steps)."""
-
-  def batch_loss(p, rows, weight, candidates):
-    model = nnx.merge(graphdef, p, rest)
-    per_example = sampled_loss(model, pos_user[rows], pos_item[rows], candidates, keys, loss)
-    return jnp.sum(weight * per_example)
-
-  def step(carry, batch):
-    p, state = carry
-    value, grads = jax.value_and_grad(batch_loss)(p, *batch)
-    updates, state = tx.update(grads, state, p)
-    return (optax.apply_updates(p, updates), state), value
-
-  (params, opt_state), values = jax.lax.scan(step, (params, opt_state), samples)
-  return params, opt_state, jnp.sum(values) / pos_user.shape[0]
+@functools.partial(jax.jit, static_argnums=1)
+def _mean_loss(costs: jax.Array, n: int) -> jax.Array:
+  """An epoch's loss per positive, from its steps' summed costs (one jitted sum)."""
+  return jnp.sum(costs) / n
 
 
 def train(
@@ -114,37 +83,18 @@ def train(
   max_sampled: int = 10,
   negatives: str | None = None,
   seed: int = 0,
-  checkpoint_dir: str | os.PathLike | None = None,
-  checkpoint_every: int = 1,
-  resume: bool = False,
   tag: str = "",
-  progress: bool = False,
-  run: tuple[int, int] = (1, 1),
+  **kwargs: Any,
 ) -> TrainResult:
   """Trains ``model`` in place on positive ``(user, item)`` pairs with ``tx``.
 
-  Every epoch visits the positives once in a shuffled order, in minibatches of
-  ``batch_size`` (the last padded with zero-weight examples), one ``tx`` step per
-  minibatch on the summed ``loss`` (``'bpr'`` or ``'warp'``), each example drawing
-  ``max_sampled`` candidate ``negatives``: ``'popularity'`` (items of random training
-  positives, LightFM's BPR) or ``'uniform'`` (LightFM's WARP; ``None``: LightFM's choice).
-  The order and negatives of epoch ``e`` depend only on ``(seed, e)``, so a run resumed
-  (``resume``) from the checkpoints it wrote to ``checkpoint_dir`` every
-  ``checkpoint_every`` epochs continues as the uninterrupted run; resuming with another
-  ``tag``, other data or settings raises ``SettingsMismatch``. ``progress`` shows a bar
-  over the epochs with the loss, labelled with ``loss``, ``tag`` and ``run`` (i of n).
-
-  Example:
-    >>> from flax import nnx
-    >>> import optax_blockada as ob
-    >>> from optax_blockada.examples.recommender_data import planted_ratings, prepare_data
-    >>> from optax_blockada.examples.recommender import train
-    >>> from optax_blockada.examples.recommender_model import LightFM
-    >>> data = prepare_data(planted_ratings(n_users=50, n_items=40, ratings_per_user=10))
-    >>> model = LightFM(data.user_features, data.item_features, dim=8, rngs=nnx.Rngs(0))
-    >>> result = train(model, ob.rowwise_adagrad(0.1), data.train, epochs=3, batch_size=64)
-    >>> result.losses.shape, bool(result.losses[-1] < result.losses[0])
-    ((3,), True)
+  Every epoch visits the positives in a shuffled order, one ``tx`` step per minibatch on the
+  summed ``loss`` (``'bpr'`` or ``'warp'``), each example with ``max_sampled`` candidate
+  ``negatives`` (``None``: LightFM's choice for the loss; see
+  :func:`~optax_blockada.examples.recommender_model.sample_epoch`). ``kwargs`` go to
+  :func:`~optax_blockada.examples.training.train_loop` (``checkpoint_dir``,
+  ``checkpoint_every`` steps, ``resume``, ``progress``, ``run``); a resume with another
+  ``tag``, other data or settings raises ``SettingsMismatch``.
   """
   if loss not in LOSSES:
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
@@ -153,56 +103,51 @@ def train(
     raise ValueError(f"negatives must be 'popularity' or 'uniform', got {negatives!r}.")
   epochs, batch_size = check_int("epochs", epochs, 1), check_int("batch_size", batch_size, 1)
   max_sampled, seed = check_int("max_sampled", max_sampled, 1), check_int("seed", seed, 0)
-  checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
   user, item = (np.asarray(a, np.int32) for a in positives)
-  n_users, n_items = model.n_users, model.n_items
+  n, n_users, n_items = len(user), model.n_users, model.n_items
   if user.min() < 0 or user.max() >= n_users or item.min() < 0 or item.max() >= n_items:
     raise ValueError(
       f"positives must index the model's {n_users} users and {n_items} items, got users in "
       f"[{user.min()}, {user.max()}] and items in [{item.min()}, {item.max()}]."
     )
-  if resume and checkpoint_dir is None:
+  if kwargs.get("resume") and kwargs.get("checkpoint_dir") is None:
     raise ValueError("resume=True needs a checkpoint_dir.")
   if n_users * n_items >= 2**31:  # the step looks (user, item) pairs up as int32 keys
     raise ValueError(f"n_users * n_items = {n_users * n_items} is too large for int32 keys.")
 
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  params = nnx.to_pure_dict(params)
-  keys = np.unique(user.astype(np.int64) * n_items + item).astype(np.int32)
-  epoch_fn = functools.partial(_epoch, graphdef=graphdef, tx=tx, loss=loss)
-  sampling = dict(batch_size=batch_size, max_sampled=max_sampled, negatives=negatives)
-  data = (jnp.asarray(user), jnp.asarray(item), jnp.asarray(keys))
-  state = {"params": params, "opt_state": tx.init(params), "losses": jnp.zeros(epochs, jnp.float32)}
-  start_epoch, start, ckpt = 0, time.perf_counter(), None
-  if checkpoint_dir is not None:  # a resume with other settings or data raises
-    settings = {"loss": loss, "epochs": epochs, **sampling, "seed": seed, "tag": tag}
-    settings["dim"] = int(model.user_embedding.shape[1])
-    settings["data"] = checksums([user, item, jax.tree.leaves(nnx.to_pure_dict(rest))])
-    ckpt = Checkpointer(checkpoint_dir, every=checkpoint_every, settings=settings)
-  try:
-    if ckpt is not None and resume and ckpt.latest_step() is not None:
-      start_epoch, state = ckpt.restore_latest(state)
-    with progress_bar(f"{loss} {tag}".strip(), *run, total=epochs, enabled=progress) as bar:
-      bar.update(start_epoch)
-      for epoch in range(start_epoch, epochs):
-        samples = sample_epoch(seed, epoch, item, n_items, **sampling)
-        params, opt_state, mean_loss = epoch_fn(
-          state["params"], state["opt_state"], rest, *data, samples
-        )
-        losses = state["losses"].at[epoch].set(mean_loss)
-        state = {"params": params, "opt_state": opt_state, "losses": losses}
-        if ckpt is not None:
-          ckpt.save(epoch + 1, state, force=epoch + 1 == epochs)
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(mean_loss):.4f}")
-    jax.block_until_ready(state)
-  finally:
-    if ckpt is not None:
-      ckpt.close()
-  nnx.update(model, nnx.State(state["params"]))
-  return TrainResult(
-    state["opt_state"], np.asarray(state["losses"]), start_epoch, time.perf_counter() - start
+  keys = jnp.asarray(np.unique(user.astype(np.int64) * n_items + item).astype(np.int32))
+
+  def cost(params, batch, key):  # the negatives come from sample_epoch, not from key
+    model = nnx.merge(graphdef, params, rest)
+    per_example = sampled_loss(model, batch["user"], batch["item"], batch["candidates"], keys, loss)
+    return jnp.sum(batch["weight"] * per_example)  # the padding has weight 0
+
+  def epoch_data(epoch):
+    order, candidates = sample_epoch(seed, epoch, item, n_items, max_sampled, negatives)
+    weight = np.ones(n, np.float32)
+    return {"user": user[order], "item": item[order], "candidates": candidates, "weight": weight}, n
+
+  settings = {"loss": loss, "epochs": epochs, "batch_size": batch_size, "max_sampled": max_sampled}
+  settings |= {"negatives": negatives, "seed": seed, "tag": tag}
+  settings["dim"] = int(model.user_embedding.shape[1])
+  settings["data"] = checksums([user, item, jax.tree.leaves(nnx.to_pure_dict(rest))])
+  result = train_loop(
+    cost,
+    nnx.to_pure_dict(params),
+    tx,
+    epoch_data,
+    epochs=epochs,
+    batch_size=batch_size,
+    epoch_size=n,
+    seed=seed,
+    checkpoint_settings=settings,
+    desc=f"{loss} {tag}".strip(),
+    epoch_loss=_mean_loss,
+    **kwargs,
   )
+  nnx.update(model, nnx.State(result.params))
+  return result
 
 
 def run_comparison(
@@ -219,7 +164,7 @@ def run_comparison(
   seed: int = 0,
   validate: bool = True,
   checkpoint_dir: str | os.PathLike | None = None,
-  checkpoint_every: int = 5,
+  checkpoint_every: int = 1000,
   resume: bool = False,
   progress: bool = False,
 ) -> list[dict[str, Any]]:
@@ -229,24 +174,15 @@ def run_comparison(
   ``data.validation`` (ties broken by AUC; non-finite scores rank last); then train on
   ``data.train`` at the best rate and evaluate on ``data.test``. Every run starts from
   ``nnx.Rngs(seed)`` and sees the same data order. ``validate=False`` needs a single rate
-  and skips the validation runs. Optimizers are built with LightFM's preset for
-  ``'preset'``; BPR samples ``bpr_negatives`` (``'popularity'`` or ``'uniform'``), WARP
-  uniform ones. With ``checkpoint_dir``, each run checkpoints every ``checkpoint_every``
-  epochs to ``checkpoint_dir/<loss>/<optimizer>/<validation|final>-lr<rate>``.
+  and skips the validation runs. Optimizers use LightFM's preset for ``'preset'``; BPR
+  samples ``bpr_negatives``, WARP uniform ones. With ``checkpoint_dir``, each run
+  checkpoints every ``checkpoint_every`` steps to
+  ``checkpoint_dir/<loss>/<optimizer>/<validation|final>-lr<rate>``.
 
   Returns one dict per ``(loss, optimizer)``: ``loss``, ``optimizer``, ``learning_rate``,
   ``validation`` (``{rate: {'precision', 'auc'}}``), test ``precision``, ``recall``, ``auc``,
   and of the final run ``train_loss`` (the last epoch's mean), ``train_losses`` (every
   epoch's), ``state_bytes`` and ``seconds`` (compilation included).
-
-  Example:
-    >>> from optax_blockada.examples.recommender_data import planted_ratings, prepare_data
-    >>> from optax_blockada.examples.recommender import run_comparison
-    >>> data = prepare_data(planted_ratings(n_users=40, n_items=50, ratings_per_user=10))
-    >>> rows = run_comparison(data, optimizers=['rowwise'], losses=['warp'],
-    ...                       learning_rates=[0.1], epochs=2, dim=4, validate=False)
-    >>> rows[0]['learning_rate'], rows[0]['validation'], len(rows[0]['train_losses'])
-    (0.1, {}, 2)
   """
   optimizers = tuple(OPTIMIZER_NAMES if optimizers is None else optimizers)
   if any(loss not in LOSSES for loss in losses):
@@ -267,6 +203,7 @@ def run_comparison(
     directory = None
     if checkpoint_dir is not None:
       directory = pathlib.Path(checkpoint_dir, loss, name, f"{kind}-lr{lr:g}")
+    tic = time.perf_counter()
     result = train(
       model,
       make_optimizer(name, lr, preset="lightfm"),
@@ -283,7 +220,7 @@ def run_comparison(
       progress=progress,
       run=(next(counter), n_runs),
     )
-    return model, result
+    return model, result, time.perf_counter() - tic
 
   rows = []
   for loss in losses:
@@ -298,8 +235,9 @@ def run_comparison(
         return score if all(map(math.isfinite, score)) else (-math.inf, -math.inf)
 
       best = max(learning_rates, key=rank) if validate else learning_rates[0]
-      model, result = run(loss, name, best, "final", data.train)
+      model, result, seconds = run(loss, name, best, "final", data.train)
       m = evaluate(model, data.train, data.test, k=k)
+      tx = make_optimizer(name, best, preset="lightfm")
       rows.append(
         {
           "loss": loss,
@@ -307,24 +245,17 @@ def run_comparison(
           "learning_rate": best,
           "validation": validation,
           **{key: m[key] for key in ("precision", "recall", "auc")},
-          "train_loss": float(result.losses[-1]),
-          "train_losses": [float(x) for x in result.losses],
-          "state_bytes": int(ob.state_bytes(result.opt_state)),
-          "seconds": result.seconds,
+          "train_loss": float(result.epoch_losses[-1]),
+          "train_losses": [float(x) for x in result.epoch_losses],
+          "state_bytes": ob.state_bytes(jax.eval_shape(tx.init, result.params)),
+          "seconds": seconds,
         }
       )
   return rows
 
 
 def table(rows: Sequence[Mapping[str, Any]], k: int = 10) -> str:
-  """The printed results table (markdown), one row per ``(loss, optimizer)``.
-
-  Example:
-    >>> from optax_blockada.examples.recommender import table
-    >>> print(table([]))
-    | optimizer | loss | best lr | P@10 | R@10 | AUC | train loss | state bytes | seconds |
-    | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
-  """
+  """The printed results table (markdown), one row per ``(loss, optimizer)``."""
   header = ["optimizer", "loss", "best lr", f"P@{k}", f"R@{k}", "AUC", "train loss"]
   cells = [
     [r["optimizer"], r["loss"].upper(), f"{r['learning_rate']:g}"]
@@ -399,9 +330,9 @@ def _parser() -> argparse.ArgumentParser:
   ckpt.add_argument(
     "--checkpoint-every",
     type=positive,
-    default=5,
+    default=1000,
     metavar="N",
-    help="epochs between checkpoints" + default,
+    help="optimizer steps (minibatches) between checkpoints" + default,
   )
   ckpt.add_argument("--resume", action="store_true", help="continue the runs in --checkpoint-dir")
   return parser
@@ -429,15 +360,7 @@ def _load(args: argparse.Namespace, parser: argparse.ArgumentParser):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Command-line entry point; returns 0 (bad arguments or data exit with status 2).
-
-  Example:
-    >>> from optax_blockada.examples.recommender import main
-    >>> main(['--planted', '--quick', '--optimizers', 'rowwise', '--loss', 'bpr',
-    ...       '--learning-rates', '0.1', '--epochs', '1'])  # doctest: +ELLIPSIS
-    Data: planted ratings ...
-    0
-  """
+  """Command-line entry point; returns 0 (bad arguments or data exit with status 2)."""
   parser = _parser()
   args = parser.parse_args(argv)
   if args.json is not None and not pathlib.Path(args.json).resolve().parent.is_dir():

@@ -30,38 +30,16 @@ _MAX_LOSS = 10.0  # LightFM clips the WARP weight at MAX_LOSS.
 
 
 class FeatureIndex(nnx.Variable):
-  """A non-trainable array of the model: feature ids or weights of users or items.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from flax import nnx
-    >>> from optax_blockada.examples.recommender_model import FeatureIndex
-    >>> v = FeatureIndex(jnp.arange(3))
-    >>> isinstance(v, nnx.Param), v[...].tolist()
-    (False, [0, 1, 2])
-  """
+  """A non-trainable array of the model (feature ids or weights): optimizers leave it alone."""
 
 
 class LightFM(nnx.Module):
   """LightFM's hybrid model: users and items as sums of feature embeddings plus biases.
 
-  Parameters (``nnx.Param``): ``user_embedding`` ``(n_user_features, dim)``,
-  ``user_bias`` ``(n_user_features,)``, ``item_embedding``, ``item_bias``; embeddings
-  start at ``(U(0, 1) - 0.5) / dim`` (drawn from ``rngs.params()``) and biases at 0, as in
-  LightFM; ``dim`` is LightFM's ``no_components``. The users' and items'
-  :class:`~optax_blockada.examples.recommender_data.FeatureMatrix` are stored as
-  :class:`FeatureIndex` variables, which optimizers leave alone.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from flax import nnx
-    >>> from optax_blockada.examples.recommender_data import feature_matrix
-    >>> from optax_blockada.examples.recommender_model import LightFM
-    >>> model = LightFM(feature_matrix(3), feature_matrix(4), dim=2, rngs=nnx.Rngs(0))
-    >>> model.user_embedding.shape, model(jnp.array([0, 2]), jnp.array([1, 3])).shape
-    ((3, 2), (2,))
-    >>> model.score_all(jnp.array([0, 1, 2])).shape
-    (3, 4)
+  Parameters: ``user_embedding`` ``(n_user_features, dim)``, ``user_bias``,
+  ``item_embedding``, ``item_bias``; embeddings start at ``(U(0, 1) - 0.5) / dim`` and biases
+  at 0, as in LightFM (``dim`` is its ``no_components``). The feature matrices are stored as
+  :class:`FeatureIndex` variables.
   """
 
   def __init__(
@@ -109,16 +87,8 @@ class LightFM(nnx.Module):
 def bpr_loss(positive_scores: jax.Array, negative_scores: jax.Array) -> jax.Array:
   r"""BPR's loss per example, :math:`-\log \sigma(s_{ui} - s_{uj})`, as ``softplus(s_uj - s_ui)``.
 
-  Its gradient with respect to ``s_ui`` is LightFM's BPR step, :math:`-(1 - \sigma(s_{ui} -
-  s_{uj}))`. The negative ``j`` is, as in LightFM, the item of a random training positive
-  (popularity-weighted), or a uniform item as in classic BPR-MF.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from optax_blockada.examples.recommender_model import bpr_loss
-    >>> loss = bpr_loss(jnp.array([0.0, 2.0]), jnp.array([0.0, 0.0]))
-    >>> print(loss.round(4))  # log 2, log(1 + e^-2)
-    [0.6931 0.1269]
+  Its gradient with respect to ``s_ui``, :math:`-(1 - \sigma(s_{ui} - s_{uj}))`, is
+  LightFM's BPR step.
   """
   return jax.nn.softplus(negative_scores - positive_scores)
 
@@ -126,7 +96,7 @@ def bpr_loss(positive_scores: jax.Array, negative_scores: jax.Array) -> jax.Arra
 def warp_loss(
   positive_scores: jax.Array, negative_scores: jax.Array, valid: jax.Array, n_items: int
 ) -> jax.Array:
-  r"""WARP's loss per example, over ``M`` sampled candidates per example.
+  r"""WARP's loss per example ``(B,)``, over ``(B, M)`` candidates with their ``valid`` mask.
 
   The candidates are visited in order, skipping invalid ones (the user's positives, which
   LightFM resamples). The first valid ``j`` with :math:`s_{uj} > s_{ui} - 1` is the
@@ -138,25 +108,6 @@ def warp_loss(
   with ``N = n_items`` and the weight, an estimate of the log-rank of ``i``, held constant
   (``stop_gradient``). Without a violator the loss is 0. LightFM 1.17's ``fit_warp`` also
   counts draws of the user's own positives in ``n``, so its weight is at most this one.
-
-  Args:
-    positive_scores: ``(B,)`` scores ``s(u, i)``.
-    negative_scores: ``(B, M)`` scores of the candidates.
-    valid: ``(B, M)`` bool, false for candidates to skip.
-    n_items: number of items ``N``.
-
-  Returns:
-    ``(B,)`` losses.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from optax_blockada.examples.recommender_model import warp_loss
-    >>> pos = jnp.array([1.0, 1.0])
-    >>> neg = jnp.array([[0.9, -5.0, 0.5], [-5.0, -5.0, -5.0]])
-    >>> valid = jnp.array([[False, True, True], [True, True, True]])
-    >>> # first example: candidate 0 is skipped, 2 is the 2nd valid one and violates
-    >>> print(warp_loss(pos, neg, valid, n_items=101))  # log(50) * 0.5, no violator
-    [1.956 0.   ]
   """
   violates = valid & (negative_scores > positive_scores[:, None] - 1.0)
   first = jnp.argmax(violates, axis=1)
@@ -168,45 +119,25 @@ def warp_loss(
   return jnp.where(jnp.any(violates, axis=1), weight * hinge, jnp.zeros_like(hinge))
 
 
-def sample_epoch(seed, epoch, positive_items, n_items, *, batch_size, max_sampled, negatives):
-  """One epoch's minibatches: the order of the positives, their weights and candidates.
+def sample_epoch(
+  seed: int, epoch: int, positive_items: np.ndarray, n_items: int, max_sampled: int, negatives: str
+) -> tuple[np.ndarray, np.ndarray]:
+  """One epoch's order of the positives ``(n,)`` and their candidate items ``(n, max_sampled)``.
 
-  LightFM's sampling: ``negatives='popularity'`` candidates are the items of random
-  training positives (LightFM's BPR), ``'uniform'`` ones uniform items (its WARP, and
-  classic BPR-MF). Drawn on the host from ``default_rng([seed, epoch])``, so epoch ``e`` is
-  the same in every run (an exact resume) and the compiled step holds no random number
-  generator (which on CPU more than doubled its compile time).
-
-  Returns:
-    ``order`` ``(n_batches, batch_size)`` int32 indices into the positives (the last batch
-    padded with repeats), ``weight`` (float32, 0 for the padding) and ``candidates``
-    ``(n_batches, batch_size, max_sampled)`` int32 items.
-
-  Example:
-    >>> import numpy as np
-    >>> from optax_blockada.examples.recommender_model import sample_epoch
-    >>> items = np.array([3, 1, 4, 1, 5])
-    >>> order, weight, candidates = sample_epoch(
-    ...     0, 0, items, 6, batch_size=2, max_sampled=10, negatives='uniform')
-    >>> order.shape, weight[-1].tolist(), candidates.shape
-    ((3, 2), [1.0, 0.0], (3, 2, 10))
+  LightFM's sampling: ``negatives='popularity'`` candidates are the items of random training
+  positives (its BPR), ``'uniform'`` ones uniform items (its WARP, and classic BPR-MF).
+  Drawn on the host from ``default_rng([seed, epoch])``, so epoch ``e`` is the same in every
+  run (an exact resume) and the compiled step holds no random number generator (which on CPU
+  more than doubled its compile time).
   """
-  n = positive_items.shape[0]
-  n_batches = -(-n // batch_size)
+  n = len(positive_items)
   rng = np.random.default_rng([seed, epoch])
   order = rng.permutation(n)
-  order = np.concatenate([order, order[np.arange(n_batches * batch_size - n) % n]])
-  weight = (np.arange(n_batches * batch_size) < n).astype(np.float32)
-  shape = (n_batches, batch_size, max_sampled)
   if negatives == "popularity":  # the item of a random training positive
-    candidates = positive_items[rng.integers(0, n, size=shape)]
+    candidates = positive_items[rng.integers(0, n, size=(n, max_sampled))]
   else:
-    candidates = rng.integers(0, n_items, size=shape)
-  return (
-    order.reshape(n_batches, batch_size).astype(np.int32),
-    weight.reshape(n_batches, batch_size),
-    candidates.astype(np.int32),
-  )
+    candidates = rng.integers(0, n_items, size=(n, max_sampled))
+  return order, candidates.astype(np.int32)
 
 
 def sampled_loss(model: LightFM, users, items, candidates, positive_keys, loss: str) -> jax.Array:
@@ -216,18 +147,6 @@ def sampled_loss(model: LightFM, users, items, candidates, positive_keys, loss: 
   (``positive_keys``: the sorted ``user * n_items + item`` of all of them), as LightFM
   resamples those: BPR takes the first other candidate as the negative, WARP looks for
   the first violator (:func:`warp_loss`). An example without such a candidate has loss 0.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from flax import nnx
-    >>> from optax_blockada.examples.recommender_data import feature_matrix
-    >>> from optax_blockada.examples.recommender_model import LightFM, sampled_loss
-    >>> model = LightFM(feature_matrix(2), feature_matrix(3), dim=2, rngs=nnx.Rngs(0))
-    >>> keys = jnp.array([0 * 3 + 1, 1 * 3 + 2])  # user 0 likes item 1, user 1 item 2
-    >>> candidates = jnp.array([[1, 1], [0, 2]])  # user 0 draws only its own positive
-    >>> loss = sampled_loss(model, jnp.array([0, 1]), jnp.array([1, 2]), candidates, keys, 'bpr')
-    >>> loss[0].item(), bool(loss[1] > 0)
-    (0.0, True)
   """
   query = users[:, None] * model.n_items + candidates
   at = jnp.clip(jnp.searchsorted(positive_keys, query), 0, positive_keys.shape[0] - 1)

@@ -61,6 +61,7 @@ def train_loop(
   desc: str = "training",
   run: tuple[int, int] = (1, 1),
   chunk_steps: int = 100,
+  epoch_loss: Callable[[jax.Array, int], jax.Array] | None = None,
 ) -> TrainResult:
   """Minimises ``cost(params, batch, key)`` (summed over the batch) on minibatches.
 
@@ -69,6 +70,8 @@ def train_loop(
   padded with zeros, which must cost nothing; ``key = fold_in(key(seed), step)``. Data and
   keys depend only on the seed, epoch and step, so a run resumed from its newest checkpoint
   in ``checkpoint_dir`` equals the uninterrupted run. ``run=(k, n)`` labels the progress bar.
+  ``epoch_loss(costs, n)``, if given, makes an epoch's loss from its steps' costs (default:
+  their running sum / n).
   """
   epochs = check_int("epochs", epochs, 1)
   batch_size = check_int("batch_size", batch_size, 1)
@@ -86,7 +89,8 @@ def train_loop(
       key = jax.random.fold_in(base_key, global_start + s - start)
       value, grads = jax.value_and_grad(cost)(params, batch, key)
       updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state, loss_sum + value
+      loss_sum = loss_sum + value if epoch_loss is None else loss_sum.at[s].set(value)
+      return optax.apply_updates(params, updates), opt_state, loss_sum
 
     return jax.lax.fori_loop(start, stop, body, carry)
 
@@ -94,7 +98,8 @@ def train_loop(
   compiled: dict[Any, Any] = {}
 
   params = jax.tree.map(jnp.array, params)  # a copy: the chunks donate their inputs
-  carry = (params, tx.init(params), jnp.zeros((), jnp.float32))
+  costs = () if epoch_loss is None else (-(-max(sizes) // batch_size),)  # each step's cost
+  carry = (params, tx.init(params), jnp.zeros(costs, jnp.float32))
   state = _state(carry, np.zeros(epochs, np.float32), 0, 0, 0)
   ckpt = None
   if checkpoint_dir is not None:
@@ -131,14 +136,17 @@ def train_loop(
           steps_run += stop - offset
           if progress:  # the mean cost per item so far in this epoch
             bar.set_postfix(
-              loss=f"{float(carry[2]) / min(n, stop * batch_size):.4g}", refresh=False
+              loss=f"{float(jnp.sum(carry[2])) / min(n, stop * batch_size):.4g}", refresh=False
             )
           bar.update(stop - offset)
           step += stop - offset
           offset = stop
           if offset == steps:
-            losses[epoch] = float(carry[2]) / n
-            carry = (carry[0], carry[1], jnp.zeros((), jnp.float32))
+            if epoch_loss is None:
+              losses[epoch] = float(carry[2]) / n
+            else:
+              losses[epoch] = float(epoch_loss(carry[2][:steps], n))
+            carry = (carry[0], carry[1], jnp.zeros_like(carry[2]))
             epoch, offset, done = epoch + 1, 0, True
           if ckpt is not None:
             state = _state(carry, losses, epoch, offset, step)
