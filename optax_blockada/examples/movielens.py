@@ -72,21 +72,9 @@ def _recbole_folder() -> pathlib.Path | None:
 def find_movielens(path: str | os.PathLike | None = None) -> pathlib.Path:
   """Finds MovieLens-100K's ratings file (``u.data`` or ``ml-100k.inter``).
 
-  Args:
-    path: ``u.data``, RecBole's ``ml-100k.inter``, or a folder holding either (directly or
-      in an ``ml-100k/`` sub-folder); ``None``: the copy in an installed ``recbole`` wheel.
-
-  Raises:
-    FileNotFoundError: with what was tried and how to get the data.
-
-  Example:
-    >>> import pathlib, tempfile
-    >>> from optax_blockada.examples.movielens import find_movielens
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...   (pathlib.Path(d) / 'ml-100k').mkdir()
-    ...   _ = (pathlib.Path(d) / 'ml-100k' / 'u.data').write_text('1\\t1\\t5\\t0\\n')
-    ...   print(find_movielens(d).name)
-    u.data
+  ``path``: ``u.data``, RecBole's ``ml-100k.inter``, or a folder holding either (directly or
+  in an ``ml-100k/`` sub-folder); ``None``: the copy in an installed ``recbole`` wheel. Raises
+  ``FileNotFoundError`` saying what was tried and how to get the data.
   """
   how = (
     "Get MovieLens-100K with `pip install --no-deps recbole==1.2.1` (it ships a copy), or "
@@ -117,17 +105,8 @@ def download_movielens(directory: str | os.PathLike, *, url: str = DOWNLOAD_URL)
   The archive is fetched and extracted in a temporary folder, renamed to
   ``directory/ml-100k`` only when complete (an interrupted download leaves nothing
   half-written); if ``directory/ml-100k/u.data`` exists, nothing is downloaded. MovieLens'
-  licence forbids redistribution: keep the files out of version control.
-
-  Raises:
-    ValueError: if the archive holds no ``ml-100k/u.data``.
-    OSError: if the download fails.
-
-  Example:
-    >>> from optax_blockada.examples.movielens import DOWNLOAD_URL, download_movielens
-    >>> DOWNLOAD_URL
-    'https://files.grouplens.org/datasets/movielens/ml-100k.zip'
-    >>> # On Colab: path = download_movielens('/content/data')
+  licence forbids redistribution: keep the files out of version control. Raises
+  ``ValueError`` if the archive holds no ``ml-100k/u.data``, ``OSError`` if the download fails.
   """
   directory = pathlib.Path(directory).expanduser()
   target = directory / "ml-100k"
@@ -264,24 +243,9 @@ def load_movielens(path: str | os.PathLike | None = None) -> Ratings:
   Ids are 1-based in the files; index ``k`` here is id ``k + 1``. User side features
   (``age`` in :data:`AGE_BUCKETS`, ``gender``, ``occupation``) come from ``u.user`` or
   ``ml-100k.user``, item genres (:data:`GENRES`) from ``u.item`` or ``ml-100k.item``,
-  when those files sit next to the ratings.
-
-  Args:
-    path: see :func:`find_movielens` (``None``: the copy in an installed recbole wheel).
-
-  Raises:
-    FileNotFoundError: if no data is found.
-    ValueError: if a file is malformed (naming the file and line).
-
-  Example:
-    >>> import pathlib, tempfile
-    >>> from optax_blockada.examples.movielens import load_movielens
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...   path = pathlib.Path(d) / 'u.data'
-    ...   _ = path.write_text('1\\t2\\t5\\t881250949\\n3\\t1\\t2\\t881250950\\n')
-    ...   data = load_movielens(path)
-    >>> data.n_users, data.n_items, data.user.tolist(), data.item.tolist(), data.rating.tolist()
-    (3, 2, [0, 2], [1, 0], [5.0, 2.0])
+  when those files sit next to the ratings. ``path``: see :func:`find_movielens`. Raises
+  ``FileNotFoundError`` if no data is found, ``ValueError`` naming the file and line if one
+  is malformed.
   """
   ratings_path = find_movielens(path)
   user_id, item_id, rating = _parse_ratings(ratings_path)

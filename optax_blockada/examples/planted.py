@@ -42,32 +42,8 @@ def planted_cooccurrence(
   and standard deviation 1. The counts are :math:`X_{ij} = X_{ji} \sim \mathrm{Poisson}(N
   p_i p_j e^{u_i^\top u_j})` for ``i < j``, mirrored, with a zero diagonal; they sum to
   about ``1.6 N``, and pairs of rare words are mostly zero, as in real corpora. All
-  randomness comes from ``numpy.random.default_rng(seed)``.
-
-  Args:
-    vocab_size: number of words ``V``; at least 2.
-    rank: dimension ``r`` of the planted latent vectors; at least 1.
-    total_count: the scale ``N`` of the expected counts; positive and finite.
-    zipf_exponent: the Zipf exponent ``s``; non-negative and finite
-      (``0`` gives uniform word frequencies).
-    seed: seed for the numpy random generator; a non-negative integer.
-
-  Returns:
-    A ``float32`` array of shape ``(V, V)``: symmetric, non-negative,
-    integer-valued, with a zero diagonal.
-
-  Raises:
-    ValueError: if an argument is out of range or of the wrong type.
-
-  Example:
-    >>> from optax_blockada.examples.planted import planted_cooccurrence
-    >>> x = planted_cooccurrence(vocab_size=50, rank=4, total_count=1e5, seed=0)
-    >>> x.shape, x.dtype
-    ((50, 50), dtype('float32'))
-    >>> bool((x == x.T).all()), bool((x >= 0).all()), bool((x == 0).any())
-    (True, True, True)
-    >>> bool((x == planted_cooccurrence(50, 4, total_count=1e5, seed=0)).all())
-    True
+  randomness comes from ``numpy.random.default_rng(seed)``; ``zipf_exponent=0`` gives uniform
+  word frequencies. Returns the counts as a ``float32`` ``(V, V)`` array.
   """
   vocab_size = check_int("vocab_size", vocab_size, 2)
   rank = check_int("rank", rank, 1)

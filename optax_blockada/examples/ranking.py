@@ -71,26 +71,9 @@ def ranking_metrics(
   candidates are the items not in :math:`R_u` and :math:`K_u` the ``k`` best-scored ones:
   :math:`P@k = |K_u \cap T_u| / k`, :math:`R@k = |K_u \cap T_u| / |T_u|`, and AUC is the
   fraction of (test positive, negative candidate) pairs ranked right, ties counting one
-  half (0.5 without negatives, as in LightFM).
-
-  Args:
-    scores: ``(n_users, n_items)`` scores.
-    train: ``(user, item)`` training positives (excluded from the ranking).
-    test: ``(user, item)`` test positives (must not overlap ``train``).
-    k: the cut-off, ``1 <= k <= n_items``.
-
-  Returns:
-    ``{'user', 'precision', 'recall', 'auc'}``: arrays over the users with a test
-    positive (``user`` holds their indices).
-
-  Example:
-    >>> import numpy as np
-    >>> from optax_blockada.examples.ranking import ranking_metrics
-    >>> scores = np.array([[0.9, 0.8, 0.1, 0.5]])
-    >>> m = ranking_metrics(scores, train=([0], [0]), test=([0], [3]), k=2)
-    >>> # candidates 1, 2, 3; top 2 = {1, 3}; item 3 beats item 2, loses to item 1
-    >>> m['precision'].tolist(), m['recall'].tolist(), m['auc'].tolist()
-    ([0.5], [1.0], [0.5])
+  half (0.5 without negatives, as in LightFM). ``scores`` is ``(n_users, n_items)``, ``test``
+  must not overlap ``train``. Returns ``{'user', 'precision', 'recall', 'auc'}``: arrays over
+  the users with a test positive (``user`` holds their indices).
   """
   scores = np.asarray(scores)
   if scores.ndim != 2:
@@ -113,17 +96,6 @@ def evaluate(
 
   Scores are computed ``chunk_size`` users at a time (memory ``O(chunk_size * n_items)``).
   Returns ``{'precision', 'recall', 'auc', 'users'}`` (means, and the number of users).
-
-  Example:
-    >>> from flax import nnx
-    >>> from optax_blockada.examples.recommender_data import planted_ratings, prepare_data
-    >>> from optax_blockada.examples.ranking import evaluate
-    >>> from optax_blockada.examples.recommender_model import LightFM
-    >>> data = prepare_data(planted_ratings(n_users=30, n_items=40, ratings_per_user=10))
-    >>> model = LightFM(data.user_features, data.item_features, dim=4, rngs=nnx.Rngs(0))
-    >>> m = evaluate(model, data.train, data.test, k=5)
-    >>> sorted(m), bool(0.3 < m['auc'] < 0.7)  # an untrained model is near chance
-    (['auc', 'precision', 'recall', 'users'], True)
   """
   k = _check_k(k, model.n_items)
   chunk_size = check_int("chunk_size", chunk_size, 1)

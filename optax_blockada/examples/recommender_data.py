@@ -36,15 +36,7 @@ Pairs = tuple[np.ndarray, np.ndarray]  # (user, item) index arrays
 
 
 class Categorical(NamedTuple):
-  """A categorical side feature of users or items; a row may have several values.
-
-  Example:
-    >>> import numpy as np
-    >>> from optax_blockada.examples.recommender_data import Categorical
-    >>> genre = Categorical(('Comedy', 'Drama'), np.array([[True, False], [True, True]]))
-    >>> [[v for v, m in zip(genre.values, row) if m] for row in genre.member]
-    [['Comedy'], ['Comedy', 'Drama']]
-  """
+  """A categorical side feature of users or items; a row may have several values."""
 
   values: tuple[str, ...]  # the value names, one per column of `member`
   member: np.ndarray  # (n_rows, len(values)) bool: row r has value v
@@ -65,14 +57,6 @@ class Ratings:
 
   Side features are named :class:`Categorical` features with ``n_users`` (``n_items``)
   rows; MovieLens has ``age``, ``gender`` and ``occupation`` for users, ``genre`` for items.
-
-  Example:
-    >>> import numpy as np
-    >>> from optax_blockada.examples.recommender_data import Ratings
-    >>> r = Ratings(user=np.array([0, 0, 1]), item=np.array([0, 1, 1]),
-    ...             rating=np.array([5.0, 3.0, 4.0]), n_users=2, n_items=2)
-    >>> [a.tolist() for a in r.positives(4.0)], len(r.subset(r.user == 0))
-    ([[0, 1], [0, 1]], 2)
   """
 
   user: np.ndarray  # (n,) int32 user index of each rating, in [0, n_users)
@@ -123,12 +107,6 @@ class FeatureMatrix(NamedTuple):
   Row ``r`` (a user or an item) has features ``ids[r, j]`` with weights ``weights[r, j]``
   (0 in unused slots); a LightFM-style model represents it as
   ``sum_j weights[r, j] * embedding[ids[r, j]]``.
-
-  Example:
-    >>> from optax_blockada.examples.recommender_data import feature_matrix
-    >>> f = feature_matrix(3)  # one indicator per row: matrix factorisation
-    >>> f.ids.tolist(), f.weights.tolist(), f.n_features
-    ([[0], [1], [2]], [[1.0], [1.0], [1.0]], 3)
   """
 
   ids: np.ndarray  # (n_rows, width) int32 feature ids
@@ -149,14 +127,6 @@ def holdout_split(
   uniformly at random (``numpy.random.default_rng(seed)``), to the test set. On
   MovieLens-100K (at least 20 ratings per user) ``per_user=10`` holds out exactly 10 per
   user, like the ``ua`` split LightFM uses.
-
-  Example:
-    >>> import numpy as np
-    >>> from optax_blockada.examples.recommender_data import holdout_split
-    >>> user = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 2])
-    >>> test = holdout_split(user, 3, per_user=2, seed=0)
-    >>> np.bincount(user[test], minlength=3).tolist()  # min(2, n_u // 2)
-    [2, 2, 0]
   """
   n_users = check_int("n_users", n_users, 1)
   per_user = check_int("per_user", per_user, 0)
@@ -187,16 +157,6 @@ def feature_matrix(
   ``prefix`` (e.g. ``'user '``); the ``side`` features have ``n_rows`` rows each. With
   ``normalize`` every row's weights sum to 1, as LightFM's ``Dataset`` does by default. A
   row without any feature raises ``ValueError``.
-
-  Example:
-    >>> import numpy as np
-    >>> from optax_blockada.examples.recommender_data import Categorical, feature_matrix
-    >>> genre = Categorical(('a', 'b'), np.array([[True, True], [False, True]]))
-    >>> f = feature_matrix(2, {'genre': genre})
-    >>> f.names
-    ('0', '1', 'genre=a', 'genre=b')
-    >>> f.ids.tolist(), f.weights.round(3).tolist()
-    ([[0, 2, 3], [1, 3, 0]], [[0.333, 0.333, 0.333], [0.5, 0.5, 0.0]])
   """
   n_rows = check_int("n_rows", n_rows, 1)
   names = [f"{prefix}{r}" for r in range(n_rows)] if indicator else []
@@ -255,15 +215,6 @@ def planted_ratings(
   ``segment`` is the argmax of :math:`u^\top P`, an item's two ``genre`` values the top two
   of :math:`v^\top Q`, for Gaussian ``P`` and ``Q``. All randomness comes from
   ``numpy.random.default_rng(seed)``.
-
-  Example:
-    >>> import numpy as np
-    >>> from optax_blockada.examples.recommender_data import planted_ratings
-    >>> data = planted_ratings(n_users=20, n_items=30, ratings_per_user=5, seed=0)
-    >>> len(data), data.n_users, data.n_items, sorted(data.item_side)
-    (100, 20, 30, ['genre'])
-    >>> np.bincount(data.user).tolist() == [5] * 20
-    True
   """
   n_users = check_int("n_users", n_users, 1)
   n_items = check_int("n_items", n_items, 2)
@@ -314,14 +265,7 @@ def planted_ratings(
 
 
 class RecommenderData(NamedTuple):
-  """Positives, splits and features ready for training (see :func:`prepare_data`).
-
-  Example:
-    >>> from optax_blockada.examples.recommender_data import planted_ratings, prepare_data
-    >>> data = prepare_data(planted_ratings(n_users=10, n_items=20, ratings_per_user=6))
-    >>> len(data.fit[0]) + len(data.validation[0]) == len(data.train[0])
-    True
-  """
+  """Positives, splits and features ready for training (see :func:`prepare_data`)."""
 
   n_users: int
   n_items: int
@@ -350,13 +294,6 @@ def prepare_data(
   Ratings ``>= min_rating`` are the positives of each set. ``features``: ``'indicator'``
   (one feature per user and per item: matrix factorisation) or ``'hybrid'`` (indicators
   plus the side features).
-
-  Example:
-    >>> from optax_blockada.examples.recommender_data import planted_ratings, prepare_data
-    >>> data = prepare_data(planted_ratings(n_users=10, n_items=30, ratings_per_user=8),
-    ...                     test_per_user=2, features='hybrid')
-    >>> data.user_features.n_features, data.item_features.n_features  # 10 + 6, 30 + 8
-    (16, 38)
   """
   if features not in ("indicator", "hybrid"):
     raise ValueError(f"features must be 'indicator' or 'hybrid', got {features!r}.")
