@@ -236,18 +236,20 @@ def test_feature_matrix_against_dense_reference():
   reference = np.concatenate([np.eye(7), a.member, b.member], axis=1).astype(float)
   reference /= reference.sum(axis=1, keepdims=True)
   np.testing.assert_allclose(dense, reference, rtol=1e-6)
-  plain = rd.feature_matrix(7, {"a": a, "b": b}, normalize=False)
-  dense = np.zeros((7, plain.n_features))
-  np.add.at(dense, (np.arange(7)[:, None], plain.ids), plain.weights)
-  np.testing.assert_array_equal(dense, np.concatenate([np.eye(7), a.member, b.member], axis=1))
+  assert f.ids.dtype == np.int32 and f.weights.dtype == np.float32
+  assert np.all(f.ids[f.weights == 0] == 0)  # padding slots point at feature 0, weight 0
+  # A feature that no row has adds no feature ids.
+  nobody = rd.Categorical(("n",), np.zeros((7, 1), bool))
+  g = rd.feature_matrix(7, {"a": a, "none": nobody, "b": b}, prefix="u ")
+  assert g.names == f.names
+  np.testing.assert_array_equal(g.ids, f.ids)
+  np.testing.assert_array_equal(g.weights, f.weights)
 
 
 def test_feature_matrix_errors():
-  empty = rd.Categorical(("x",), np.array([[True], [False]]))
-  with pytest.raises(ValueError, match="row 1 has no feature"):
-    rd.feature_matrix(2, {"a": empty}, indicator=False)
+  two_rows = rd.Categorical(("x",), np.array([[True], [False]]))
   with pytest.raises(ValueError, match=r"side\['a'\]\.member must have shape \(3, 1\)"):
-    rd.feature_matrix(3, {"a": empty})
+    rd.feature_matrix(3, {"a": two_rows})
 
 
 def test_planted_ratings():

@@ -43,26 +43,20 @@ __all__ = [
 ]
 
 DOWNLOAD_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
-"""Where :func:`download_movielens` fetches MovieLens-100K from."""
 
+# The 19 genres of MovieLens-100K, in the order of u.item's genre flags.
 GENRES = tuple(
   "unknown|Action|Adventure|Animation|Children's|Comedy|Crime|Documentary|Drama|Fantasy|"
   "Film-Noir|Horror|Musical|Mystery|Romance|Sci-Fi|Thriller|War|Western".split("|")
 )
-"""The 19 genres of MovieLens-100K, in the order of ``u.item``'s genre flags."""
-
+# The user age feature's inclusive ranges (MovieLens-1M's groups).
 AGE_BUCKETS = ((0, 17), (18, 24), (25, 34), (35, 44), (45, 49), (50, 55), (56, 200))
-"""Inclusive age ranges of the user age feature (MovieLens-1M's groups)."""
-
-
-# -- finding the files ---------------------------------------------------------------
 
 
 def _recbole_folder() -> pathlib.Path | None:
   """The ml-100k folder inside an installed recbole wheel (recbole is not imported)."""
   spec = importlib.util.find_spec("recbole")
-  locations = spec.submodule_search_locations if spec is not None else None
-  for location in locations or ():
+  for location in (spec and spec.submodule_search_locations) or ():
     folder = pathlib.Path(location, "dataset_example", "ml-100k")
     if (folder / "ml-100k.inter").is_file():
       return folder
@@ -124,9 +118,6 @@ def download_movielens(directory: str | os.PathLike, *, url: str = DOWNLOAD_URL)
       raise ValueError(f"the archive from {url} holds no ml-100k/u.data.")
     os.replace(extracted / "ml-100k", target)
   return target / "u.data"
-
-
-# -- reading the files ---------------------------------------------------------------
 
 
 def _read_rows(path: pathlib.Path, sep: str | None, *, header: bool, encoding: str = "utf-8"):

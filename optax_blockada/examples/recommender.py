@@ -128,24 +128,13 @@ def train(
     weight = np.ones(n, np.float32)
     return {"user": user[order], "item": item[order], "candidates": candidates, "weight": weight}, n
 
-  settings = {"loss": loss, "epochs": epochs, "batch_size": batch_size, "max_sampled": max_sampled}
-  settings |= {"negatives": negatives, "seed": seed, "tag": tag}
+  sizes = {"epochs": epochs, "batch_size": batch_size, "seed": seed}
+  settings = {**sizes, "loss": loss, "max_sampled": max_sampled, "negatives": negatives, "tag": tag}
   settings["dim"] = int(model.user_embedding.shape[1])
   settings["data"] = checksums([user, item, jax.tree.leaves(nnx.to_pure_dict(rest))])
-  result = train_loop(
-    cost,
-    nnx.to_pure_dict(params),
-    tx,
-    epoch_data,
-    epochs=epochs,
-    batch_size=batch_size,
-    epoch_size=n,
-    seed=seed,
-    checkpoint_settings=settings,
-    desc=f"{loss} {tag}".strip(),
-    epoch_loss=_mean_loss,
-    **kwargs,
-  )
+  desc = f"{loss} {tag}".strip()
+  loop = {"epoch_size": n, "checkpoint_settings": settings, "desc": desc, "epoch_loss": _mean_loss}
+  result = train_loop(cost, nnx.to_pure_dict(params), tx, epoch_data, **sizes, **loop, **kwargs)
   nnx.update(model, nnx.State(result.params))
   return result
 
@@ -198,28 +187,18 @@ def run_comparison(
   n_runs = len(losses) * len(optimizers) * (len(learning_rates) * validate + 1)
   counter = iter(range(1, n_runs + 1))
 
+  options = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "progress": progress}
+  options |= {"checkpoint_every": checkpoint_every, "resume": resume}
+
   def run(loss, name, lr, kind, positives):
     model = LightFM(data.user_features, data.item_features, dim, rngs=nnx.Rngs(seed))
-    directory = None
     if checkpoint_dir is not None:
-      directory = pathlib.Path(checkpoint_dir, loss, name, f"{kind}-lr{lr:g}")
+      options["checkpoint_dir"] = pathlib.Path(checkpoint_dir, loss, name, f"{kind}-lr{lr:g}")
+    tx, tag = make_optimizer(name, lr, preset="lightfm"), f"{name} lr={lr!r} {kind}"
+    negatives = bpr_negatives if loss == "bpr" else "uniform"
+    options["run"] = (next(counter), n_runs)
     tic = time.perf_counter()
-    result = train(
-      model,
-      make_optimizer(name, lr, preset="lightfm"),
-      positives,
-      loss=loss,
-      epochs=epochs,
-      batch_size=batch_size,
-      negatives=bpr_negatives if loss == "bpr" else "uniform",
-      seed=seed,
-      checkpoint_dir=directory,
-      checkpoint_every=checkpoint_every,
-      resume=resume,
-      tag=f"{name} lr={lr!r} {kind}",
-      progress=progress,
-      run=(next(counter), n_runs),
-    )
+    result = train(model, tx, positives, loss=loss, negatives=negatives, tag=tag, **options)
     return model, result, time.perf_counter() - tic
 
   rows = []
@@ -269,71 +248,44 @@ def table(rows: Sequence[Mapping[str, Any]], k: int = 10) -> str:
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m optax_blockada.examples.recommender",
-    description=(
-      "Train a LightFM-style hybrid recommender on MovieLens-100K (or planted data) with "
-      "each Adagrad variant at its best learning rate, and print P@k, R@k and AUC."
-    ),
+    description="Train a LightFM-style hybrid recommender on MovieLens-100K (or planted data) "
+    "with each Adagrad variant at its best learning rate, and print P@k, R@k and AUC.",
   )
+  default, positive = " (default: %(default)s)", int_at_least(1)
   source = parser.add_argument_group("data")
   where = source.add_mutually_exclusive_group()
-  where.add_argument(
-    "--data",
-    metavar="PATH",
-    help="u.data, RecBole's ml-100k.inter, or a folder holding either (default: the copy "
-    "in an installed recbole wheel, else planted data)",
-  )
+  data = "u.data, RecBole's ml-100k.inter, or a folder holding either (default: the copy in "
+  data += "an installed recbole wheel, else planted data)"
+  where.add_argument("--data", metavar="PATH", help=data)
   where.add_argument("--download", metavar="DIR", help="download ml-100k.zip into DIR (Colab)")
   where.add_argument("--planted", action="store_true", help="planted data, even with MovieLens")
+  features = "indicator: matrix factorisation; hybrid: plus age, gender, occupation and genres"
   source.add_argument(
-    "--features",
-    choices=("indicator", "hybrid"),
-    default="indicator",
-    help="indicator: matrix factorisation; hybrid: plus age, gender, occupation and "
-    "genres (default: %(default)s)",
+    "--features", choices=("indicator", "hybrid"), default="indicator", help=features + default
   )
-  default = " (default: %(default)s)"
-  parser.add_argument("--loss", choices=(*LOSSES, "both"), default="both", help=default)
-  parser.add_argument(
-    "--optimizers",
-    nargs="+",
-    choices=OPTIMIZER_NAMES,
-    metavar="NAME",
-    help=f"optimizers to compare, from {', '.join(OPTIMIZER_NAMES)} (default: all)",
-  )
-  parser.add_argument(
-    "--learning-rates",
-    nargs="+",
-    type=float_in(0, 10, label="a learning rate "),
-    metavar="LR",
-    help="learning rates tried per optimizer (default: "
-    f"{' '.join(map(str, DEFAULT_LEARNING_RATES))}; --quick: "
-    f"{' '.join(map(str, _QUICK_LEARNING_RATES))})",
-  )
-  positive = int_at_least(1)
-  parser.add_argument("--epochs", type=positive, help="epochs per run (default: 30; --quick: 5)")
-  parser.add_argument("--dim", type=positive, default=32, help="embedding dimension" + default)
-  parser.add_argument("--batch-size", type=positive, default=256, help=default)
-  parser.add_argument("--k", type=positive, default=10, help="cut-off of P@k and R@k" + default)
-  parser.add_argument(
-    "--bpr-negatives",
-    choices=("popularity", "uniform"),
-    default="popularity",
-    help="BPR's negatives: items of random training positives, as LightFM samples them, or "
-    "uniform items, as classic BPR-MF (default: %(default)s); WARP's are uniform",
-  )
-  parser.add_argument("--seed", type=int_at_least(0), default=0, help=default)
-  parser.add_argument("--quick", action="store_true", help="5 epochs, two learning rates")
-  parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-  parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
+  add = parser.add_argument
+  add("--loss", choices=(*LOSSES, "both"), default="both", help=default)
+  names = f"optimizers to compare, from {', '.join(OPTIMIZER_NAMES)} (default: all)"
+  add("--optimizers", nargs="+", choices=OPTIMIZER_NAMES, metavar="NAME", help=names)
+  rates = [" ".join(map(str, r)) for r in (DEFAULT_LEARNING_RATES, _QUICK_LEARNING_RATES)]
+  rates = f"learning rates tried per optimizer (default: {rates[0]}; --quick: {rates[1]})"
+  rate = float_in(0, 10, label="a learning rate ")
+  add("--learning-rates", nargs="+", type=rate, metavar="LR", help=rates)
+  add("--epochs", type=positive, help="epochs per run (default: 30; --quick: 5)")
+  add("--dim", type=positive, default=32, help="embedding dimension" + default)
+  add("--batch-size", type=positive, default=256, help=default)
+  add("--k", type=positive, default=10, help="cut-off of P@k and R@k" + default)
+  negatives = "BPR's negatives: items of random training positives, as LightFM samples them, "
+  negatives += "or uniform items, as classic BPR-MF (default: %(default)s); WARP's are uniform"
+  add("--bpr-negatives", choices=("popularity", "uniform"), default="popularity", help=negatives)
+  add("--seed", type=int_at_least(0), default=0, help=default)
+  add("--quick", action="store_true", help="5 epochs, two learning rates")
+  add("--no-progress", action="store_true", help="no progress bars")
+  add("--json", metavar="PATH", help="also write the results to this JSON file")
   ckpt = parser.add_argument_group("checkpoints")
   ckpt.add_argument("--checkpoint-dir", metavar="DIR", help="checkpoint every run here (orbax)")
-  ckpt.add_argument(
-    "--checkpoint-every",
-    type=positive,
-    default=1000,
-    metavar="N",
-    help="optimizer steps (minibatches) between checkpoints" + default,
-  )
+  every = "optimizer steps (minibatches) between checkpoints" + default
+  ckpt.add_argument("--checkpoint-every", type=positive, default=1000, metavar="N", help=every)
   ckpt.add_argument("--resume", action="store_true", help="continue the runs in --checkpoint-dir")
   return parser
 
@@ -387,14 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   )
   start = time.perf_counter()
   try:
-    rows = run_comparison(
-      data,
-      **settings,
-      checkpoint_dir=args.checkpoint_dir,
-      checkpoint_every=args.checkpoint_every,
-      resume=args.resume,
-      progress=not args.no_progress,
-    )
+    options = {key: getattr(args, key) for key in ("checkpoint_dir", "checkpoint_every", "resume")}
+    rows = run_comparison(data, **settings, **options, progress=not args.no_progress)
   except CheckpointError as e:
     print(f"error: --resume: {e}", file=sys.stderr)
     return 2

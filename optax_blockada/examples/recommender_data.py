@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -69,17 +68,14 @@ class Ratings:
   source: str = ""  # where the data came from, for messages and result files
 
   def __post_init__(self):
-    n = len(self.user)
-    if len(self.item) != n or len(self.rating) != n:
-      raise ValueError(
-        f"user, item and rating must have the same length, got {len(self.user)}, "
-        f"{len(self.item)} and {len(self.rating)}."
-      )
+    lengths = (len(self.user), len(self.item), len(self.rating))
+    if len(set(lengths)) > 1:
+      raise ValueError(f"user, item and rating must have the same length, got {lengths}.")
     for kind, index, size, side in (
       ("user", self.user, self.n_users, self.user_side),
       ("item", self.item, self.n_items, self.item_side),
     ):
-      if n and (index.min() < 0 or index.max() >= size):
+      if len(index) and (index.min() < 0 or index.max() >= size):
         raise ValueError(
           f"{kind} indices must lie in [0, {size}), got [{index.min()}, {index.max()}]."
         )
@@ -144,53 +140,31 @@ def holdout_split(
 
 
 def feature_matrix(
-  n_rows: int,
-  side: Mapping[str, Categorical] | None = None,
-  *,
-  indicator: bool = True,
-  normalize: bool = True,
-  prefix: str = "",
+  n_rows: int, side: Mapping[str, Categorical] | None = None, *, prefix: str = ""
 ) -> FeatureMatrix:
   """Builds a LightFM feature matrix: an indicator per row plus the side features.
 
   Feature ids are laid out as ``[indicator (n_rows) | side feature 1 | ...]``, named with
-  ``prefix`` (e.g. ``'user '``); the ``side`` features have ``n_rows`` rows each. With
-  ``normalize`` every row's weights sum to 1, as LightFM's ``Dataset`` does by default. A
-  row without any feature raises ``ValueError``.
+  ``prefix`` (e.g. ``'user '``); the ``side`` features have ``n_rows`` rows each. Every row's
+  weights sum to 1, as LightFM's ``Dataset`` normalises them by default.
   """
   n_rows = check_int("n_rows", n_rows, 1)
-  names = [f"{prefix}{r}" for r in range(n_rows)] if indicator else []
-  id_blocks, valid_blocks = [], []
-  if indicator:
-    id_blocks.append(np.arange(n_rows, dtype=np.int64)[:, None])
-    valid_blocks.append(np.ones((n_rows, 1), bool))
   _check_side(side or {}, n_rows, "side")
+  names = [f"{prefix}{r}" for r in range(n_rows)]
+  ids, valid = [np.arange(n_rows)[:, None]], [np.ones((n_rows, 1), bool)]
   for name, feature in (side or {}).items():
     member = np.asarray(feature.member, bool)
     width = int(member.sum(axis=1).max(initial=0))
-    if width == 0:
-      continue
-    cols = np.argsort(~member, axis=1, kind="stable")[:, :width]  # a row's values first
-    id_blocks.append(cols + len(names))
-    valid_blocks.append(np.take_along_axis(member, cols, axis=1))
-    names.extend(f"{prefix}{name}={value}" for value in feature.values)
-  if not id_blocks:
-    raise ValueError("a feature matrix needs indicator=True or a non-empty side feature.")
-  ids, valid = np.concatenate(id_blocks, axis=1), np.concatenate(valid_blocks, axis=1)
-  counts = valid.sum(axis=1)
-  if np.any(counts == 0):
-    raise ValueError(
-      f"row {int(np.argmax(counts == 0))} has no feature; use indicator=True or give every "
-      "row a side feature value."
-    )
+    if width:  # a feature no row has adds no ids
+      cols = np.argsort(~member, axis=1, kind="stable")[:, :width]  # a row's values first
+      ids.append(cols + len(names))
+      valid.append(np.take_along_axis(member, cols, axis=1))
+      names.extend(f"{prefix}{name}={value}" for value in feature.values)
+  ids, valid = np.concatenate(ids, axis=1), np.concatenate(valid, axis=1)
   order = np.argsort(~valid, axis=1, kind="stable")  # valid slots first, padding last
   ids, valid = np.take_along_axis(ids, order, axis=1), np.take_along_axis(valid, order, axis=1)
-  weights = valid.astype(np.float64)
-  if normalize:
-    weights /= counts[:, None]
-  return FeatureMatrix(
-    np.where(valid, ids, 0).astype(np.int32), weights.astype(np.float32), tuple(names)
-  )
+  weights = (valid / valid.sum(axis=1, keepdims=True)).astype(np.float32)
+  return FeatureMatrix(np.where(valid, ids, 0).astype(np.int32), weights, tuple(names))
 
 
 def planted_ratings(
@@ -222,8 +196,7 @@ def planted_ratings(
   ratings_per_user = check_int("ratings_per_user", ratings_per_user, 1)
   if ratings_per_user > n_items:
     raise ValueError(f"ratings_per_user must be <= n_items ({n_items}), got {ratings_per_user}.")
-  real = isinstance(zipf_exponent, numbers.Real) and not isinstance(zipf_exponent, bool)
-  if not (real and 0.0 <= zipf_exponent < math.inf):
+  if not 0.0 <= zipf_exponent < math.inf:  # refuses nan too
     raise ValueError(f"zipf_exponent must be a finite number >= 0, got {zipf_exponent!r}.")
   zipf_exponent = float(zipf_exponent)
   n_segments = check_int("n_segments", n_segments, 1)
@@ -244,24 +217,13 @@ def planted_ratings(
   top_two = np.argsort(-(items @ rng.standard_normal((rank, n_genres))), axis=1)[:, :2]
   genre_member = np.zeros((n_items, n_genres), bool)
   np.put_along_axis(genre_member, top_two, True, axis=1)
-  return Ratings(
-    user=user.astype(np.int32),
-    item=item.astype(np.int32),
-    rating=rating.astype(np.float32),
-    n_users=n_users,
-    n_items=n_items,
-    user_side={
-      "segment": Categorical(
-        tuple(str(k) for k in range(n_segments)),
-        np.arange(n_segments)[None, :] == segment[:, None],
-      )
-    },
-    item_side={"genre": Categorical(tuple(str(k) for k in range(n_genres)), genre_member)},
-    source=(
-      f"planted ratings (n_users={n_users}, n_items={n_items}, rank={rank}, "
-      f"ratings_per_user={ratings_per_user}, zipf_exponent={zipf_exponent}, seed={seed})"
-    ),
-  )
+  segment_member = np.arange(n_segments) == segment[:, None]
+  segments = Categorical(tuple(map(str, range(n_segments))), segment_member)
+  genres = Categorical(tuple(map(str, range(n_genres))), genre_member)
+  source = f"planted ratings (n_users={n_users}, n_items={n_items}, rank={rank}, "
+  source += f"ratings_per_user={ratings_per_user}, zipf_exponent={zipf_exponent}, seed={seed})"
+  pairs = (user.astype(np.int32), item.astype(np.int32), rating.astype(np.float32))
+  return Ratings(*pairs, n_users, n_items, {"segment": segments}, {"genre": genres}, source)
 
 
 class RecommenderData(NamedTuple):
@@ -302,14 +264,12 @@ def prepare_data(
   test = holdout_split(ratings.user, ratings.n_users, per_user=test_per_user, seed=seed)
   train = ratings.subset(~test)
   validation = holdout_split(train.user, ratings.n_users, per_user=test_per_user, seed=seed + 1)
-  user_side, item_side = (
-    (ratings.user_side, ratings.item_side) if features == "hybrid" else ({}, {})
-  )
+  sides = (ratings.user_side, ratings.item_side) if features == "hybrid" else ({}, {})
   return RecommenderData(
     n_users=ratings.n_users,
     n_items=ratings.n_items,
-    user_features=feature_matrix(ratings.n_users, user_side, prefix="user "),
-    item_features=feature_matrix(ratings.n_items, item_side, prefix="item "),
+    user_features=feature_matrix(ratings.n_users, sides[0], prefix="user "),
+    item_features=feature_matrix(ratings.n_items, sides[1], prefix="item "),
     train=train.positives(min_rating),
     test=ratings.subset(test).positives(min_rating),
     fit=train.subset(~validation).positives(min_rating),
