@@ -246,20 +246,10 @@ def load_movielens(path: str | os.PathLike | None = None) -> Ratings:
   users_path, items_path = (ratings_path.parent / f"{stem}{n}" for n in ("user", "item"))
   user_side = _read_users(users_path, recbole, n_users) if users_path.is_file() else {}
   item_side = _read_items(items_path, recbole, n_items) if items_path.is_file() else {}
-  if user_side:
-    n_users = user_side["age"].member.shape[0]
-  if item_side:
-    n_items = item_side["genre"].member.shape[0]
+  n_users = user_side["age"].member.shape[0] if user_side else n_users
+  n_items = item_side["genre"].member.shape[0] if item_side else n_items
   described = str(ratings_path)
   if not (user_side or item_side):
     described += " (no u.user/u.item beside it: no side features)"
-  return Ratings(
-    user=(user_id - 1).astype(np.int32),
-    item=(item_id - 1).astype(np.int32),
-    rating=rating.astype(np.float32),
-    n_users=n_users,
-    n_items=n_items,
-    user_side=user_side,
-    item_side=item_side,
-    source=described,
-  )
+  ids = ((user_id - 1).astype(np.int32), (item_id - 1).astype(np.int32))  # 0-based indices
+  return Ratings(*ids, rating.astype(np.float32), n_users, n_items, user_side, item_side, described)

@@ -45,8 +45,7 @@ def planted_cooccurrence(
   randomness comes from ``numpy.random.default_rng(seed)``; ``zipf_exponent=0`` gives uniform
   word frequencies. Returns the counts as a ``float32`` ``(V, V)`` array.
   """
-  vocab_size = check_int("vocab_size", vocab_size, 2)
-  rank = check_int("rank", rank, 1)
+  vocab_size, rank = check_int("vocab_size", vocab_size, 2), check_int("rank", rank, 1)
   seed = check_int("seed", seed, 0)
   total_count = _check_real("total_count", total_count, positive=True)
   zipf_exponent = _check_real("zipf_exponent", zipf_exponent, positive=False)

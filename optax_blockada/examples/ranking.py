@@ -6,7 +6,6 @@ averaged over the users with at least one test positive, as LightFM's evaluation
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -39,6 +38,8 @@ def _masks(train: Pairs, test: Pairs, n_users: int, n_items: int, first_user: in
 def _per_user(scores, train_mask, test_mask, k):
   """Per-user precision@k, recall@k, AUC and has-test-positive flags."""
   n_items = scores.shape[1]
+  if check_int("k", k, 1) > n_items:
+    raise ValueError(f"k must be <= n_items ({n_items}), got {k}.")
   n_test, n_train = test_mask.sum(axis=1), train_mask.sum(axis=1)
   candidates = np.where(train_mask, -np.inf, np.asarray(scores, np.float64))
   top = np.argpartition(-candidates, k - 1, axis=1)[:, :k]
@@ -53,13 +54,6 @@ def _per_user(scores, train_mask, test_mask, k):
   with np.errstate(invalid="ignore", divide="ignore"):
     auc = np.where(n_negative > 0, correct / (n_test * n_negative), 0.5)
   return hits / k, hits / np.maximum(n_test, 1), auc, n_test > 0
-
-
-def _check_k(k: int, n_items: int) -> int:
-  k = check_int("k", k, 1)
-  if k > n_items:
-    raise ValueError(f"k must be <= n_items ({n_items}), got {k}.")
-  return k
 
 
 def ranking_metrics(
@@ -78,15 +72,14 @@ def ranking_metrics(
   scores = np.asarray(scores)
   if scores.ndim != 2:
     raise ValueError(f"scores must be (n_users, n_items), got shape {scores.shape}.")
-  k = _check_k(k, scores.shape[1])
   precision, recall, auc, has = _per_user(scores, *_masks(train, test, *scores.shape), k)
   user = np.flatnonzero(has)
   return {"user": user, "precision": precision[has], "recall": recall[has], "auc": auc[has]}
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _scores(graphdef, state, users):
-  return nnx.merge(graphdef, state).score_all(users)
+@nnx.jit
+def _scores(model: LightFM, users: jax.Array) -> jax.Array:
+  return model.score_all(users)
 
 
 def evaluate(
@@ -97,13 +90,11 @@ def evaluate(
   Scores are computed ``chunk_size`` users at a time (memory ``O(chunk_size * n_items)``).
   Returns ``{'precision', 'recall', 'auc', 'users'}`` (means, and the number of users).
   """
-  k = _check_k(k, model.n_items)
   chunk_size = check_int("chunk_size", chunk_size, 1)
-  graphdef, state = nnx.split(model)
   sums, count = np.zeros(3), 0
   for lo in range(0, model.n_users, chunk_size):
     hi = min(lo + chunk_size, model.n_users)
-    scores = np.asarray(_scores(graphdef, state, jnp.arange(lo, hi)))
+    scores = np.asarray(_scores(model, jnp.arange(lo, hi)))
     masks = _masks(train, test, hi - lo, model.n_items, first_user=lo)
     precision, recall, auc, has = _per_user(scores, *masks, k)
     sums += [precision[has].sum(), recall[has].sum(), auc[has].sum()]

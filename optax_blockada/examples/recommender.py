@@ -162,16 +162,14 @@ def run_comparison(
   For each ``(loss, optimizer)``: train on ``data.fit`` at each rate and measure P@k on
   ``data.validation`` (ties broken by AUC; non-finite scores rank last); then train on
   ``data.train`` at the best rate and evaluate on ``data.test``. Every run starts from
-  ``nnx.Rngs(seed)`` and sees the same data order. ``validate=False`` needs a single rate
-  and skips the validation runs. Optimizers use LightFM's preset for ``'preset'``; BPR
-  samples ``bpr_negatives``, WARP uniform ones. With ``checkpoint_dir``, each run
-  checkpoints every ``checkpoint_every`` steps to
-  ``checkpoint_dir/<loss>/<optimizer>/<validation|final>-lr<rate>``.
+  ``nnx.Rngs(seed)`` and sees the same data order; ``validate=False`` (a single rate) skips
+  the validation runs. BPR samples ``bpr_negatives``, WARP uniform ones. Each run checkpoints
+  to ``checkpoint_dir/<loss>/<optimizer>/<validation|final>-lr<rate>``, if given.
 
   Returns one dict per ``(loss, optimizer)``: ``loss``, ``optimizer``, ``learning_rate``,
   ``validation`` (``{rate: {'precision', 'auc'}}``), test ``precision``, ``recall``, ``auc``,
-  and of the final run ``train_loss`` (the last epoch's mean), ``train_losses`` (every
-  epoch's), ``state_bytes`` and ``seconds`` (compilation included).
+  and of the final run ``train_loss`` (the last epoch's), ``train_losses`` (every epoch's),
+  ``state_bytes`` and ``seconds`` (compilation included).
   """
   optimizers = tuple(OPTIMIZER_NAMES if optimizers is None else optimizers)
   if any(loss not in LOSSES for loss in losses):
@@ -199,7 +197,7 @@ def run_comparison(
     options["run"] = (next(counter), n_runs)
     tic = time.perf_counter()
     result = train(model, tx, positives, loss=loss, negatives=negatives, tag=tag, **options)
-    return model, result, time.perf_counter() - tic
+    return model, tx, result, time.perf_counter() - tic
 
   rows = []
   for loss in losses:
@@ -214,22 +212,14 @@ def run_comparison(
         return score if all(map(math.isfinite, score)) else (-math.inf, -math.inf)
 
       best = max(learning_rates, key=rank) if validate else learning_rates[0]
-      model, result, seconds = run(loss, name, best, "final", data.train)
+      model, tx, result, seconds = run(loss, name, best, "final", data.train)
       m = evaluate(model, data.train, data.test, k=k)
-      tx = make_optimizer(name, best, preset="lightfm")
-      rows.append(
-        {
-          "loss": loss,
-          "optimizer": name,
-          "learning_rate": best,
-          "validation": validation,
-          **{key: m[key] for key in ("precision", "recall", "auc")},
-          "train_loss": float(result.epoch_losses[-1]),
-          "train_losses": [float(x) for x in result.epoch_losses],
-          "state_bytes": ob.state_bytes(jax.eval_shape(tx.init, result.params)),
-          "seconds": seconds,
-        }
-      )
+      row = {"loss": loss, "optimizer": name, "learning_rate": best, "validation": validation}
+      row |= {key: m[key] for key in ("precision", "recall", "auc")}
+      train_losses = result.epoch_losses.tolist()
+      row |= {"train_loss": train_losses[-1], "train_losses": train_losses}
+      row["state_bytes"] = ob.state_bytes(jax.eval_shape(tx.init, result.params))
+      rows.append(row | {"seconds": seconds})
   return rows
 
 
@@ -357,11 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     "with a test positive. seconds: the final run at the best rate, compilation included."
   )
   if args.json is not None:
-    results = [
-      {**r, "validation": {f"{lr:g}": v for lr, v in r["validation"].items()}} for r in rows
-    ]
+    for r in rows:  # JSON's keys are strings
+      r["validation"] = {f"{lr:g}": v for lr, v in r["validation"].items()}
     settings = {"source": data.source, "features": args.features, **settings}
-    write_json(args.json, machine_facts(settings=settings, seconds=seconds, results=results))
+    write_json(args.json, machine_facts(settings=settings, seconds=seconds, results=rows))
   return 0
 
 

@@ -124,8 +124,7 @@ def holdout_split(
   MovieLens-100K (at least 20 ratings per user) ``per_user=10`` holds out exactly 10 per
   user, like the ``ua`` split LightFM uses.
   """
-  n_users = check_int("n_users", n_users, 1)
-  per_user = check_int("per_user", per_user, 0)
+  n_users, per_user = check_int("n_users", n_users, 1), check_int("per_user", per_user, 0)
   seed = check_int("seed", seed, 0)
   user = np.asarray(user)
   if user.ndim != 1 or (user.size and (user.min() < 0 or user.max() >= n_users)):
@@ -190,8 +189,7 @@ def planted_ratings(
   of :math:`v^\top Q`, for Gaussian ``P`` and ``Q``. All randomness comes from
   ``numpy.random.default_rng(seed)``.
   """
-  n_users = check_int("n_users", n_users, 1)
-  n_items = check_int("n_items", n_items, 2)
+  n_users, n_items = check_int("n_users", n_users, 1), check_int("n_items", n_items, 2)
   rank = check_int("rank", rank, 1)
   ratings_per_user = check_int("ratings_per_user", ratings_per_user, 1)
   if ratings_per_user > n_items:
@@ -199,8 +197,7 @@ def planted_ratings(
   if not 0.0 <= zipf_exponent < math.inf:  # refuses nan too
     raise ValueError(f"zipf_exponent must be a finite number >= 0, got {zipf_exponent!r}.")
   zipf_exponent = float(zipf_exponent)
-  n_segments = check_int("n_segments", n_segments, 1)
-  n_genres = check_int("n_genres", n_genres, 2)
+  n_segments, n_genres = check_int("n_segments", n_segments, 1), check_int("n_genres", n_genres, 2)
   seed = check_int("seed", seed, 0)
 
   rng = np.random.default_rng(seed)

@@ -53,14 +53,7 @@ class LightFM(nnx.Module):
       setattr(self, f"{side}_weights", FeatureIndex(jnp.asarray(features.weights, jnp.float32)))
       setattr(self, f"{side}_embedding", nnx.Param(table))
       setattr(self, f"{side}_bias", nnx.Param(jnp.zeros((n,), jnp.float32)))
-
-  @property
-  def n_users(self) -> int:
-    return self.user_ids.shape[0]
-
-  @property
-  def n_items(self) -> int:
-    return self.item_ids.shape[0]
+    self.n_users, self.n_items = len(user_features.ids), len(item_features.ids)
 
   def _represent(self, side: str, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(e, b)`` of users or items ``rows`` (any shape ``S``): ``S + (dim,)`` and ``S``."""
@@ -125,10 +118,9 @@ def sample_epoch(
   """One epoch's order of the positives ``(n,)`` and their candidate items ``(n, max_sampled)``.
 
   LightFM's sampling: ``negatives='popularity'`` candidates are the items of random training
-  positives (its BPR), ``'uniform'`` ones uniform items (its WARP, and classic BPR-MF).
-  Drawn on the host from ``default_rng([seed, epoch])``, so epoch ``e`` is the same in every
-  run (an exact resume) and the compiled step holds no random number generator (which on CPU
-  more than doubled its compile time).
+  positives (its BPR), ``'uniform'`` ones uniform items (its WARP, and classic BPR-MF). Drawn
+  on the host from ``default_rng([seed, epoch])``: epoch ``e`` is the same in every run, and
+  the compiled step has no random number generator (one more than doubled CPU compile time).
   """
   n = len(positive_items)
   rng = np.random.default_rng([seed, epoch])
