@@ -7,6 +7,7 @@ feature axes, so every coordinate is its own row.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -50,17 +51,55 @@ class RowwiseAdagradState(NamedTuple):
   Example:
     >>> import jax.numpy as jnp
     >>> import optax_blockada as ob
-    >>> ob.scale_by_rowwise_adagrad().init(jnp.zeros((2, 3))).sum_of_squares.shape
-    (2, 1)
+    >>> state = ob.scale_by_rowwise_adagrad().init(jnp.zeros((2, 3)))
+    >>> state.sum_of_squares.shape, state.feature_shape.shape
+    ((2, 1), (1, 3))
   """
 
   # Same tree as the params; each leaf has the param's rank with its feature axes
   # reduced to size 1 (a ``(V, d)`` table gets a ``(V, 1)`` accumulator).
   sum_of_squares: optax.Updates
+  # Same tree as the params; each leaf is a boolean array of the param's rank with its
+  # row axes reduced to size 1 (``(1, d)`` for a ``(V, d)`` table): its shape records the
+  # row width the accumulator was made for, which ``(V, 1)`` does not show, so that
+  # ``update`` refuses gradients of another width. ``d`` bytes per leaf. ``None`` (a state
+  # built by hand) skips that check.
+  feature_shape: optax.Updates | None = None
 
 
 _per_row.register_per_row_state(DiagonalAdagradState, ("sum_of_squares",))
 _per_row.register_per_row_state(RowwiseAdagradState, ("sum_of_squares",))
+
+
+def _feature_shape(shape: tuple[int, ...], ax: tuple[int, ...]) -> tuple[int, ...]:
+  """``shape`` with its row axes (those not in ``ax``) reduced to size 1."""
+  return tuple(n if i in ax else 1 for i, n in enumerate(shape))
+
+
+def _check_row_width(
+  mark: Any, g: jax.Array, ax: tuple[int, ...], names: Any, where: str, name: str
+) -> None:
+  """Raises ``ValueError`` when ``g``'s rows are not as wide as the state's ``mark`` says.
+
+  Inside ``shard_map`` with ``axis_name`` a leaf's feature axes are split over the named
+  mesh axes: the state may come from the whole params (each device then holds a ``1/n``
+  share of the recorded row) or from the local shard.
+  """
+  if mark is None:
+    return
+  made, got = tuple(mark.shape), _feature_shape(tuple(g.shape), ax)
+  if made == got:
+    return
+  if names and len(made) == len(got):
+    shards = math.prod(jax.lax.axis_size(n) for n in names)
+    if math.prod(made) == math.prod(got) * shards:
+      return
+  raise ValueError(
+    f"{name}: the state of the leaf at {where} was made for rows of shape {made} (row "
+    f"axes shown as 1), but updates of shape {tuple(g.shape)} with feature axes {ax} have "
+    f"rows of shape {got}. Was the state made for other params or with other "
+    "feature_axes? Initialise it with tx.init(params) for the params you update."
+  )
 
 
 def accumulator_dtype_for(param_dtype: Any, accumulator_dtype: DTypeLike | None) -> jnp.dtype:
@@ -149,7 +188,13 @@ def _scale_by_scalar_adagrad(
       )
       for p, ax in zip(leaves, axes, strict=True)
     ]
-    return state_cls(sum_of_squares=treedef.unflatten(sums))
+    if state_cls is DiagonalAdagradState:
+      return state_cls(sum_of_squares=treedef.unflatten(sums))
+    marks = [
+      jnp.zeros(_feature_shape(p.shape, ax), accumulator_dtype_for(p.dtype, accumulator_dtype))
+      for p, ax in zip(leaves, axes, strict=True)
+    ]
+    return state_cls(sum_of_squares=treedef.unflatten(sums), feature_shape=treedef.unflatten(marks))
 
   def update_fn(updates, state, params=None):
     del params
@@ -159,8 +204,10 @@ def _scale_by_scalar_adagrad(
     sums = treedef.flatten_up_to(state.sum_of_squares)
     axes = _geometry.resolve_feature_axes(feature_axes, updates)
     names = _geometry.resolve_axis_names(axis_name, updates)
+    marks = getattr(state, "feature_shape", None)
+    marks = [None] * len(sums) if marks is None else treedef.flatten_up_to(marks)
     new_updates, new_sums = [], []
-    for (path, g), s, ax, nm in zip(with_path, sums, axes, names, strict=True):
+    for (path, g), s, ax, nm, mark in zip(with_path, sums, axes, names, marks, strict=True):
       _geometry.check_row_size(path, g.shape, ax, name)
       expected = _geometry.row_shape(g.shape, ax)
       if tuple(s.shape) != expected:
@@ -170,12 +217,14 @@ def _scale_by_scalar_adagrad(
           f"feature axes {ax} need {expected}. Was the state made for other params "
           "or with other feature_axes?"
         )
+      _check_row_width(mark, g, ax, nm, _geometry.path_str(path), name)
       g_acc = g.astype(s.dtype)
       new_s = s + _geometry.reduce_rows(g_acc * g_acc, ax, reduction, nm)
       scale = inverse_root(s if use_old_accumulator else new_s, eps, eps_in_sqrt)
       new_updates.append((g_acc * scale).astype(g.dtype))
       new_sums.append(new_s)
-    return treedef.unflatten(new_updates), state_cls(sum_of_squares=treedef.unflatten(new_sums))
+    new_state = state._replace(sum_of_squares=treedef.unflatten(new_sums))
+    return treedef.unflatten(new_updates), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -293,7 +342,9 @@ def scale_by_rowwise_adagrad(
   The step of a row is a multiple of its gradient, so the method is equivariant under
   a rotation :math:`R` applied to every row that shares the feature space: training
   from :math:`W R` ends at :math:`W_T R`. It stores one scalar per row, :math:`d`
-  times less than diagonal Adagrad. With :math:`d = 1` it equals diagonal Adagrad.
+  times less than diagonal Adagrad, plus one row of zeros per leaf (``feature_shape``)
+  whose shape records the row width, so that gradients of another width are refused.
+  With :math:`d = 1` it equals diagonal Adagrad.
 
   Args:
     initial_accumulator_value: :math:`a \ge 0`, the starting accumulator.

@@ -226,8 +226,8 @@ def state_bytes(tree: OptState) -> int:
     >>> params = jax.ShapeDtypeStruct((1000, 64), jnp.float32)
     >>> ob.state_bytes(jax.eval_shape(optax.adagrad(0.1).init, params))
     256000
-    >>> ob.state_bytes(jax.eval_shape(ob.rowwise_adagrad(0.1).init, params))
-    4000
+    >>> ob.state_bytes(jax.eval_shape(ob.rowwise_adagrad(0.1).init, params))  # (1000 + 64) * 4
+    4256
   """
   total = 0
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:

@@ -271,7 +271,8 @@ def state_partition_specs(
     ...           'bias': jax.ShapeDtypeStruct((1000,), jnp.float32)}
     >>> specs = {'table': P('rows', None), 'bias': P('rows')}
     >>> ob.sharding.state_partition_specs(ob.rowwise_adagrad(0.1), params, specs)
-    (RowwiseAdagradState(sum_of_squares={'bias': P('rows',), 'table': P('rows', None)}),
+    (RowwiseAdagradState(sum_of_squares={'bias': P('rows',), 'table': P('rows', None)},
+                         feature_shape={'bias': P(), 'table': P()}),
      EmptyState())
   """
   state = _abstract_state(tx_or_state, params)

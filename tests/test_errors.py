@@ -57,6 +57,27 @@ def test_state_made_with_other_feature_axes():
     ob.scale_by_rowwise_adagrad().update(params, state)
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_row_wise_state_made_for_another_row_width(jit):
+  # The (V, 1) accumulator is the same for (6, 4) and (6, 8) tables, and broadcasting
+  # would accept either; the state's feature_shape (1, 4) tells them apart.
+  tx = ob.rowwise_adagrad(0.1)
+  state = tx.init({"table": jnp.zeros((6, 4))})
+  update = jax.jit(tx.update) if jit else tx.update
+  with pytest.raises(
+    ValueError,
+    match=r"leaf at \['table'\] was made for rows of shape \(1, 4\).*updates of shape "
+    r"\(6, 8\).*rows of shape \(1, 8\)",
+  ):
+    update({"table": jnp.ones((6, 8))}, state)
+  # The record costs d float32 entries next to the V float32 accumulators.
+  assert ob.diagnostics.state_bytes(state) == (6 + 4) * 4
+  # A state built by hand without the record is not checked (the old behaviour).
+  bare = ob.RowwiseAdagradState(sum_of_squares=state[0].sum_of_squares)
+  u, _ = ob.scale_by_rowwise_adagrad().update({"table": jnp.ones((6, 8))}, bare)
+  assert u["table"].shape == (6, 8)
+
+
 @pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_])
 @pytest.mark.parametrize("make_tx", [ob.diagonal_adagrad, ob.rowwise_adagrad])
 def test_integer_or_boolean_params(dtype, make_tx):

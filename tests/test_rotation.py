@@ -245,8 +245,9 @@ def test_default_optimizers_all_train():
     assert r["state_bytes"] > 0
     assert r["seconds"] > 0
   sizes = {r["name"]: r["state_bytes"] for r in results}
-  # Row-wise state: one float32 per row of each table and per bias entry.
-  assert sizes["rowwise_adagrad(0.1, mean)"] == 4 * 4 * 40
+  # Row-wise state: one float32 per row of each table and per bias entry, plus each
+  # leaf's record of its row shape ((1, 4) per table, (1,) per bias).
+  assert sizes["rowwise_adagrad(0.1, mean)"] == 4 * (4 * 40 + 2 * 4 + 2)
   assert sizes["diagonal_adagrad(0.1)"] == 4 * (2 * 40 * 4 + 2 * 40)
   # Block 'rows': a 4 x 4 matrix per table row, 1 x 1 per bias entry, plus the int32
   # step count and one int32 fallback counter per leaf.

@@ -240,8 +240,11 @@ def test_specs_through_chain_partition_masked_inject_and_multisteps():
   sh = state_shardings(tx, params, named(mesh, PARAM_SPECS))
   state = jax.jit(tx.init, out_shardings=sh)(jax.device_put(params, named(mesh, PARAM_SPECS)))
   for leaf in jax.tree.leaves(state):
-    rows = leaf.shape[0] // 4 if leaf.ndim else None
-    assert shard_shapes(leaf) == ({()} if rows is None else {(rows, *leaf.shape[1:])})
+    # Row-wise Adagrad's feature_shape leaves, (1, d), hold no rows and are replicated.
+    rows = leaf.shape[0] // 4 if leaf.ndim and leaf.shape[0] == V else None
+    assert shard_shapes(leaf) == (
+      {tuple(leaf.shape)} if rows is None else {(rows, *leaf.shape[1:])}
+    )
 
 
 def test_specs_for_single_array_params_and_given_states():
@@ -496,7 +499,9 @@ def test_axis_name_psums_the_row_statistic_inside_shard_map(reduction):
   state_specs = state_partition_specs(reference, params, specs)
   assert state_specs.sum_of_squares["table"] == P("rows", None)
 
-  def run(tx, in_map, check_vma=True):
+  def run(tx, in_map, check_vma=True, bare=False):
+    st_specs = state_specs._replace(feature_shape=None) if bare else state_specs
+
     def update(g, state):
       return tx.update(g, state)
 
@@ -504,11 +509,13 @@ def test_axis_name_psums_the_row_statistic_inside_shard_map(reduction):
       update = jax.shard_map(
         update,
         mesh=mesh,
-        in_specs=(specs, state_specs),
-        out_specs=(specs, state_specs),
+        in_specs=(specs, st_specs),
+        out_specs=(specs, st_specs),
         check_vma=check_vma,
       )
     state, updates = reference.init(params), []
+    if bare:
+      state = state._replace(feature_shape=None)
     for g in grads:
       u, state = jax.jit(update)(g, state)
       updates.append(u)
@@ -518,11 +525,14 @@ def test_axis_name_psums_the_row_statistic_inside_shard_map(reduction):
   got_u, got_s = run(sharded, True)
   chex.assert_trees_all_close(got_u, ref_u, rtol=1e-6, atol=1e-7)
   chex.assert_trees_all_close(got_s, ref_s, rtol=1e-6)
-  # Without axis_name each device would use the statistic of its quarter row: JAX
-  # refuses the state as not replicated over 'feat', and unchecked it is wrong.
-  with pytest.raises(ValueError, match="replicated across mesh axis 'feat'"):
+  # Without axis_name each device would use the statistic of its quarter row. The state
+  # records rows of 8 and refuses the local rows of 2; a state without that record (built
+  # by hand) is refused by JAX as not replicated over 'feat', and unchecked it is wrong.
+  with pytest.raises(ValueError, match=r"made for rows of shape \(1, 8\).*rows of shape \(1, 2\)"):
     run(local, True)
-  wrong_u, _ = run(local, True, check_vma=False)
+  with pytest.raises(ValueError, match="replicated across mesh axis 'feat'"):
+    run(local, True, bare=True)
+  wrong_u, _ = run(local, True, check_vma=False, bare=True)
   assert not np.allclose(wrong_u[0]["table"], ref_u[0]["table"], rtol=1e-3)
 
 
