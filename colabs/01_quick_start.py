@@ -304,11 +304,12 @@ fig.tight_layout()
 plt.show()
 
 assert state_sizes["diagonal"] == table_bytes == state_sizes["optax.adagrad"]
-assert state_sizes["row-wise"] * TABLE_DIM == state_sizes["diagonal"]  # d times smaller
+# d times smaller, plus one (1, d) row of zeros recording the row width
+assert (state_sizes["row-wise"] - 4 * TABLE_DIM) * TABLE_DIM == state_sizes["diagonal"]
 
 # %% [markdown]
 # Diagonal Adagrad stores as much as the table; row-wise stores `d = 64` times less (one
-# float per row); block `'rows'` stores `d` times *more* (a `d x d` matrix per row: the
+# float per row, and one row of `d` zeros whose shape records the row width); block `'rows'` stores `d` times *more* (a `d x d` matrix per row: the
 # library refuses it above 1 GiB per leaf unless asked), `'blocks'` with `k = 8` stores
 # `k` times the table. `'shared'` is a single `d x d` matrix per table (16 KB here), and
 # `rows_x_shared`, one float per row plus that matrix, costs what row-wise costs.

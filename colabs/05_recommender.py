@@ -240,9 +240,12 @@ for name, size in state_bytes.items():
   print(f"{name:>14}: {size:9,} bytes of state ({size / param_bytes:.3f} x the parameters)")
 
 # Diagonal Adagrad keeps one accumulator per parameter: (d + 1) per feature (embedding + bias).
-# Row-wise keeps one per embedding row and one per bias: 2 per feature, (d + 1) / 2 times less.
+# Row-wise keeps one per embedding row and one per bias: 2 per feature, (d + 1) / 2 times less,
+# plus one row of zeros per leaf recording its width (d + 1 for the users' embedding and bias,
+# the same for the items').
 assert state_bytes["diagonal"] == state_bytes["optax.adagrad"] == param_bytes
-assert state_bytes["rowwise"] * (DIM + 1) == state_bytes["diagonal"] * 2
+record = 4 * 2 * (DIM + 1)
+assert (state_bytes["rowwise"] - record) * (DIM + 1) == state_bytes["diagonal"] * 2
 
 # %% [markdown]
 # Diagonal Adagrad (and `optax.adagrad`, and LightFM's own numerics) keep a copy of the

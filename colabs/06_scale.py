@@ -347,9 +347,8 @@ print(f"{'V':>12s} " + " ".join(f"{name.split(' (')[0]:>22s}" for name in state_
 for i, v in enumerate(rows_axis):
   print(f"{v:12,d} " + " ".join(f"{sizes[i]:22,d}" for sizes in state_sizes.values()))
 diagonal_sizes, rowwise_sizes = state_sizes[next(iter(state_sizes))], state_sizes["row-wise"]
-assert all(
-  abs(a / b - DIM) < 0.01 * DIM for a, b in zip(diagonal_sizes, rowwise_sizes, strict=True)
-)
+# Row-wise: one float32 per row, plus one row of DIM zeros that records the row width.
+assert all(a == (b - 4 * DIM) * DIM for a, b in zip(diagonal_sizes, rowwise_sizes, strict=True))
 
 # %% [markdown]
 # Diagonal Adagrad keeps one accumulator per coordinate, as many bytes as the table (a 4 GiB table
@@ -488,13 +487,15 @@ plt.show()
 
 print(f"per device: params {param_bytes[0]:,} B, state {state_bytes_dev[0]:,} B")
 print(f"in all:     params {total_params:,} B, state {total_state:,} B")
-# Each device holds 1/n of the params and 1/n of the state.
+# Each device holds 1/n of the params and 1/n of the accumulators, plus its own copy of the
+# state's record of the row widths (feature_shape: a (1, d) row for the table, (1,) for the bias).
+record = 4 * (SHARD_DIM + 1)
 assert param_bytes == [total_params // n_devices] * n_devices
-assert state_bytes_dev == [total_state // n_devices] * n_devices
+assert state_bytes_dev == [(total_state - record) // n_devices + record] * n_devices
 
 # %% [markdown]
-# Every device holds `1 / n` of the table and `1 / n` of the state: the bars sit a factor `n` below
-# the dashed lines. With a replicated state each device would carry the whole `(V, 1)`
+# Every device holds `1 / n` of the table and `1 / n` of the state (and a copy of the state's
+# `(1, d)` record of the row width): the bars sit a factor `n` below the dashed lines. With a replicated state each device would carry the whole `(V, 1)`
 # accumulator (the orange dashed line); with a replicated diagonal state, as many bytes as the
 # whole table.
 #
