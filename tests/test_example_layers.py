@@ -19,6 +19,7 @@ from optax_blockada.examples import sparse_glove as sp
 from optax_blockada.examples._cli import float_in, int_at_least
 from optax_blockada.examples.glove_model import init_params
 from optax_blockada.examples.optimizers import make_optimizer
+from optax_blockada.examples.training import best_learning_rate
 
 
 def f_glove(x):
@@ -197,3 +198,15 @@ def test_sparse_glove_steps_agree_on_glove_loss():
   assert dense == pytest.approx(want, rel=1e-5) and sparse == pytest.approx(want, rel=1e-5)
   for a, b in zip(*(jax.tree.leaves(nnx.state(m, nnx.Param)) for m in models), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_best_learning_rate_is_the_highest_finite_score_first_on_ties():
+  assert best_learning_rate({0.1: 1.0, 0.2: 3.0, 0.4: 2.0}) == 0.2
+  # Tuples compare in order: the second entry breaks a tie in the first.
+  assert best_learning_rate({0.1: (0.5, 0.7), 0.2: (0.5, 0.9), 0.4: (0.4, 1.0)}) == 0.2
+  # A diverged run (any non-finite entry) ranks below every finite one, even -inf.
+  assert best_learning_rate({0.1: float("nan"), 0.2: -1e30}) == 0.2
+  assert best_learning_rate({0.1: (float("inf"), 0.0), 0.2: (0.0, 0.0)}) == 0.2
+  # Ties, and all runs diverged, go to the first rate.
+  assert best_learning_rate({0.4: 1.0, 0.1: 1.0}) == 0.4
+  assert best_learning_rate({0.4: float("nan"), 0.1: float("inf")}) == 0.4

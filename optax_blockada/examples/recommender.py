@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import os
 import pathlib
 import sys
@@ -44,7 +43,7 @@ from optax_blockada.examples.ranking import evaluate, ranking_metrics
 from optax_blockada.examples.recommender_data import RecommenderData, planted_ratings, prepare_data
 from optax_blockada.examples.recommender_model import LightFM, bpr_loss, sample_epoch, sampled_loss
 from optax_blockada.examples.report import machine_facts, markdown_table, write_json
-from optax_blockada.examples.training import TrainResult, train_loop
+from optax_blockada.examples.training import TrainResult, best_learning_rate, train_loop
 
 # Re-exported for colabs/05_recommender: LightFM, bpr_loss, prepare_data, ranking_metrics.
 __all__ = [
@@ -206,12 +205,8 @@ def run_comparison(
       for lr in learning_rates if validate else ():
         m = evaluate(run(loss, name, lr, "validation", data.fit)[0], data.fit, data.validation, k=k)
         validation[lr] = {"precision": m["precision"], "auc": m["auc"]}
-
-      def rank(lr, validation=validation):  # P@k, then AUC; a run that diverged ranks last
-        score = (validation[lr]["precision"], validation[lr]["auc"])
-        return score if all(map(math.isfinite, score)) else (-math.inf, -math.inf)
-
-      best = max(learning_rates, key=rank) if validate else learning_rates[0]
+      scores = {lr: (v["precision"], v["auc"]) for lr, v in validation.items()}
+      best = best_learning_rate(scores) if validate else learning_rates[0]
       model, tx, result, seconds = run(loss, name, best, "final", data.train)
       m = evaluate(model, data.train, data.test, k=k)
       row = {"loss": loss, "optimizer": name, "learning_rate": best, "validation": validation}

@@ -169,6 +169,21 @@ def _tables(params: Params) -> Params:
   return {k: params[k] for k in ("word", "context")}
 
 
+def best_learning_rate(scores: Mapping[float, float | tuple[float, ...]]) -> float:
+  """The rate with the highest score: the examples' one best-rate rule.
+
+  A score is a number or a tuple compared in order (e.g. precision, then AUC). A score
+  with a non-finite entry (a diverged run) ranks below every finite one; ties go to the
+  first rate.
+  """
+
+  def rank(lr: float) -> tuple[float, ...]:
+    score = scores[lr] if isinstance(scores[lr], tuple) else (scores[lr],)
+    return score if all(map(math.isfinite, score)) else (-math.inf,) * len(score)
+
+  return max(scores, key=rank)
+
+
 def sweep_optimizers(
   train: Callable[..., TrainResult],
   final_loss: Callable[[Params, TrainResult], float],
@@ -227,7 +242,7 @@ def sweep_optimizers(
     results = {lr: run(name, lr, params0, f"lr={lr:g}") for lr in learning_rates[name]}
     sweep = {lr: final_loss(r.params, r) for lr, r in results.items()}
     sweep = {lr: loss if math.isfinite(loss) else math.inf for lr, loss in sweep.items()}
-    best = min(sweep, key=sweep.get)
+    best = best_learning_rate({lr: -loss for lr, loss in sweep.items()})
     result = results[best]
     diverged = not math.isfinite(sweep[best])
     tx = make_optimizer(name, best, preset=preset)
