@@ -59,11 +59,12 @@ class RowwiseAdagradState(NamedTuple):
   # Same tree as the params; each leaf has the param's rank with its feature axes
   # reduced to size 1 (a ``(V, d)`` table gets a ``(V, 1)`` accumulator).
   sum_of_squares: optax.Updates
-  # Same tree as the params; each leaf is a boolean array of the param's rank with its
-  # row axes reduced to size 1 (``(1, d)`` for a ``(V, d)`` table): its shape records the
-  # row width the accumulator was made for, which ``(V, 1)`` does not show, so that
-  # ``update`` refuses gradients of another width. ``d`` bytes per leaf. ``None`` (a state
-  # built by hand) skips that check.
+  # Same tree as the params; each leaf is zeros of the param's rank with its row axes
+  # reduced to size 1 (``(1, d)`` for a ``(V, d)`` table), in the accumulators' dtype: its
+  # shape records the row width the accumulator was made for, which ``(V, 1)`` does not
+  # show, so that ``update`` refuses gradients of another width (``d`` entries per leaf,
+  # next to the ``V`` accumulators). It never changes. ``None`` (a state built by hand)
+  # skips that check.
   feature_shape: optax.Updates | None = None
 
 
