@@ -1,6 +1,7 @@
-"""GloVe's and SGNS's training: the loop (:func:`train_loop`, jitted chunks of steps, orbax
-checkpoints, exact resumption), the learning-rate sweep with evaluation and rotation drift
-(:func:`sweep_optimizers`) and the printed table (:func:`format_table`).
+"""The examples' training: the one loop (:func:`train_loop`, jitted chunks of steps, orbax
+checkpoints, exact resumption; GloVe, SGNS and the recommender), the one best-rate rule
+(:func:`best_learning_rate`), and for GloVe and SGNS the learning-rate sweep with evaluation
+and rotation drift (:func:`sweep_optimizers`) and the printed table (:func:`format_table`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ from optax_blockada.examples.glove_model import Params
 from optax_blockada.examples.optimizers import make_optimizer
 from optax_blockada.examples.report import format_number, markdown_table
 
-__all__ = ["TrainResult", "format_table", "sweep_optimizers", "train_loop"]
+__all__ = [
+  "TrainResult",
+  "best_learning_rate",
+  "format_table",
+  "sweep_optimizers",
+  "train_loop",
+]
 
 
 class TrainResult(NamedTuple):
