@@ -200,11 +200,14 @@ def test_sparse_glove_steps_agree_on_glove_loss():
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+# -- the examples' best-rate rule ---------------------------------------------------------
+
+
 def test_best_learning_rate_is_the_highest_finite_score_first_on_ties():
   assert best_learning_rate({0.1: 1.0, 0.2: 3.0, 0.4: 2.0}) == 0.2
   # Tuples compare in order: the second entry breaks a tie in the first.
   assert best_learning_rate({0.1: (0.5, 0.7), 0.2: (0.5, 0.9), 0.4: (0.4, 1.0)}) == 0.2
-  # A diverged run (any non-finite entry) ranks below every finite one, even -inf.
+  # A diverged run (any non-finite entry) ranks below every finite score, even -1e30.
   assert best_learning_rate({0.1: float("nan"), 0.2: -1e30}) == 0.2
   assert best_learning_rate({0.1: (float("inf"), 0.0), 0.2: (0.0, 0.0)}) == 0.2
   # Ties, and all runs diverged, go to the first rate.
