@@ -7,9 +7,11 @@ shapes, nothing runs) for ``optax.adagrad``, row-wise Adagrad and each block str
 and reports the median wall time of ``lower(...).compile()`` over ``--repeats`` fresh
 compilations (one above 100 leaves; the compilation cache is off), its ratio against
 ``optax.adagrad``, and the kernels the compiled step launches (``_common.kernel_counts``).
-Two floors come last: a per-leaf ``eigh`` of ``G^T G`` with nothing else (the least any
-block Adagrad with one root per leaf compiles), and stacking every leaf's ``G^T G`` into one
-array and slicing it back (the least that batching roots across leaves adds).
+Three floors come last: a per-leaf ``eigh`` of ``G^T G`` with nothing else (the least any
+block Adagrad with one root per leaf compiles); the same with an accumulator in the state and
+one finiteness guard (the least a step that keeps a fallback compiles); and stacking every
+leaf's ``G^T G`` into one array and slicing it back (the least that batching roots across
+leaves adds).
 
 Usage::
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +56,42 @@ def _floor_per_leaf_root() -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+class _GuardedFloorState(NamedTuple):
+  sums: optax.Updates  # C = sum of G^T G per leaf, (d, d)
+  fallbacks: optax.Updates  # int32 per leaf: steps whose root was not finite
+
+
+def _floor_guarded_root() -> optax.GradientTransformation:
+  """The floor with state and one guard: ``C += G^T G``, ``u = g Q diag(w) Q^T`` where ``C`` and
+  ``Q`` are finite, else ``g``, and a counter of the steps that fell back.
+
+  Still no damping, clamping, per-row masks or lazy rows: the least a per-leaf step that
+  detects a non-finite root and counts it compiles.
+  """
+
+  def init(params):
+    return _GuardedFloorState(
+      jax.tree.map(lambda p: jnp.zeros((p.shape[-1],) * 2, p.dtype), params),
+      jax.tree.map(lambda p: jnp.zeros((), jnp.int32), params),
+    )
+
+  def update(grads, state, params=None):
+    del params
+
+    def one(g, c, fallbacks):
+      c = c + g.T @ g
+      w, q = jnp.linalg.eigh(c)
+      ok = jnp.all(jnp.isfinite(c)) & jnp.all(jnp.isfinite(q))
+      return jnp.where(ok, g @ (q * w) @ q.T, g), c, fallbacks + (~ok).astype(jnp.int32)
+
+    leaves, treedef = jax.tree.flatten(grads)
+    sums, fallbacks = treedef.flatten_up_to(state.sums), treedef.flatten_up_to(state.fallbacks)
+    u, c, f = zip(*map(one, leaves, sums, fallbacks), strict=True)
+    return treedef.unflatten(u), _GuardedFloorState(treedef.unflatten(c), treedef.unflatten(f))
+
+  return optax.GradientTransformation(init, update)
+
+
 def _floor_stacked_grams() -> optax.GradientTransformation:
   """Batching across leaves at its cheapest: stack every leaf's ``G^T G``, slice back.
 
@@ -78,6 +117,7 @@ CANDIDATES = {
   "block shared every 10": lambda: ob.block_adagrad(0.1, structure="shared", update_root_every=10),
   "block rows_x_shared": lambda: ob.block_adagrad(0.1, structure="rows_x_shared"),
   "floor: per-leaf eigh": _floor_per_leaf_root,
+  "floor: eigh + state + guard": _floor_guarded_root,
   "floor: stacked grams": _floor_stacked_grams,
 }
 
