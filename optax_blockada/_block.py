@@ -11,6 +11,7 @@ coordinates of a row (or a matrix shared by all rows of a leaf). Its step
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Literal, NamedTuple
 
@@ -290,7 +291,7 @@ def _unusable(g: jax.Array) -> jax.Array:
   return ~jnp.isfinite(jnp.sum(g * g, axis=-1))
 
 
-def _shared_sum(g: jax.Array, unusable: jax.Array, path: Any) -> jax.Array:
+def _shared_sum(g: jax.Array, unusable: jax.Array, split: Any) -> jax.Array:
   """``sum_r g_r g_r^T`` over the usable row blocks."""
   g = jnp.where(unusable[..., None], 0, g)
   flat = g.reshape((-1, *g.shape[-2:]))
@@ -303,7 +304,7 @@ def _shared_sum(g: jax.Array, unusable: jax.Array, path: Any) -> jax.Array:
     precision=jax.lax.Precision.HIGHEST,
     out_sharding=_geometry.replicated_sharding(flat),
   )
-  return _geometry.sum_over_rows(local, path)
+  return _geometry.sum_over_split_rows(local, split)
 
 
 def _maybe_cached(refresh, compute, cached):
@@ -332,7 +333,7 @@ class _Hyper(NamedTuple):
   method: str  # 'eigh' or 'newton_schulz'
   iterations: int | None  # Newton-Schulz iterations
   refresh: jax.Array | None  # recompute the shared root this step; None: every step
-  path: Any  # the leaf's key path (rows split over devices in the routed step)
+  split: tuple[str, ...] | None  # mesh axes the leaf's rows are split over (routed step)
 
 
 def _block_step(leaf, g, hp: _Hyper):
@@ -348,7 +349,7 @@ def _block_step(leaf, g, hp: _Hyper):
 def _shared_step(leaf, g, hp: _Hyper):
   """'shared': per-leaf ``C += sum_r g_r g_r^T``; ``u_r = (C + lam I)^(-1/2) g_r``."""
   bad = _unusable(g)
-  c = leaf["shared_sums"] + _shared_sum(g, bad, hp.path)
+  c = leaf["shared_sums"] + _shared_sum(g, bad, hp.split)
   lam = _roots.damping(c, hp.eps, hp.relative_eps)
   root, ok = _maybe_cached(
     hp.refresh,
@@ -369,7 +370,7 @@ def _rows_x_shared_step(leaf, g, hp: _Hyper):
   k = g.shape[-1]
   s = leaf["row_sums"] + jnp.mean(g * g, axis=-1)
   bad = _unusable(g)
-  c = leaf["shared_sums"] + _shared_sum(g, bad, hp.path)
+  c = leaf["shared_sums"] + _shared_sum(g, bad, hp.split)
   basis, spectrum = _maybe_cached(
     hp.refresh,
     lambda: _normalized_eigh(c),
@@ -396,6 +397,29 @@ _STEPS = {
   "shared": _shared_step,
   "rows_x_shared": _rows_x_shared_step,
 }
+
+
+@functools.partial(
+  jax.jit, static_argnames=("structure", "layout", "method", "iterations", "split")
+)
+def _leaf_update(
+  leaf, g, eps, relative_eps, refresh, *, structure, layout, method, iterations, split
+):
+  """One leaf's update and new state fields: the step, its fallback and counter.
+
+  Jitted per leaf so that leaves of one shape share one traced and lowered step (the
+  enclosing jit inlines it): tracing every leaf anew dominated lowering with many leaves.
+  """
+  dtype = leaf[next(iter(_fields(layout, structure)))].dtype  # the accumulators' dtype
+  gb = _to_blocks(g.astype(dtype), layout)
+  hp = _Hyper(eps, relative_eps, method, iterations, refresh, split)
+  u, ok, fallback, new = _STEPS[structure](leaf, gb, hp)
+  ok = ok & jnp.all(jnp.isfinite(u), axis=-1)
+  nonzero = jnp.any(gb != 0, axis=-1)
+  u = jnp.where(nonzero[..., None], jnp.where(ok[..., None], u, fallback), 0)
+  failed = _geometry.sum_over_split_rows(jnp.sum(nonzero & ~ok, dtype=jnp.int32), split)
+  new["fallbacks"] = leaf["fallbacks"] + failed
+  return _from_blocks(u, tuple(g.shape), layout).astype(g.dtype), new
 
 
 def _memory_error(name, path, shape, nbytes, limit, structure) -> ValueError:
@@ -673,7 +697,6 @@ def _transform(
   """``init`` and ``update`` of block Adagrad for a checked ``config``."""
   structure = config.structure
   state_class = _STATE_CLASSES[structure]
-  step = _STEPS[structure]
   cached = config.every > 1
 
   def leaf_fields(layout: _Layout) -> dict[str, _Field]:
@@ -749,16 +772,20 @@ def _transform(
             f"{config.block_size} need {field.shape}. Was the state made for other params "
             "or with other arguments?"
           )
-      dtype = leaf[names[0]].dtype
-      gb = _to_blocks(g.astype(dtype), layout)
-      hp = _Hyper(eps, relative_eps, method, config.root_iterations, refresh, path)
-      u, ok, fallback, new = step(leaf, gb, hp)
-      ok = ok & jnp.all(jnp.isfinite(u), axis=-1)
-      nonzero = jnp.any(gb != 0, axis=-1)
-      u = jnp.where(nonzero[..., None], jnp.where(ok[..., None], u, fallback), 0)
-      new_updates.append(_from_blocks(u, tuple(g.shape), layout).astype(g.dtype))
-      failed = _geometry.sum_over_rows(jnp.sum(nonzero & ~ok, dtype=jnp.int32), path)
-      new["fallbacks"] = leaf["fallbacks"] + failed
+      split = _geometry.split_axes(path)
+      u, new = _leaf_update(
+        leaf,
+        g,
+        eps,
+        relative_eps,
+        refresh,
+        structure=structure,
+        layout=layout,
+        method=method,
+        iterations=config.root_iterations,
+        split=split,
+      )
+      new_updates.append(u)
       for f in names:
         new_leaves[f].append(new[f])
     new_trees = {f: treedef.unflatten(v) for f, v in new_leaves.items()}

@@ -339,11 +339,23 @@ def rows_split_over(axes_by_path: Mapping[str, tuple[str, ...]]) -> Iterator[Non
     _SPLIT_ROWS.reset(token)
 
 
+def split_axes(path: Any) -> tuple[str, ...] | None:
+  """The mesh axes the rows of the leaf at ``path`` are split over (see :func:`rows_split_over`)."""
+  axes = (_SPLIT_ROWS.get() or {}).get(jax.tree_util.keystr(tuple(path)))
+  if not axes:
+    return None
+  return (axes,) if isinstance(axes, str) else tuple(axes)  # hashable: a static argument
+
+
+def sum_over_split_rows(x: jax.Array, axes: tuple[str, ...] | None) -> jax.Array:
+  """``x`` ``psum``-ed over ``axes`` (from :func:`split_axes`); the identity for ``None``."""
+  return x if not axes else jax.lax.psum(x, axes)
+
+
 def sum_over_rows(x: jax.Array, path: Any) -> jax.Array:
   """``x``, a sum over the local rows of the leaf at ``path``, summed over all its rows.
 
   The identity unless the leaf's rows are split over mesh axes (see
   :func:`rows_split_over`), where the devices' partial sums are ``psum``-ed.
   """
-  axes = (_SPLIT_ROWS.get() or {}).get(jax.tree_util.keystr(tuple(path)))
-  return x if not axes else jax.lax.psum(x, axes)
+  return sum_over_split_rows(x, split_axes(path))

@@ -534,3 +534,16 @@ def test_one_unusable_row_does_not_touch_the_shared_statistic(structure, bad):
       np.testing.assert_array_equal(got[17], 0.0)  # skipped
   np.testing.assert_array_equal(state.shared_sums, ref_state.shared_sums)
   assert int(state.fallbacks) >= 1  # the skipped block is counted
+
+
+@pytest.mark.parametrize("structure", ["rows", "shared", "rows_x_shared"])
+def test_leaves_of_one_shape_share_one_traced_step(structure):
+  # Compile time with many tables (README): the step is traced and lowered once per leaf
+  # shape, so a model with dozens of same-shaped tables lowers one step function, called per
+  # leaf, instead of one copy of the step per leaf.
+  params = {f"t{i}": jnp.zeros((5, 4)) for i in range(6)} | {"wide": jnp.zeros((5, 8))}
+  tx = ob.scale_by_block_adagrad(structure=structure)
+  text = jax.jit(tx.update).lower(params, tx.init(params)).as_text()
+  steps = [line for line in text.splitlines() if "func.func private @_leaf_update" in line]
+  assert len(steps) == 2  # one for the six (5, 4) leaves, one for the (5, 8) leaf
+  assert text.count("call @_leaf_update") == 7
